@@ -1,0 +1,216 @@
+"""One error taxonomy for everything buttress does.
+
+`ErrorCode` names a kind of failure and knows whether it is retriable, how long a
+caller should wait before trying again by default, and which HTTP status it maps to.
+The exception hierarchy carries those codes::
+
+    ButtressError(Exception)
+    ├── ConfigurationError(ButtressError, ValueError)   raised at build time
+    ├── BackendError(ButtressError)                     __cause__ = driver error
+    └── Rejected(ButtressError)                         the policy said no; carries retry_after
+        ├── CircuitOpen  ├── BulkheadFull  ├── RateLimited
+        └── DeadlineExceeded(Rejected, TimeoutError)
+
+`classify()` maps any failure (ours, httpx, requests, redis-py, psycopg, the standard
+library, or an HTTP response) to a `Classification`.
+
+Example::
+
+    from buttress.errors import classify, ErrorCode
+
+    info = classify(TimeoutError())
+    assert info.code is ErrorCode.UPSTREAM_TIMEOUT and info.retriable
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "BulkheadFull",
+    "ButtressError",
+    "CircuitOpen",
+    "Classification",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "ErrorCode",
+    "RateLimited",
+    "Rejected",
+    "classify",
+    "parse_retry_after",
+]
+
+
+class ErrorCode(enum.Enum):
+    """A kind of failure, with its retry semantics and HTTP status.
+
+    Each member's value is its stable wire name (used in problem+json ``code`` and in
+    metrics labels).
+
+    Example::
+
+        >>> ErrorCode.RATE_LIMITED.retriable, ErrorCode.RATE_LIMITED.http_status
+        (True, 429)
+    """
+
+    # name = (wire name, retriable, default retry-after seconds or None, HTTP status)
+    UPSTREAM_TIMEOUT = ("upstream_timeout", True, None, 504)
+    UPSTREAM_UNAVAILABLE = ("upstream_unavailable", True, 1.0, 503)
+    UPSTREAM_ERROR = ("upstream_error", True, None, 502)
+    RATE_LIMITED = ("rate_limited", True, 1.0, 429)
+    OVERLOADED = ("overloaded", True, 1.0, 503)
+    CIRCUIT_OPEN = ("circuit_open", True, 5.0, 503)
+    TRANSIENT_CONFLICT = ("transient_conflict", True, None, 409)
+    DEADLINE_EXCEEDED = ("deadline_exceeded", False, None, 504)
+    BAD_REQUEST = ("bad_request", False, None, 400)
+    UNAUTHORIZED = ("unauthorized", False, None, 401)
+    FORBIDDEN = ("forbidden", False, None, 403)
+    NOT_FOUND = ("not_found", False, None, 404)
+    METHOD_NOT_ALLOWED = ("method_not_allowed", False, None, 405)
+    CONFLICT = ("conflict", False, None, 409)
+    PAYLOAD_TOO_LARGE = ("payload_too_large", False, None, 413)
+    VALIDATION_FAILED = ("validation_failed", False, None, 422)
+    BACKEND_ERROR = ("backend_error", True, 1.0, 503)
+    INTERNAL_ERROR = ("internal_error", False, None, 500)
+
+    def __init__(
+        self, wire: str, retriable: bool, retry_after: float | None, http_status: int
+    ) -> None:
+        self.wire = wire
+        self.retriable = retriable
+        self.default_retry_after = retry_after
+        self.http_status = http_status
+
+    @property
+    def is_client_error(self) -> bool:
+        """True when the caller, not the dependency, is at fault (4xx other than 408/429)."""
+        return 400 <= self.http_status < 500 and self not in _NOT_CLIENT_FAULT
+
+    def __str__(self) -> str:
+        return self.wire
+
+
+_NOT_CLIENT_FAULT = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TRANSIENT_CONFLICT})
+
+
+class ButtressError(Exception):
+    """Base class of every error buttress raises.
+
+    Attributes:
+        code: the `ErrorCode` of this failure.
+        retry_after: seconds a caller should wait before trying again, when known.
+    """
+
+    default_code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: ErrorCode | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code if code is not None else self.default_code
+        self.retry_after: float | None = retry_after
+
+    @property
+    def retriable(self) -> bool:
+        """Whether trying again later may succeed."""
+        return self.code.retriable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.code, self.retry_after, self.__dict__))
+
+
+def _rebuild(
+    cls: type[ButtressError],
+    message: str,
+    code: ErrorCode,
+    retry_after: float | None,
+    state: dict[str, Any],
+) -> ButtressError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    err.code = code
+    err.retry_after = retry_after
+    return err
+
+
+class ConfigurationError(ButtressError, ValueError):
+    """An option is invalid; raised when a policy, pipeline or setting is built.
+
+    The message names the option, the value given and the allowed range.
+
+    Example::
+
+        >>> from buttress import Retry
+        >>> Retry(attempts=0)
+        Traceback (most recent call last):
+        ...
+        buttress.errors.ConfigurationError: Retry(attempts=0): must be an integer >= 1
+    """
+
+    default_code = ErrorCode.INTERNAL_ERROR
+
+
+class BackendError(ButtressError):
+    """A store or driver failed (Redis, PostgreSQL, SQLite); ``__cause__`` is the driver error."""
+
+    default_code = ErrorCode.BACKEND_ERROR
+
+
+class Rejected(ButtressError):
+    """A policy refused the call without running it; ``retry_after`` says when to try again.
+
+    Attributes:
+        policy: the name of the policy that refused, when it has one.
+    """
+
+    default_code = ErrorCode.OVERLOADED
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: ErrorCode | None = None,
+        retry_after: float | None = None,
+        policy: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.policy = policy
+
+
+class CircuitOpen(Rejected):
+    """The circuit breaker is open (or its half-open probes are all taken)."""
+
+    default_code = ErrorCode.CIRCUIT_OPEN
+
+
+class BulkheadFull(Rejected):
+    """Every slot of the bulkhead and its queue is taken."""
+
+    default_code = ErrorCode.OVERLOADED
+
+
+class RateLimited(Rejected):
+    """A rate limit is exhausted; ``retry_after`` is exact for GCRA limiters."""
+
+    default_code = ErrorCode.RATE_LIMITED
+
+
+class DeadlineExceeded(Rejected, TimeoutError):
+    """A timeout or deadline ran out.
+
+    ``code`` is `ErrorCode.UPSTREAM_TIMEOUT` (retriable) when a per-attempt timeout cut the
+    call, and `ErrorCode.DEADLINE_EXCEEDED` (not retriable) when the overall deadline did.
+    """
+
+    default_code = ErrorCode.DEADLINE_EXCEEDED
+
+
+# At the end: the classifier needs the classes above.
+from buttress._classify import Classification, classify, parse_retry_after  # noqa: E402

@@ -1,0 +1,228 @@
+"""`Timeout`: bound a call (and everything it calls) in time.
+
+Placed before `Retry` it is the total budget; placed after, the per-attempt budget. It
+narrows the `deadline` in force, so nested timeouts, retry backoff, bulkhead queues and
+`buttress.http` timeouts all take ``min(own, remaining)``.
+
+* asyncio: the call is cancelled when the time is up and `DeadlineExceeded` is raised.
+  Timers are coalesced on a per-loop wheel (see `buttress._clock`).
+* threads: a running thread cannot be interrupted safely, so a sync timeout is
+  cooperative: it refuses to start when the deadline has already passed, and it sets the
+  deadline that cooperating code reads (`buttress.http` clients, `deadline.remaining()`,
+  `deadline.check()`, retry backoff, bulkhead queues). An overrun is reported as a
+  `TimeoutEvent`; the result is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from buttress import _clock
+from buttress._clock import SYSTEM_CLOCK, Clock, next_id, tick_width, wheel_for
+from buttress.errors import DeadlineExceeded, ErrorCode
+from buttress.resilience._deadline import _DEADLINE
+from buttress.resilience._policy import (
+    AsyncLink,
+    BuildContext,
+    Policy,
+    SyncLink,
+    check_positive,
+)
+from buttress.telemetry import TimeoutEvent
+
+__all__ = ["Timeout"]
+
+
+def _expired(policy: str) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the deadline passed before the call could start",
+        code=ErrorCode.DEADLINE_EXCEEDED,
+        policy=policy,
+    )
+
+
+class _Expiry:
+    """Timer target on clocks other than the system clock: cancels the task, remembers it."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        if not self.task.done():
+            self.fired = True
+            self.task.cancel()
+
+
+class Timeout(Policy):
+    """Bound a call to ``seconds`` (and never beyond the deadline already in force).
+
+    Args:
+        seconds: the budget, > 0.
+        name: label for events and metrics.
+        clock: time source (`buttress.testing.FakeClock` in tests).
+
+    Example::
+
+        pipe = Pipeline(Timeout(10.0), Retry(attempts=3), Timeout(2.0))
+        await pipe.acall(fetch_user, 42)   # 2 s per attempt, 10 s in all
+    """
+
+    __slots__ = ("clock", "seconds")
+    kind = "timeout"
+
+    def __init__(
+        self, seconds: float, *, name: str | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        super().__init__(name)
+        self.seconds = check_positive("Timeout", "seconds", seconds)
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"Timeout({self.seconds!r})"
+
+    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        seconds = self.seconds
+        now = self.clock.now
+        var = _DEADLINE
+        name = self.name
+
+        def timeout_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            start = now()
+            at = start + seconds
+            outer = var.get()
+            if outer is not None and outer < at:
+                if outer <= start:
+                    raise _expired(name)
+                at = outer
+            token = var.set(at)
+            try:
+                result = inner(fn, args, kwargs)
+            finally:
+                var.reset(token)
+            end = now()
+            if end > at:
+                ctx.emit(
+                    TimeoutEvent(
+                        pipeline=ctx.pipeline, policy=name, timeout=seconds, elapsed=end - start
+                    )
+                )
+            return result
+
+        return timeout_link
+
+    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        if self.clock is not SYSTEM_CLOCK:
+            return self._awrap_clock(inner, ctx)
+        seconds = self.seconds
+        now = self.clock.now
+        var = _DEADLINE
+        name = self.name
+        current_task = asyncio.current_task
+        cancelled = asyncio.CancelledError
+        own_width = tick_width(seconds)
+
+        # The task itself goes into a bucket of the loop's timer wheel under a fresh id;
+        # the wheel cancels it when the bucket comes due and notes the id in wheel.fired.
+        async def timeout_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            start = now()
+            at = start + seconds
+            width = own_width
+            outer = var.get()
+            if outer is not None and outer < at:
+                if outer <= start:
+                    raise _expired(name)
+                at = outer
+                width = tick_width(at - start)
+            task = current_task()
+            if task is None:  # pragma: no cover - acall always runs inside a task
+                return await inner(fn, args, kwargs)
+            wheel = _clock._last_wheel
+            loop = task.get_loop()
+            if wheel is None or wheel.loop is not loop:
+                wheel = wheel_for(loop)
+            cancelling = task.cancelling()
+            ident = next_id()
+            bucket = wheel.bucket(at, width)
+            bucket[ident] = task
+            token = var.set(at)
+            try:
+                return await inner(fn, args, kwargs)
+            except cancelled as exc:
+                fired = wheel.fired
+                if fired and ident in fired:
+                    fired.discard(ident)
+                    if task.uncancel() <= cancelling:
+                        raise self._timed_out(ctx, start, at, at == start + seconds) from exc
+                raise
+            finally:
+                bucket.pop(ident, None)
+                var.reset(token)
+                fired = wheel.fired
+                if fired and ident in fired:  # the call swallowed our cancellation: undo it
+                    fired.discard(ident)
+                    task.uncancel()
+
+        return timeout_link
+
+    def _awrap_clock(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The async driver on an injected clock (`FakeClock`): a timer per call."""
+        seconds = self.seconds
+        clock = self.clock
+        now = clock.now
+        var = _DEADLINE
+        name = self.name
+
+        async def timeout_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            start = now()
+            at = start + seconds
+            outer = var.get()
+            if outer is not None and outer < at:
+                if outer <= start:
+                    raise _expired(name)
+                at = outer
+            task = asyncio.current_task()
+            if task is None:  # pragma: no cover - acall always runs inside a task
+                return await inner(fn, args, kwargs)
+            cancelling = task.cancelling()
+            expiry = _Expiry(task)
+            timer = clock.call_later(at - start, expiry)
+            token = var.set(at)
+            try:
+                return await inner(fn, args, kwargs)
+            except asyncio.CancelledError as exc:
+                if expiry.fired:
+                    expiry.fired = False
+                    if task.uncancel() <= cancelling:
+                        raise self._timed_out(ctx, start, at, at == start + seconds) from exc
+                raise
+            finally:
+                timer.cancel()
+                var.reset(token)
+                if expiry.fired:  # the call swallowed our cancellation: undo it
+                    task.uncancel()
+
+        return timeout_link
+
+    def _timed_out(self, ctx: BuildContext, start: float, at: float, own: bool) -> DeadlineExceeded:
+        elapsed = self.clock.now() - start
+        code = ErrorCode.UPSTREAM_TIMEOUT if own else ErrorCode.DEADLINE_EXCEEDED
+        ctx.emit(
+            TimeoutEvent(
+                pipeline=ctx.pipeline,
+                policy=self.name,
+                timeout=self.seconds,
+                elapsed=elapsed,
+                code=code,
+            )
+        )
+        return DeadlineExceeded(
+            f"timed out after {elapsed:.3g} s (timeout {self.seconds:g} s"
+            + ("" if own else ", cut short by the deadline in force")
+            + ")",
+            code=code,
+            policy=self.name,
+        )
