@@ -203,6 +203,7 @@ class CircuitBreaker(Policy):
     """
 
     __slots__ = (
+        "__weakref__",
         "_breaks",
         "_consecutive",
         "_gen",
@@ -503,9 +504,8 @@ class CircuitBreaker(Policy):
         self._gen += 1
         self._probes_out = 0
         self._probe_ok = 0
-        if to == CLOSED:
-            self._consecutive = 0
-            self._window.clear()
+        self._consecutive = 0
+        self._window.clear()  # every state counts from scratch (the event says why it moved)
         return CircuitStateChangedEvent(
             policy=self.name, from_state=before, to_state=to, generation=self._gen, reason=reason
         )

@@ -1,0 +1,75 @@
+"""Shared fixtures.
+
+Tests that need Redis or PostgreSQL talk to the real servers (``.ci/run`` starts them) and
+fail loudly when they do not answer: they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from buttress import telemetry
+from buttress.testing import FakeClock
+
+REDIS_URL = os.environ.get("BUTTRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "BUTTRESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fresh fake clock starting at t=1000 (away from 0 to catch 'falsy time' bugs)."""
+    return FakeClock(1000.0)
+
+
+class EventLog(list[telemetry.Event]):
+    """Collects events; ``kinds()`` lists their kinds in order."""
+
+    def __call__(self, event: telemetry.Event) -> None:
+        self.append(event)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self]
+
+
+@pytest.fixture
+def events() -> Iterator[EventLog]:
+    """Every event emitted during the test (a global hook, removed afterwards)."""
+    log = EventLog()
+    telemetry.add_hook(log)
+    try:
+        yield log
+    finally:
+        telemetry.remove_hook(log)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The real Redis; fails (never skips) when it does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # pragma: no cover - environment failure
+        pytest.fail(f"Redis at {REDIS_URL} does not answer ({exc}); .ci/run starts it")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The real PostgreSQL; fails (never skips) when it does not answer."""
+    import psycopg
+
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:  # pragma: no cover - environment failure
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({exc}); .ci/run starts it")
+    return POSTGRES_URL

@@ -1,0 +1,68 @@
+"""The public names of DESIGN.md import from where they are promised (httpx's test_exported_members)."""
+
+from __future__ import annotations
+
+import inspect
+
+import buttress
+import buttress.errors
+import buttress.resilience
+import buttress.telemetry
+import buttress.testing
+
+
+def test_design_contract_names_import_from_buttress() -> None:
+    from buttress import (  # noqa: F401
+        Backoff,
+        Bulkhead,
+        CircuitBreaker,
+        Fallback,
+        Hedge,
+        Pipeline,
+        RateLimiter,
+        Retry,
+        RetryBudget,
+        Timeout,
+        deadline,
+    )
+    from buttress.errors import (  # noqa: F401
+        BackendError,
+        BulkheadFull,
+        ButtressError,
+        CircuitOpen,
+        ConfigurationError,
+        DeadlineExceeded,
+        ErrorCode,
+        RateLimited,
+        Rejected,
+    )
+    from buttress.testing import FakeClock  # noqa: F401
+
+
+def test_all_is_exact_and_sorted() -> None:
+    for module in (
+        buttress,
+        buttress.errors,
+        buttress.resilience,
+        buttress.telemetry,
+        buttress.testing,
+    ):
+        names = module.__all__
+        assert names == sorted(names), module.__name__
+        for name in names:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+        public = {
+            n
+            for n, v in vars(module).items()
+            if not n.startswith("_") and getattr(v, "__module__", "") == module.__name__
+        }
+        missing = public - set(names) - {"Any", "annotations"}
+        assert not missing, f"{module.__name__} exports {missing} without listing them"
+
+
+def test_every_public_name_is_documented() -> None:
+    for module in (buttress.resilience, buttress.errors, buttress.telemetry, buttress.testing):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert (obj.__doc__ or "").strip(), f"{module.__name__}.{name} has no docstring"
