@@ -7,7 +7,17 @@ import random
 import httpx
 import pytest
 
-from buttress import Backoff, Pipeline, RateLimited, Retry, RetryBudget, Timeout, deadline
+from buttress import (
+    Backoff,
+    CircuitBreaker,
+    CircuitOpen,
+    Pipeline,
+    RateLimited,
+    Retry,
+    RetryBudget,
+    Timeout,
+    deadline,
+)
 from buttress.errors import ConfigurationError
 from buttress.testing import FakeClock, instant_retries
 
@@ -88,6 +98,18 @@ def test_retry_after_hint_is_honoured(clock: FakeClock) -> None:
     retry = Retry(attempts=2, backoff=Backoff.constant(0.1), clock=clock)
     assert Pipeline(retry).call(flaky) == "ok"
     assert clock.sleeps == [3.0]
+
+
+def test_fail_fast_rejections_of_inner_policies_are_not_retried(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(consecutive_failures=1, clock=clock)
+    pipe = Pipeline(Retry(attempts=5, backoff=Backoff.constant(0.1), clock=clock), breaker)
+    with pytest.raises(CircuitOpen):
+        pipe.call(Flaky(1))  # trips the breaker; the retry then meets CircuitOpen and stops
+    assert breaker.state == "open"
+    assert clock.sleeps == [0.1]  # one backoff after the real failure, none for the break
+    with pytest.raises(CircuitOpen):
+        pipe.call(Flaky(0))
+    assert clock.sleeps == [0.1]
 
 
 def test_retry_after_beyond_the_cap_stops_retrying(clock: FakeClock, events) -> None:

@@ -10,8 +10,10 @@ States and transitions (resilience4j and Polly semantics, with their known bugs 
 * **open**: calls are rejected with `CircuitOpen` (``retry_after`` = time left) for
   ``break_duration`` (growing by ``break_multiplier`` on each re-open, up to
   ``max_break_duration``).
-* **half-open**: at most ``half_open_probes`` calls are let through at a time; when that
-  many succeed the breaker closes; one failure re-opens it.
+* **half-open**: ``half_open_probes`` trial calls are let through (a cancelled probe gives
+  its slot back). As soon as the failed probes reach ``failure_rate`` of them the breaker
+  re-opens; when all have finished below that rate it closes (resilience4j's rule; with
+  the default of one probe: a success closes, a failure re-opens).
 
 Every transition starts a new *generation*. A permit carries the generation it was issued
 in, and an outcome from an older generation is ignored, so a slow success that started
@@ -186,8 +188,8 @@ class CircuitBreaker(Policy):
         break_multiplier: factor applied to the break on each consecutive re-open
             (default 1: constant).
         max_break_duration: cap for the growing break (default 300 s).
-        half_open_probes: calls let through at a time when half-open, and successes
-            needed to close (default 1).
+        half_open_probes: trial calls let through when half-open; the breaker closes when
+            their failure rate stays under ``failure_rate`` (default 1: one success closes).
         is_failure: predicate on exceptions (default: `default_is_failure`).
         is_failure_result: predicate on results that count as failures (e.g. HTTP 503).
         name: label for events, metrics and the registry (named breakers are listed by
@@ -210,6 +212,7 @@ class CircuitBreaker(Policy):
         "_hooks",
         "_lock",
         "_open_until",
+        "_probe_failed",
         "_probe_ok",
         "_probes_out",
         "_state",
@@ -307,6 +310,7 @@ class CircuitBreaker(Policy):
         self._breaks = 0
         self._probes_out = 0
         self._probe_ok = 0
+        self._probe_failed = 0
         self._consecutive = 0
         self._window = _Window(
             seconds=None if self.window_calls is not None else self.window,
@@ -377,7 +381,7 @@ class CircuitBreaker(Policy):
                     )
                 change = self._transition(HALF_OPEN, "break elapsed")
             # half-open: a bounded number of probes
-            if self._probes_out + self._probe_ok >= self.half_open_probes:
+            if self._probes_out + self._probe_ok + self._probe_failed >= self.half_open_probes:
                 gen = -1
             else:
                 self._probes_out += 1
@@ -410,14 +414,7 @@ class CircuitBreaker(Policy):
                 else:
                     self._consecutive = 0
             elif self._state == HALF_OPEN:
-                self._probes_out -= 1
-                if slow:
-                    change = self._open(now, "slow probe")
-                else:
-                    self._probe_ok += 1
-                    if self._probe_ok >= self.half_open_probes:
-                        self._breaks = 0
-                        change = self._transition(CLOSED, "probes succeeded")
+                change = self._probe_done(now, failed=slow)
         if change is not None:
             self._emit(change)
 
@@ -449,8 +446,7 @@ class CircuitBreaker(Policy):
                 self._consecutive += 1
                 change = self._evaluate(now)
             elif self._state == HALF_OPEN:
-                self._probes_out -= 1
-                change = self._open(now, "probe failed")
+                change = self._probe_done(now, failed=True)
         if change is not None:
             self._emit(change)
 
@@ -479,6 +475,21 @@ class CircuitBreaker(Policy):
         self._emit(change)
 
     # ------------------------------------------------------------ internals (lock held)
+    def _probe_done(self, now: float, *, failed: bool) -> CircuitStateChangedEvent | None:
+        """A half-open probe finished: reopen, close, or wait for the other probes."""
+        self._probes_out -= 1
+        if failed:
+            self._probe_failed += 1
+        else:
+            self._probe_ok += 1
+        n = self.half_open_probes
+        if self._probe_failed / n >= self.failure_rate:
+            return self._open(now, f"{self._probe_failed} of {n} probes failed")
+        if self._probe_ok + self._probe_failed >= n:
+            self._breaks = 0
+            return self._transition(CLOSED, f"{self._probe_ok} of {n} probes succeeded")
+        return None
+
     def _evaluate(self, now: float) -> CircuitStateChangedEvent | None:
         if self.consecutive_failures is not None and self._consecutive >= self.consecutive_failures:
             return self._open(now, f"{self._consecutive} consecutive failures")
@@ -504,6 +515,7 @@ class CircuitBreaker(Policy):
         self._gen += 1
         self._probes_out = 0
         self._probe_ok = 0
+        self._probe_failed = 0
         self._consecutive = 0
         self._window.clear()  # every state counts from scratch (the event says why it moved)
         return CircuitStateChangedEvent(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock
-from buttress.errors import ConfigurationError, ErrorCode, classify
+from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode, Rejected, classify
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
     AsyncLink,
@@ -275,6 +275,20 @@ class RetryBudget:
 
 
 def _default_retry_on(exc: BaseException) -> bool:
+    """Retry what the taxonomy calls retriable, except local fail-fast rejections.
+
+    An open circuit, a full bulkhead or an exhausted local rate limit raised by a policy
+    *inside* the retry exists to fail fast; waiting and retrying would defeat it. (Policies
+    set ``policy`` on their rejections; a `RateLimited` raised by the called code itself,
+    say from a 429, has none and is retried after its ``retry_after``.) Timeouts
+    (`DeadlineExceeded` with code ``upstream_timeout``) are retried.
+    """
+    if (
+        isinstance(exc, Rejected)
+        and exc.policy is not None
+        and not isinstance(exc, DeadlineExceeded)
+    ):
+        return False
     info = classify(exc)
     return info is not None and info.retriable
 
@@ -294,7 +308,9 @@ class Retry(Policy):
         backoff: the delay schedule (default exponential 0.2 s base, 5 s cap, full jitter).
         budget: a `RetryBudget` shared across calls (default None: unlimited).
         retry_on: which errors to retry: a predicate, an exception type or a tuple of
-            types. Default: what `buttress.errors.classify` calls retriable.
+            types. Default: what `buttress.errors.classify` calls retriable, except the
+            fail-fast rejections of inner policies (`CircuitOpen`, `BulkheadFull`,
+            `RateLimited` raised inside the pipeline); timeouts are retried.
         retry_on_result: a predicate on results that should be retried too (for example
             ``lambda r: r.status_code in (429, 503)``); the result's ``Retry-After`` is
             honoured.

@@ -1,0 +1,116 @@
+"""The ``buttress`` command line.
+
+``buttress demo`` runs the demo: a deliberately flaky local dependency called naively and
+through a buttress `Pipeline`, side by side, with a table of what the caller saw.
+``buttress demo --selfcheck`` runs it without colour and exits non-zero unless the
+pipeline kept the dependency usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from buttress import __version__
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from rich.console import Console  # noqa: PLC0415 - the demo extra
+        from rich.table import Table  # noqa: PLC0415
+
+        from buttress._demo_flaky import run_demo  # noqa: PLC0415 - needs httpx
+    except ImportError as exc:
+        print(
+            f"buttress demo needs the demo extra: pip install 'buttress[demo]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    console = Console(no_color=args.selfcheck, highlight=False)
+    console.print(
+        f"[bold]buttress {__version__}[/bold]: a local price service fails 30 % of requests "
+        "with 503, answers 5 % after 0.6 s, then goes down and comes back.\n"
+        f"Sending {args.requests} requests per phase ({args.concurrency} at a time), "
+        "to 127.0.0.1 only...\n"
+    )
+    result = asyncio.run(
+        run_demo(requests=args.requests, seed=args.seed, concurrency=args.concurrency)
+    )
+    table = Table(title="What the caller saw")
+    for column in ("phase", "requests", "ok", "fallback", "errors", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in result.phases:
+        table.add_row(
+            phase.name,
+            str(phase.total),
+            str(phase.ok),
+            str(phase.fallback),
+            f"[red]{phase.errors}[/red]" if phase.errors else "0",
+            f"{phase.percentile(0.5):.1f}",
+            f"{phase.percentile(0.99):.1f}",
+        )
+    console.print(table)
+    events = ", ".join(f"{k}={v}" for k, v in sorted(result.events.items())) or "none"
+    console.print(f"pipeline events: {events}")
+    console.print(f"breaker transitions: {' | '.join(result.transitions) or 'none'}")
+    console.print(f"requests that reached the dependency: {result.dependency_requests}")
+    naive, resilient, down, back = result.phases
+    checks = [
+        ("the pipeline hides most failures", resilient.errors <= max(1, resilient.total // 50)),
+        ("the pipeline beats the naive client", resilient.errors < naive.errors),
+        ("slow answers are cut (p99 under 1 s)", resilient.percentile(0.99) < 1000),
+        ("the breaker opens when the dependency is down", "open" in " ".join(result.transitions)),
+        ("callers get the fallback while it is down", down.fallback > 0),
+        (
+            "the breaker closes when it comes back",
+            result.transitions[-1:] == ["half_open -> closed"],
+        ),
+        ("after recovery most calls succeed", back.ok >= back.total * 0.5),
+    ]
+    console.print()
+    failed = 0
+    for label, ok in checks:
+        failed += not ok
+        console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'}  {label}")
+    if args.selfcheck:
+        console.print(f"\nselfcheck: {len(checks) - failed} passed, {failed} failed")
+        return 1 if failed else 0
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="buttress", description="Make a Python service production-grade."
+    )
+    parser.add_argument("--version", action="version", version=f"buttress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the resilience demo against a local flaky service")
+    demo.add_argument("--requests", type=int, default=200, help="requests per phase (10-1000)")
+    demo.add_argument("--concurrency", type=int, default=10, help="requests in flight (1-50)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the flaky service")
+    demo.add_argument(
+        "--selfcheck", action="store_true", help="verify the outcome and exit non-zero on failure"
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if not 10 <= args.requests <= 1000:
+        print("buttress demo: --requests must be between 10 and 1000", file=sys.stderr)
+        return 2
+    if not 1 <= args.concurrency <= 50:
+        print("buttress demo: --concurrency must be between 1 and 50", file=sys.stderr)
+        return 2
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
