@@ -1,0 +1,40 @@
+"""The README's main command, end to end, as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from buttress.cli import main
+
+
+@pytest.mark.process
+def test_demo_selfcheck_passes_in_a_real_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "buttress.cli", "demo", "--selfcheck"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "selfcheck: 7 passed, 0 failed" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["demo", "--requests", "5"], ["demo", "--requests", "5000"], ["demo", "--concurrency", "0"]],
+)
+def test_demo_refuses_unbounded_load(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "must be between" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.startswith("buttress ")
