@@ -8,7 +8,7 @@ import gc
 import httpx
 import pytest
 
-from buttress import CircuitBreaker, CircuitOpen, ConfigurationError, Pipeline, Timeout
+from buttress import CircuitBreaker, CircuitOpen, ConfigurationError, Pipeline, Timeout, deadline
 from buttress.errors import BulkheadFull, DeadlineExceeded, ErrorCode
 from buttress.resilience import registry
 from buttress.testing import FakeClock
@@ -217,6 +217,17 @@ def test_client_errors_and_local_rejections_are_not_failures(clock: FakeClock) -
     with pytest.raises(DeadlineExceeded):
         pipe.call(timeout)
     assert breaker.state == "open"  # timeouts are the dependency's fault
+
+
+def test_the_callers_own_expired_deadline_is_not_a_failure(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(consecutive_failures=2, clock=clock)
+    pipe = Pipeline(breaker, Timeout(1.0, clock=clock))
+    with deadline(1.0, clock=clock):
+        clock.advance(2.0)
+        for _ in range(3):
+            with pytest.raises(DeadlineExceeded):
+                pipe.call(lambda: 1)  # never runs: the deadline passed before it could
+    assert breaker.state == "closed"
 
 
 def test_failure_results(clock: FakeClock) -> None:

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from buttress._clock import SYSTEM_CLOCK, Clock
-from buttress.errors import CircuitOpen, ConfigurationError, DeadlineExceeded, Rejected, classify
+from buttress.errors import (
+    CircuitOpen,
+    ConfigurationError,
+    DeadlineExceeded,
+    ErrorCode,
+    Rejected,
+    classify,
+)
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
@@ -58,8 +65,11 @@ def default_is_failure(exc: BaseException) -> bool:
     unknown errors. Client errors (a 404, a validation error) and local rejections (a full
     bulkhead, a rate limit) are not the dependency's fault and do not count.
     """
-    if isinstance(exc, Rejected) and not isinstance(exc, DeadlineExceeded):
-        return False
+    if isinstance(exc, Rejected):
+        if not isinstance(exc, DeadlineExceeded):
+            return False
+        if exc.code is ErrorCode.DEADLINE_EXCEEDED:
+            return False  # the caller's own deadline ran out: not the dependency's fault
     info = classify(exc)
     return info is not None and not info.code.is_client_error
 
