@@ -123,6 +123,12 @@ _SQLSTATE_CLASS: dict[str, ErrorCode] = {
 
 _STDLIB: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (TimeoutError, ErrorCode.UPSTREAM_TIMEOUT),
+    # local file-system errors are bugs or configuration, not a dependency having a bad day
+    (FileNotFoundError, ErrorCode.INTERNAL_ERROR),
+    (FileExistsError, ErrorCode.INTERNAL_ERROR),
+    (PermissionError, ErrorCode.INTERNAL_ERROR),
+    (IsADirectoryError, ErrorCode.INTERNAL_ERROR),
+    (NotADirectoryError, ErrorCode.INTERNAL_ERROR),
     (ConnectionRefusedError, ErrorCode.UPSTREAM_UNAVAILABLE),
     (ConnectionError, ErrorCode.UPSTREAM_UNAVAILABLE),
     (OSError, ErrorCode.UPSTREAM_UNAVAILABLE),

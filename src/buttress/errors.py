@@ -85,7 +85,11 @@ class ErrorCode(enum.Enum):
 
     @property
     def is_client_error(self) -> bool:
-        """True when the caller, not the dependency, is at fault (4xx other than 408/429)."""
+        """True when the caller, not the dependency, is at fault.
+
+        That is every 4xx code except ``rate_limited`` (429) and ``transient_conflict``
+        (a retriable 409); 408 maps to ``upstream_timeout`` (504) and is not one either.
+        """
         return 400 <= self.http_status < 500 and self not in _NOT_CLIENT_FAULT
 
     def __str__(self) -> str:

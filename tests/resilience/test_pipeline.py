@@ -122,7 +122,12 @@ def test_a_flaky_dependency_stays_usable_sync() -> None:
     chaos = FaultInjection(error_rate=0.3, seed=42, clock=clock)
     pipe = Pipeline(
         Timeout(10.0, clock=clock),
-        Retry(attempts=4, backoff=Backoff.exponential(base=0.01, cap=0.1), clock=clock),
+        Retry(
+            attempts=4,
+            backoff=Backoff.exponential(base=0.01, cap=0.1),
+            budget=RetryBudget(ratio=0.5, clock=clock),  # 30 % failing needs more than 20 %
+            clock=clock,
+        ),
         CircuitBreaker(failure_rate=0.9, minimum_calls=50, consecutive_failures=10, clock=clock),
         chaos,
     )
@@ -133,6 +138,23 @@ def test_a_flaky_dependency_stays_usable_sync() -> None:
         except ConnectionError:
             failures += 1
     assert failures <= 10  # 0.3 ** 4 = 0.8 % expected
+
+
+def test_the_default_budget_stops_a_retry_storm() -> None:
+    clock = FakeClock()
+    calls = 0
+
+    def down() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError
+
+    pipe = Pipeline(Retry(attempts=3, backoff=Backoff.constant(0.0), clock=clock))
+    for _ in range(1000):
+        with pytest.raises(ConnectionError):
+            pipe.call(down)
+    # without a budget: 3,000 calls; with the default (20 % + 10/s over 10 s): 1,000 + 300
+    assert calls == 1300
 
 
 async def test_fault_injection_latency_is_cut_by_the_attempt_timeout() -> None:

@@ -558,6 +558,10 @@ class CircuitBreaker(Policy):
             failed = self.is_failure_result is not None and self.is_failure_result(result)
         if failed:
             self.on_failure(permit, end - start, end)
+        elif isinstance(exc, Rejected):
+            # a local rejection (a full bulkhead, the caller's own deadline) says nothing
+            # about the dependency either way: give the permit back, count nothing
+            self.release(permit)
         else:
             self.on_success(permit, end - start, end)
 

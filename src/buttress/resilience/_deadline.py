@@ -12,7 +12,8 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 
 from buttress._clock import SYSTEM_CLOCK, Clock
-from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode
+from buttress.errors import DeadlineExceeded, ErrorCode
+from buttress.resilience._policy import check_positive
 
 __all__ = ["current_deadline", "deadline", "remaining"]
 
@@ -56,11 +57,7 @@ class deadline:  # noqa: N801 - used like a function, as in the DESIGN contract
     __slots__ = ("_at", "_clock", "_seconds", "_token")
 
     def __init__(self, seconds: float, *, clock: Clock = SYSTEM_CLOCK) -> None:
-        if not isinstance(seconds, int | float) or not seconds > 0:
-            raise ConfigurationError(
-                f"deadline(seconds={seconds!r}): must be a number of seconds > 0"
-            )
-        self._seconds = float(seconds)
+        self._seconds = check_positive("deadline", "seconds", seconds)
         self._clock = clock
         self._token: Token[float | None] | None = None
         self._at: float | None = None

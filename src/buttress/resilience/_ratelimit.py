@@ -5,8 +5,8 @@ GCRA keeps one number per key, the theoretical arrival time (TAT). With emission
 ``max(TAT, now) + n*T - B*T <= now``, and then ``TAT = max(TAT, now) + n*T``. In any interval
 of length ``t`` at most ``B + t / T`` requests are admitted, the answer needs no timer,
 and ``Retry-After`` is exact: the state only moves forward, so a denied key stays denied
-until exactly ``retry_after`` has passed. The same algorithm runs in Redis (issue 4) as one
-Lua script.
+until exactly ``retry_after`` has passed. The shared stores run the same algorithm (in Redis,
+as one Lua script).
 """
 
 from __future__ import annotations
@@ -134,16 +134,20 @@ class RateLimiter(Policy):
     def try_acquire(self, key: Hashable = None, cost: int = 1, now: float | None = None) -> float:
         """Admit one request of ``cost``: 0.0 when admitted, else seconds to wait.
 
-        The fastest form: one lock, one dict lookup, no allocation.
+        The fastest form: one lock, one dict lookup, no allocation. A ``cost`` above the
+        burst can never be admitted: the answer is ``math.inf``.
         """
         if now is None:
             now = self.clock.now()
+        if cost > self.burst:
+            return math.inf  # larger than the burst: can never be admitted
         increment = self._interval * cost
         lock = self._lock
         tats = self._tats
         lock.acquire()
         tat = tats.get(key, now)
-        tat = max(tat, now)
+        if tat < now:  # noqa: PLR1730 - an if is cheaper than max() on this hot path
+            tat = now
         new_tat = tat + increment
         allow_at = new_tat - self._tau
         if allow_at > now + _EPSILON:

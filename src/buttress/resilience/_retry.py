@@ -183,12 +183,11 @@ class RetryBudget:
     """
 
     __slots__ = (
-        "_buckets",
         "_clock",
         "_deposits",
+        "_inv",
         "_lock",
         "_tick",
-        "_width",
         "_withdrawals",
         "min_per_second",
         "ratio",
@@ -211,61 +210,55 @@ class RetryBudget:
         )
         self.ttl = check_positive("RetryBudget", "ttl", ttl)
         self._clock = clock
-        self._width = self.ttl / self._N
+        self._inv = self._N / self.ttl  # ticks per second; a tick is ttl / 10
         self._lock = threading.Lock()
-        # per bucket: [deposits, withdrawals]; running totals beside them
-        self._buckets = [[0, 0] for _ in range(self._N)]
-        self._deposits = 0
-        self._withdrawals = 0
-        self._tick = math.floor(clock.now() / self._width)
+        # counts per tick, in a ring of ten; totals are summed when a retry asks (rarely),
+        # so the per-request deposit is one increment and never drifts
+        self._deposits = [0] * self._N
+        self._withdrawals = [0] * self._N
+        self._tick = int(clock.now() * self._inv)
 
     def _roll(self, tick: int) -> None:
-        # caller holds the lock
+        """Clear the ticks that expired since the last one seen (lock held)."""
         last = self._tick
         if tick <= last:
             return
-        buckets = self._buckets
-        if tick - last >= self._N:
-            for b in buckets:
-                b[0] = b[1] = 0
-            self._deposits = self._withdrawals = 0
-        else:
-            for t in range(last + 1, tick + 1):
-                b = buckets[t % self._N]
-                self._deposits -= b[0]
-                self._withdrawals -= b[1]
-                b[0] = b[1] = 0
+        for t in range(last + 1, min(tick, last + self._N) + 1):
+            self._deposits[t % self._N] = 0
+            self._withdrawals[t % self._N] = 0
         self._tick = tick
 
-    def deposit(self, now: float | None = None) -> None:
-        """Record one request."""
-        tick = math.floor((self._clock.now() if now is None else now) / self._width)
+    def advance(self, tick: int) -> None:
+        """Move the window to ``tick`` (``int(now * 10 / ttl)``), expiring old counts."""
         with self._lock:
-            if tick != self._tick:
-                self._roll(tick)
-            self._buckets[self._tick % self._N][0] += 1
-            self._deposits += 1
+            self._roll(tick)
+
+    def deposit(self, now: float | None = None) -> None:
+        """Record one request (the hot path: one increment, a lock only once per tick)."""
+        tick = int((self._clock.now() if now is None else now) * self._inv)
+        if tick != self._tick:
+            self.advance(tick)
+        self._deposits[tick % self._N] += 1
+
+    def _allowed(self) -> float:
+        return self.ratio * sum(self._deposits) + self.min_per_second * self.ttl
 
     def try_withdraw(self, now: float | None = None) -> bool:
         """Take one retry credit; False when the budget is spent."""
-        tick = math.floor((self._clock.now() if now is None else now) / self._width)
+        tick = int((self._clock.now() if now is None else now) * self._inv)
         with self._lock:
-            if tick != self._tick:
-                self._roll(tick)
-            allowed = self.ratio * self._deposits + self.min_per_second * self.ttl
-            if self._withdrawals + 1 > allowed:
+            self._roll(tick)
+            if sum(self._withdrawals) + 1 > self._allowed():
                 return False
-            self._buckets[self._tick % self._N][1] += 1
-            self._withdrawals += 1
+            self._withdrawals[tick % self._N] += 1
             return True
 
     def balance(self, now: float | None = None) -> float:
         """Retries still allowed in the current window."""
-        tick = math.floor((self._clock.now() if now is None else now) / self._width)
+        tick = int((self._clock.now() if now is None else now) * self._inv)
         with self._lock:
             self._roll(tick)
-            allowed = self.ratio * self._deposits + self.min_per_second * self.ttl
-            return allowed - self._withdrawals
+            return self._allowed() - sum(self._withdrawals)
 
     def __repr__(self) -> str:
         return (
@@ -306,7 +299,10 @@ class Retry(Policy):
     Args:
         attempts: total attempts including the first (default 3).
         backoff: the delay schedule (default exponential 0.2 s base, 5 s cap, full jitter).
-        budget: a `RetryBudget` shared across calls (default None: unlimited).
+        budget: a `RetryBudget` limiting retries across calls. Default ``True``: this
+            policy gets a budget of its own (20 % of requests + 10/s); pass one
+            `RetryBudget` to several policies to cap a whole dependency, or ``None`` to
+            retry without a budget.
         retry_on: which errors to retry: a predicate, an exception type or a tuple of
             types. Default: what `buttress.errors.classify` calls retriable, except the
             fail-fast rejections of inner policies (`CircuitOpen`, `BulkheadFull`,
@@ -343,7 +339,7 @@ class Retry(Policy):
         attempts: int = 3,
         *,
         backoff: Backoff | None = None,
-        budget: RetryBudget | None = None,
+        budget: RetryBudget | bool | None = True,
         retry_on: ErrorMatcher | None = None,
         retry_on_result: Callable[[Any], bool] | None = None,
         max_retry_after: float = 60.0,
@@ -356,9 +352,15 @@ class Retry(Policy):
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ConfigurationError(f"Retry(backoff={backoff!r}): must be a Backoff")
         self.backoff = backoff if backoff is not None else Backoff.exponential()
+        if budget is True:
+            budget = RetryBudget(clock=clock)
+        elif budget is False:
+            budget = None
         if budget is not None and not isinstance(budget, RetryBudget):
-            raise ConfigurationError(f"Retry(budget={budget!r}): must be a RetryBudget or None")
-        self.budget = budget
+            raise ConfigurationError(
+                f"Retry(budget={budget!r}): must be a RetryBudget, True (its own) or None"
+            )
+        self.budget: RetryBudget | None = budget
         self.retry_on: Callable[[BaseException], bool] = (
             _default_retry_on
             if retry_on is None
@@ -424,8 +426,8 @@ class Retry(Policy):
         decision = self.next_delay(attempt, error, result, previous, now)
         if isinstance(decision, _GiveUp):
             reason = decision.reason
-            if reason == "not_retriable":
-                return None
+            if reason == "not_retriable" and attempt == 1:
+                return None  # nothing was retried: the error speaks for itself
             if reason == "budget_exhausted":
                 ctx.emit(
                     RetryBudgetExhaustedEvent(
@@ -469,11 +471,17 @@ class Retry(Policy):
         on_result = self.retry_on_result
         decide = self._decide
         clock = self.clock
+        per_second = budget._inv if budget is not None else 0.0
+        deposits = budget._deposits if budget is not None else []
+        ring = RetryBudget._N
 
         def retry_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             start = now()
-            if budget is not None:
-                budget.deposit(start)
+            if budget is not None:  # budget.deposit(start), inlined: this is every call
+                tick = int(start * per_second)
+                if tick != budget._tick:
+                    budget.advance(tick)
+                deposits[tick % ring] += 1
             attempt = 1
             previous = 0.0
             while True:
@@ -502,11 +510,17 @@ class Retry(Policy):
         on_result = self.retry_on_result
         decide = self._decide
         clock = self.clock
+        per_second = budget._inv if budget is not None else 0.0
+        deposits = budget._deposits if budget is not None else []
+        ring = RetryBudget._N
 
         async def retry_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             start = now()
-            if budget is not None:
-                budget.deposit(start)
+            if budget is not None:  # budget.deposit(start), inlined: this is every call
+                tick = int(start * per_second)
+                if tick != budget._tick:
+                    budget.advance(tick)
+                deposits[tick % ring] += 1
             attempt = 1
             previous = 0.0
             while True:

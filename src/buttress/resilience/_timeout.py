@@ -16,6 +16,8 @@ narrows the `deadline` in force, so nested timeouts, retry backoff, bulkhead que
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from buttress import _clock
@@ -40,6 +42,16 @@ def _expired(policy: str) -> DeadlineExceeded:
         code=ErrorCode.DEADLINE_EXCEEDED,
         policy=policy,
     )
+
+
+if sys.version_info < (3, 12):  # pragma: no cover - depends on the interpreter
+    # 3.11's asyncio.current_task() is pure Python (~250 ns on a small VM); the dict it
+    # reads is the C module's own, so reading it directly is exact and 3x cheaper.
+    _task_of_loop: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+        asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+    )
+else:  # pragma: no cover - depends on the interpreter
+    _task_of_loop = asyncio.current_task
 
 
 class _Expiry:
@@ -121,7 +133,8 @@ class Timeout(Policy):
         now = self.clock.now
         var = _DEADLINE
         name = self.name
-        current_task = asyncio.current_task
+        running_loop = asyncio.get_running_loop
+        task_of = _task_of_loop
         cancelled = asyncio.CancelledError
         own_width = tick_width(seconds)
 
@@ -137,11 +150,11 @@ class Timeout(Policy):
                     raise _expired(name)
                 at = outer
                 width = tick_width(at - start)
-            task = current_task()
+            loop = running_loop()
+            task = task_of(loop)
             if task is None:  # pragma: no cover - acall always runs inside a task
                 return await inner(fn, args, kwargs)
             wheel = _clock._last_wheel
-            loop = task.get_loop()
             if wheel is None or wheel.loop is not loop:
                 wheel = wheel_for(loop)
             cancelling = task.cancelling()
