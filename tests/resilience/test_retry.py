@@ -194,7 +194,9 @@ def test_budget_floor_and_expiry(clock: FakeClock) -> None:
     for _ in range(15):
         assert budget.try_withdraw()
     assert not budget.try_withdraw()
-    clock.advance(10.0)  # every credit and withdrawal expired
+    clock.advance(10.0)  # deposits expire after at most ttl...
+    assert budget.balance() == 10.0 - 15
+    clock.advance(1.0)  # ...retries are remembered a tick longer, so no ttl window exceeds the cap
     assert budget.balance() == 10.0
 
 

@@ -117,7 +117,7 @@ class _Window:
             self.ring.clear()
             self.tick = 0
         else:
-            self.ring = [0] * (3 * self.n)
+            self.ring[:] = [0] * (3 * self.n)  # in place: drivers hold a reference
 
     def add(self, now: float, failed: bool, slow: bool) -> None:
         ring = self.ring
@@ -147,17 +147,6 @@ class _Window:
             self.failures += 1
         if slow:
             self.slow += 1
-
-    def add_ok(self, now: float) -> None:
-        """`add` for a fast success: the hot path of a closed breaker."""
-        if self.by_count:
-            self.add(now, False, False)
-            return
-        tick = int(now * self.inv)  # now >= 0 on a monotonic clock: int() == floor()
-        if tick != self.tick:
-            self._roll(tick)
-        self.ring[(tick % self.n) * 3] += 1
-        self.calls += 1
 
     def _roll(self, tick: int) -> None:
         last = self.tick
@@ -428,18 +417,6 @@ class CircuitBreaker(Policy):
         if change is not None:
             self._emit(change)
 
-    def _ok_fast(self, permit: int, now: float) -> None:
-        """A success with no slow-call tracking: the closed breaker's hot path."""
-        lock = self._lock
-        lock.acquire()
-        if permit == self._gen and self._state is CLOSED:
-            self._window.add_ok(now)
-            self._consecutive = 0
-            lock.release()
-            return
-        lock.release()
-        self.on_success(permit, 0.0, now)
-
     def on_failure(self, permit: int, elapsed: float, now: float | None = None) -> None:
         """Record a failed call made under ``permit``."""
         if permit != self._gen:
@@ -565,13 +542,27 @@ class CircuitBreaker(Policy):
         else:
             self.on_success(permit, end - start, end)
 
+    def _fast_path(self) -> tuple[bool, Any, Any, Any, float, int]:
+        """What the drivers bind for a closed breaker's success (see ``breaker_link``).
+
+        The common case (a time window, no slow-call tracking, no result predicate) is
+        recorded inline by the link: one clock read, one lock, four integer updates.
+        """
+        simple = (
+            self.slow_call_duration is None
+            and self.is_failure_result is None
+            and not self._window.by_count
+        )
+        w = self._window
+        return simple, self._lock, w, w.ring, w.inv, w.n
+
     def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
         now = self.clock.now
         release = self.release
         outcome = self._outcome
-        ok_fast = self._ok_fast
-        # without slow-call tracking or result predicates a success needs one clock read
-        simple = self.slow_call_duration is None and self.is_failure_result is None
+        on_success = self.on_success
+        floor = math.floor
+        simple, lock, window, ring, inv, n = self._fast_path()
 
         def breaker_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             permit = self._gen if self._state is CLOSED else self._permit(ctx)
@@ -584,10 +575,22 @@ class CircuitBreaker(Policy):
             except BaseException:
                 release(permit)
                 raise
-            if simple:
-                ok_fast(permit, now())
-            else:
+            if not simple:
                 outcome(permit, start, None, result)
+                return result
+            end = now()
+            tick = floor(end * inv)
+            lock.acquire()
+            if permit == self._gen and self._state is CLOSED:
+                if tick != window.tick:
+                    window._roll(tick)
+                ring[(tick % n) * 3] += 1
+                window.calls += 1
+                self._consecutive = 0
+                lock.release()
+            else:
+                lock.release()
+                on_success(permit, 0.0, end)
             return result
 
         return breaker_link
@@ -596,8 +599,9 @@ class CircuitBreaker(Policy):
         now = self.clock.now
         release = self.release
         outcome = self._outcome
-        ok_fast = self._ok_fast
-        simple = self.slow_call_duration is None and self.is_failure_result is None
+        on_success = self.on_success
+        floor = math.floor
+        simple, lock, window, ring, inv, n = self._fast_path()
 
         async def breaker_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             permit = self._gen if self._state is CLOSED else self._permit(ctx)
@@ -610,10 +614,22 @@ class CircuitBreaker(Policy):
             except BaseException:
                 release(permit)
                 raise
-            if simple:
-                ok_fast(permit, now())
-            else:
+            if not simple:
                 outcome(permit, start, None, result)
+                return result
+            end = now()
+            tick = floor(end * inv)
+            lock.acquire()
+            if permit == self._gen and self._state is CLOSED:
+                if tick != window.tick:
+                    window._roll(tick)
+                ring[(tick % n) * 3] += 1
+                window.calls += 1
+                self._consecutive = 0
+                lock.release()
+            else:
+                lock.release()
+                on_success(permit, 0.0, end)
             return result
 
         return breaker_link

@@ -274,7 +274,13 @@ class Bulkhead(Policy):
             try:
                 return inner(fn, args, kwargs)
             finally:
-                release()
+                lock.acquire()  # release(), inlined for the no-waiter case
+                if self._waiters:
+                    lock.release()
+                    release()
+                else:
+                    self._active -= 1
+                    lock.release()
 
         return bulkhead_link
 
@@ -295,6 +301,12 @@ class Bulkhead(Policy):
             try:
                 return await inner(fn, args, kwargs)
             finally:
-                release()
+                lock.acquire()  # release(), inlined for the no-waiter case
+                if self._waiters:
+                    lock.release()
+                    release()
+                else:
+                    self._active -= 1
+                    lock.release()
 
         return bulkhead_link

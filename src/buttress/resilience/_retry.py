@@ -194,7 +194,8 @@ class RetryBudget:
         "ttl",
     )
 
-    _N = 10
+    _N = 10  # ticks per ttl
+    _RING = 11  # one more: withdrawals are summed over all eleven (>= ttl), deposits over ten
 
     def __init__(
         self,
@@ -212,10 +213,10 @@ class RetryBudget:
         self._clock = clock
         self._inv = self._N / self.ttl  # ticks per second; a tick is ttl / 10
         self._lock = threading.Lock()
-        # counts per tick, in a ring of ten; totals are summed when a retry asks (rarely),
-        # so the per-request deposit is one increment and never drifts
-        self._deposits = [0] * self._N
-        self._withdrawals = [0] * self._N
+        # counts per tick in a ring; totals are summed when a retry asks (rarely), so the
+        # per-request deposit is one increment and never drifts
+        self._deposits = [0] * self._RING
+        self._withdrawals = [0] * self._RING
         self._tick = int(clock.now() * self._inv)
 
     def _roll(self, tick: int) -> None:
@@ -223,9 +224,10 @@ class RetryBudget:
         last = self._tick
         if tick <= last:
             return
-        for t in range(last + 1, min(tick, last + self._N) + 1):
-            self._deposits[t % self._N] = 0
-            self._withdrawals[t % self._N] = 0
+        ring = self._RING
+        for t in range(last + 1, min(tick, last + ring) + 1):
+            self._deposits[t % ring] = 0
+            self._withdrawals[t % ring] = 0
         self._tick = tick
 
     def advance(self, tick: int) -> None:
@@ -238,19 +240,23 @@ class RetryBudget:
         tick = int((self._clock.now() if now is None else now) * self._inv)
         if tick != self._tick:
             self.advance(tick)
-        self._deposits[tick % self._N] += 1
+        self._deposits[tick % self._RING] += 1
 
-    def _allowed(self) -> float:
-        return self.ratio * sum(self._deposits) + self.min_per_second * self.ttl
+    def _allowed(self, tick: int) -> float:
+        # requests of the last ttl only (the eleventh, oldest tick is already too old)
+        recent = sum(self._deposits) - self._deposits[(tick + 1) % self._RING]
+        return self.ratio * recent + self.min_per_second * self.ttl
 
     def try_withdraw(self, now: float | None = None) -> bool:
         """Take one retry credit; False when the budget is spent."""
         tick = int((self._clock.now() if now is None else now) * self._inv)
         with self._lock:
             self._roll(tick)
-            if sum(self._withdrawals) + 1 > self._allowed():
+            # retries of the last eleven ticks: a span of at least ttl, so no ttl-long
+            # window ever holds more than the cap
+            if sum(self._withdrawals) + 1 > self._allowed(tick):
                 return False
-            self._withdrawals[tick % self._N] += 1
+            self._withdrawals[tick % self._RING] += 1
             return True
 
     def balance(self, now: float | None = None) -> float:
@@ -258,7 +264,7 @@ class RetryBudget:
         tick = int((self._clock.now() if now is None else now) * self._inv)
         with self._lock:
             self._roll(tick)
-            return self._allowed() - sum(self._withdrawals)
+            return self._allowed(tick) - sum(self._withdrawals)
 
     def __repr__(self) -> str:
         return (
@@ -473,12 +479,13 @@ class Retry(Policy):
         clock = self.clock
         per_second = budget._inv if budget is not None else 0.0
         deposits = budget._deposits if budget is not None else []
-        ring = RetryBudget._N
+        ring = RetryBudget._RING
+        floor = math.floor
 
         def retry_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             start = now()
             if budget is not None:  # budget.deposit(start), inlined: this is every call
-                tick = int(start * per_second)
+                tick = floor(start * per_second)
                 if tick != budget._tick:
                     budget.advance(tick)
                 deposits[tick % ring] += 1
@@ -512,12 +519,13 @@ class Retry(Policy):
         clock = self.clock
         per_second = budget._inv if budget is not None else 0.0
         deposits = budget._deposits if budget is not None else []
-        ring = RetryBudget._N
+        ring = RetryBudget._RING
+        floor = math.floor
 
         async def retry_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             start = now()
             if budget is not None:  # budget.deposit(start), inlined: this is every call
-                tick = int(start * per_second)
+                tick = floor(start * per_second)
                 if tick != budget._tick:
                     budget.advance(tick)
                 deposits[tick % ring] += 1

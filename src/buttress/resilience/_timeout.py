@@ -159,7 +159,11 @@ class Timeout(Policy):
                 wheel = wheel_for(loop)
             cancelling = task.cancelling()
             ident = next_id()
-            bucket = wheel.bucket(at, width)
+            bucket: dict[int, Any]
+            if wheel._last_start < at <= wheel._last_end and width == wheel._last_width:
+                bucket = wheel._last  # type: ignore[assignment] # bucket(), inlined: its cache
+            else:
+                bucket = wheel.bucket(at, width)
             bucket[ident] = task
             token = var.set(at)
             try:
