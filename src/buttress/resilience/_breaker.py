@@ -43,6 +43,7 @@ from buttress.resilience._policy import (
     BuildContext,
     Policy,
     SyncLink,
+    call_terminal,
     check_callable,
     check_int,
     check_positive,
@@ -557,6 +558,7 @@ class CircuitBreaker(Policy):
         return simple, self._lock, w, w.ring, w.inv, w.n
 
     def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
         now = self.clock.now
         release = self.release
         outcome = self._outcome
@@ -568,7 +570,7 @@ class CircuitBreaker(Policy):
             permit = self._gen if self._state is CLOSED else self._permit(ctx)
             start = 0.0 if simple else now()
             try:
-                result = inner(fn, args, kwargs)
+                result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
             except Exception as exc:
                 outcome(permit, start, exc, None)
                 raise
@@ -596,6 +598,7 @@ class CircuitBreaker(Policy):
         return breaker_link
 
     def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
         now = self.clock.now
         release = self.release
         outcome = self._outcome
@@ -607,7 +610,7 @@ class CircuitBreaker(Policy):
             permit = self._gen if self._state is CLOSED else self._permit(ctx)
             start = 0.0 if simple else now()
             try:
-                result = await inner(fn, args, kwargs)
+                result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
             except Exception as exc:
                 outcome(permit, start, exc, None)
                 raise

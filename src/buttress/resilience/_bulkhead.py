@@ -22,6 +22,7 @@ from buttress.resilience._policy import (
     BuildContext,
     Policy,
     SyncLink,
+    call_terminal,
     check_int,
     check_positive,
 )
@@ -258,6 +259,7 @@ class Bulkhead(Policy):
 
     # ------------------------------------------------------------ drivers
     def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
         lock = self._lock
         limit = self.max_concurrent
         release = self.release
@@ -272,7 +274,7 @@ class Bulkhead(Policy):
                 lock.release()
                 acquire_sync(ctx)
             try:
-                return inner(fn, args, kwargs)
+                return fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
             finally:
                 lock.acquire()  # release(), inlined for the no-waiter case
                 if self._waiters:
@@ -285,6 +287,7 @@ class Bulkhead(Policy):
         return bulkhead_link
 
     def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
         lock = self._lock
         limit = self.max_concurrent
         release = self.release
@@ -299,7 +302,7 @@ class Bulkhead(Policy):
                 lock.release()
                 await acquire_async(ctx)
             try:
-                return await inner(fn, args, kwargs)
+                return await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
             finally:
                 lock.acquire()  # release(), inlined for the no-waiter case
                 if self._waiters:

@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from buttress.errors import ConfigurationError
 from buttress.resilience._breaker import CircuitBreaker
 from buttress.resilience._hedge import Hedge
-from buttress.resilience._policy import AsyncLink, BuildContext, Policy, SyncLink
+from buttress.resilience._policy import AsyncLink, BuildContext, Policy, SyncLink, call_terminal
 from buttress.resilience._registry import registry
 from buttress.resilience._retry import Retry
 from buttress.resilience._timeout import Timeout
@@ -24,10 +24,6 @@ __all__ = ["Pipeline"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _call_terminal(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return fn(*args, **kwargs)
 
 
 class Pipeline:
@@ -96,7 +92,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ compilation
     def _build_sync(self) -> SyncLink:
-        link: SyncLink = _call_terminal
+        link: SyncLink = call_terminal
         for policy in reversed(self.policies):
             link = policy._wrap(link, self._ctx)
         self._sync = link
@@ -105,7 +101,7 @@ class Pipeline:
     def _build_async(self) -> AsyncLink:
         # The innermost link returns the coroutine itself; the next link awaits it, which
         # saves one coroutine frame per call.
-        link: AsyncLink = _call_terminal
+        link: AsyncLink = call_terminal
         for policy in reversed(self.policies):
             link = policy._awrap(link, self._ctx)
         self._async = link

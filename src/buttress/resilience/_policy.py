@@ -23,7 +23,7 @@ from typing import Any, TypeAlias
 from buttress.errors import ConfigurationError
 from buttress.telemetry import Event, Hook, emit
 
-__all__ = ["AsyncLink", "BuildContext", "Policy", "SyncLink"]
+__all__ = ["AsyncLink", "BuildContext", "Policy", "SyncLink", "call_terminal"]
 
 SyncLink: TypeAlias = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 AsyncLink: TypeAlias = Callable[
@@ -41,6 +41,15 @@ class BuildContext:
     def emit(self, event: Event) -> None:
         """Deliver an event to this pipeline's hooks and the global ones."""
         emit(event, self.hooks)
+
+
+def call_terminal(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The innermost link: call the function (for async, return its coroutine unawaited).
+
+    A policy whose ``inner`` is this link may call ``fn(*args, **kwargs)`` itself and save
+    a frame on every call (the hot policies do).
+    """
+    return fn(*args, **kwargs)
 
 
 class Policy:

@@ -33,6 +33,7 @@ from buttress.resilience._policy import (
     ErrorMatcher,
     Policy,
     SyncLink,
+    call_terminal,
     check_callable,
     check_int,
     check_positive,
@@ -472,6 +473,7 @@ class Retry(Policy):
 
     # ------------------------------------------------------------ drivers
     def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
         budget = self.budget
         now = self.clock.now
         on_result = self.retry_on_result
@@ -493,7 +495,7 @@ class Retry(Policy):
             previous = 0.0
             while True:
                 try:
-                    result = inner(fn, args, kwargs)
+                    result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
                 except Exception as exc:
                     delay = decide(ctx, attempt, exc, None, previous, start)
                     if delay is None:
@@ -512,6 +514,7 @@ class Retry(Policy):
         return retry_link
 
     def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
         budget = self.budget
         now = self.clock.now
         on_result = self.retry_on_result
@@ -533,7 +536,7 @@ class Retry(Policy):
             previous = 0.0
             while True:
                 try:
-                    result = await inner(fn, args, kwargs)
+                    result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
                 except Exception as exc:
                     delay = decide(ctx, attempt, exc, None, previous, start)
                     if delay is None:
