@@ -39,6 +39,7 @@ __all__ = ["RateDecision", "RateLimiter"]
 # "exactly on time" requests admitted at any uptime.
 _EPSILON = 1e-9
 _ULPS = 8 * 2.0**-52
+_SCALE = 1.0 + _ULPS  # now * _SCALE + _EPSILON == now + _slack(now)
 
 
 def _slack(now: float) -> float:
@@ -92,6 +93,8 @@ class RateLimiter(Policy):
     __slots__ = (
         "_interval",
         "_lock",
+        "_now",
+        "_offset",
         "_sweep_at",
         "_tats",
         "_tau",
@@ -130,6 +133,8 @@ class RateLimiter(Policy):
         self.clock = clock
         self._interval = self.per / self.rate
         self._tau = self._interval * self.burst
+        self._offset = self._tau + _EPSILON
+        self._now = clock.now
         self._lock = threading.Lock()
         self._tats: dict[Hashable, float] = {}
         self._sweep_at = self.max_keys
@@ -150,7 +155,7 @@ class RateLimiter(Policy):
             return math.inf  # larger than the burst: can never be admitted
         increment = self._interval * cost
         tats = self._tats
-        limit = now * _ULPS + now + _EPSILON + self._tau  # now + _slack(now) + tau
+        limit = now * _SCALE + self._offset  # now + slack(now) + tau
         # A key's TAT only moves forward, so a denial read without the lock is as exact as
         # one read with it: an over-limit key costs no lock at all (cheaper under abuse).
         tat = tats.get(key, now)
@@ -158,15 +163,13 @@ class RateLimiter(Policy):
             return tat + increment - self._tau - now
         lock = self._lock
         lock.acquire()
-        tat = tats.get(key, now)
-        if tat < now:  # noqa: PLR1730 - an if is cheaper than max() on this hot path
-            tat = now
-        new_tat = tat + increment
+        old = tats.get(key)
+        new_tat = (now if old is None or old < now else old) + increment
         if new_tat > limit:
             lock.release()
             return new_tat - self._tau - now
         tats[key] = new_tat
-        if len(tats) > self._sweep_at:
+        if old is None and len(tats) > self._sweep_at:  # only a new key can grow the dict
             self._sweep(now)
         lock.release()
         return 0.0
@@ -177,26 +180,27 @@ class RateLimiter(Policy):
         `try_acquire` with the answer reduced to a bool, written out in full: this is the
         call a per-request limiter makes, and a delegating call would cost a fifth of it.
         """
-        now = self.clock.now()
-        if cost > self.burst:
+        now = self._now()
+        if cost == 1:
+            increment = self._interval
+        elif cost > self.burst:
             return False
-        increment = self._interval * cost
+        else:
+            increment = self._interval * cost
         tats = self._tats
-        limit = now * _ULPS + now + _EPSILON + self._tau
+        limit = now * _SCALE + self._offset  # now + slack(now) + tau
         tat = tats.get(key, now)
         if tat + increment > limit and tat > now:
             return False
         lock = self._lock
         lock.acquire()
-        tat = tats.get(key, now)
-        if tat < now:  # noqa: PLR1730 - an if is cheaper than max() on this hot path
-            tat = now
-        new_tat = tat + increment
+        old = tats.get(key)
+        new_tat = (now if old is None or old < now else old) + increment
         if new_tat > limit:
             lock.release()
             return False
         tats[key] = new_tat
-        if len(tats) > self._sweep_at:
+        if old is None and len(tats) > self._sweep_at:  # only a new key can grow the dict
             self._sweep(now)
         lock.release()
         return True
