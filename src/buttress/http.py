@@ -572,19 +572,28 @@ def _environment_proxies() -> dict[str, str | None]:
 
 
 def _transports(
-    make: Callable[[_ProxyTypes | None], httpx.BaseTransport | httpx.AsyncBaseTransport],
-    wrap: Callable[[httpx.BaseTransport | httpx.AsyncBaseTransport], ResilientTransport],
+    io_class: type[httpx.HTTPTransport] | type[httpx.AsyncHTTPTransport],
+    options: dict[str, Any],
     *,
     transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None,
     proxy: _ProxyTypes | None,
     mounts: Mapping[str, httpx.BaseTransport | httpx.AsyncBaseTransport | None] | None,
     trust_env: bool,
-) -> tuple[ResilientTransport, dict[str, ResilientTransport | None]]:
-    """The wrapped main transport and mounts (environment proxies, then the caller's)."""
+    wrap: Callable[[httpx.BaseTransport | httpx.AsyncBaseTransport], ResilientTransport],
+) -> dict[str, Any]:
+    """The client keywords for the wrapped main transport and mounts.
+
+    ``io_class(**options, proxy=...)`` builds the transports that do the I/O; environment
+    proxies come first, then the caller's mounts, every one wrapped by ``wrap``.
+    """
     if transport is not None and proxy is not None:
         raise ConfigurationError(
             "client(transport=..., proxy=...): pass one; a custom transport handles proxies"
         )
+
+    def make(via: _ProxyTypes | None) -> httpx.BaseTransport | httpx.AsyncBaseTransport:
+        return io_class(**options, trust_env=trust_env, proxy=via)
+
     main = wrap(transport if transport is not None else make(proxy))
     wrapped: dict[str, ResilientTransport | None] = {}
     if transport is None and proxy is None and trust_env:
@@ -592,7 +601,25 @@ def _transports(
             wrapped[pattern] = None if url is None else wrap(make(url))
     for pattern, mounted in (mounts or {}).items():
         wrapped[pattern] = None if mounted is None else wrap(mounted)
-    return main, wrapped
+    return {"transport": main, "mounts": dict(wrapped) or None, "trust_env": trust_env}
+
+
+def _wrapper(
+    pipeline: Pipeline | PipelineFactory | None,
+    idempotency_keys: bool,
+    on_request: Sequence[RequestHook],
+    clock: Clock,
+) -> Callable[[httpx.BaseTransport | httpx.AsyncBaseTransport], ResilientTransport]:
+    def wrap(inner: httpx.BaseTransport | httpx.AsyncBaseTransport) -> ResilientTransport:
+        return ResilientTransport(
+            inner,
+            pipeline=pipeline,
+            idempotency_keys=idempotency_keys,
+            on_request=on_request,
+            clock=clock,
+        )
+
+    return wrap
 
 
 def client(
@@ -648,37 +675,16 @@ def client(
             api.get("/orders/7")                                   # retried on 503
             api.post("/orders", json=order, headers={"Idempotency-Key": key})   # retried too
     """
-
-    def wrap(inner: httpx.BaseTransport | httpx.AsyncBaseTransport) -> ResilientTransport:
-        return ResilientTransport(
-            inner,
-            pipeline=pipeline,
-            idempotency_keys=idempotency_keys,
-            on_request=on_request,
-            clock=clock,
-        )
-
-    def make(via: _ProxyTypes | None) -> httpx.BaseTransport:
-        return httpx.HTTPTransport(
-            verify=verify,
-            cert=cert,
-            trust_env=trust_env,
-            http1=http1,
-            http2=http2,
-            limits=limits,
-            proxy=via,
-        )
-
-    main, wrapped = _transports(
-        make, wrap, transport=transport, proxy=proxy, mounts=mounts, trust_env=trust_env
-    )
-    return httpx.Client(
-        timeout=timeout,
-        transport=main,
-        mounts=dict(wrapped) or None,
+    io = _transports(
+        httpx.HTTPTransport,
+        {"verify": verify, "cert": cert, "http1": http1, "http2": http2, "limits": limits},
+        transport=transport,
+        proxy=proxy,
+        mounts=mounts,
         trust_env=trust_env,
-        **kwargs,
+        wrap=_wrapper(pipeline, idempotency_keys, on_request, clock),
     )
+    return httpx.Client(timeout=timeout, **io, **kwargs)
 
 
 def async_client(
@@ -729,34 +735,13 @@ def async_client(
         async with async_client(base_url="https://api.example.com") as api:
             response = await api.get("/orders/7")
     """
-
-    def wrap(inner: httpx.BaseTransport | httpx.AsyncBaseTransport) -> ResilientTransport:
-        return ResilientTransport(
-            inner,
-            pipeline=pipeline,
-            idempotency_keys=idempotency_keys,
-            on_request=on_request,
-            clock=clock,
-        )
-
-    def make(via: _ProxyTypes | None) -> httpx.AsyncBaseTransport:
-        return httpx.AsyncHTTPTransport(
-            verify=verify,
-            cert=cert,
-            trust_env=trust_env,
-            http1=http1,
-            http2=http2,
-            limits=limits,
-            proxy=via,
-        )
-
-    main, wrapped = _transports(
-        make, wrap, transport=transport, proxy=proxy, mounts=mounts, trust_env=trust_env
-    )
-    return httpx.AsyncClient(
-        timeout=timeout,
-        transport=main,
-        mounts=dict(wrapped) or None,
+    io = _transports(
+        httpx.AsyncHTTPTransport,
+        {"verify": verify, "cert": cert, "http1": http1, "http2": http2, "limits": limits},
+        transport=transport,
+        proxy=proxy,
+        mounts=mounts,
         trust_env=trust_env,
-        **kwargs,
+        wrap=_wrapper(pipeline, idempotency_keys, on_request, clock),
     )
+    return httpx.AsyncClient(timeout=timeout, **io, **kwargs)
