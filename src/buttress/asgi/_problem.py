@@ -1,0 +1,156 @@
+"""RFC 9457 problem details (``application/problem+json``) for every error buttress answers.
+
+One renderer serves every middleware: a body with ``type``, ``title``, ``status``,
+``detail``, ``code`` (the `buttress.errors.ErrorCode` wire name), ``retriable`` and
+``request_id``; ``Retry-After`` when the problem is retriable. No stack traces, no
+exception messages unless the caller passes them as ``detail`` on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from buttress.errors import ButtressError, ErrorCode
+
+__all__ = [
+    "PROBLEM_BASE",
+    "PROBLEM_CONTENT_TYPE",
+    "problem_body",
+    "problem_for_exception",
+    "send_problem",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+PROBLEM_CONTENT_TYPE = b"application/problem+json"
+PROBLEM_BASE = "https://buttress.dev/problems/"
+
+# Titles per code: short, stable, human (RFC 9457 3.1.3: the title does not change per
+# occurrence). Types are URIs under PROBLEM_BASE named after the code, with two names the
+# IETF drafts use: quota-exceeded (RateLimit fields) and temporary-reduced-capacity.
+_TITLES: dict[ErrorCode, str] = {
+    ErrorCode.UPSTREAM_TIMEOUT: "A dependency did not answer in time",
+    ErrorCode.UPSTREAM_UNAVAILABLE: "A dependency is unavailable",
+    ErrorCode.UPSTREAM_ERROR: "A dependency failed",
+    ErrorCode.RATE_LIMITED: "Too many requests",
+    ErrorCode.OVERLOADED: "The service is overloaded",
+    ErrorCode.CIRCUIT_OPEN: "A dependency is failing; the call was not attempted",
+    ErrorCode.TRANSIENT_CONFLICT: "A concurrent change conflicted; try again",
+    ErrorCode.DEADLINE_EXCEEDED: "The request took too long",
+    ErrorCode.BAD_REQUEST: "The request is malformed",
+    ErrorCode.UNAUTHORIZED: "Authentication is required",
+    ErrorCode.FORBIDDEN: "The request is not allowed",
+    ErrorCode.NOT_FOUND: "Not found",
+    ErrorCode.METHOD_NOT_ALLOWED: "Method not allowed",
+    ErrorCode.CONFLICT: "The request conflicts with the current state",
+    ErrorCode.PAYLOAD_TOO_LARGE: "The request body is too large",
+    ErrorCode.VALIDATION_FAILED: "The request is invalid",
+    ErrorCode.BACKEND_ERROR: "A storage backend is unavailable",
+    ErrorCode.INTERNAL_ERROR: "Internal server error",
+}
+_TYPE_NAMES: dict[ErrorCode, str] = {
+    ErrorCode.RATE_LIMITED: "quota-exceeded",
+    ErrorCode.OVERLOADED: "temporary-reduced-capacity",
+}
+
+
+def problem_type(code: ErrorCode) -> str:
+    """The problem ``type`` URI of a code."""
+    return PROBLEM_BASE + _TYPE_NAMES.get(code, code.wire.replace("_", "-"))
+
+
+def problem_body(
+    code: ErrorCode,
+    *,
+    status: int | None = None,
+    detail: str | None = None,
+    request_id: str | None = None,
+    title: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The problem document for ``code`` as a dict.
+
+    Example::
+
+        >>> problem_body(ErrorCode.NOT_FOUND, request_id="r1")["status"]
+        404
+    """
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": title or _TITLES.get(code, code.wire),
+        "status": status or code.http_status,
+        "code": code.wire,
+        "retriable": code.retriable,
+    }
+    if detail:
+        body["detail"] = detail
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        for key, value in extra.items():
+            body.setdefault(key, value)
+    return body
+
+
+def problem_for_exception(exc: BaseException) -> tuple[ErrorCode, float | None, str | None]:
+    """(code, retry_after, detail) to answer for an exception that reached the edge.
+
+    buttress errors answer with their own code and ``retry_after`` and their message as
+    detail (they are written for people); anything else is a 500 ``internal_error`` with
+    no detail: internals never reach clients.
+    """
+    if isinstance(exc, ButtressError):
+        retry_after = exc.retry_after
+        if retry_after is None and exc.code.retriable:
+            retry_after = exc.code.default_retry_after
+        return exc.code, retry_after, str(exc) or None
+    return ErrorCode.INTERNAL_ERROR, None, None
+
+
+def retry_after_header(seconds: float) -> bytes:
+    """``Retry-After`` delta-seconds: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds))).encode("ascii")
+
+
+async def send_problem(
+    send: Send,
+    code: ErrorCode,
+    *,
+    status: int | None = None,
+    detail: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    extra: dict[str, Any] | None = None,
+    head: bool = False,
+) -> None:
+    """Send a complete problem+json response on a raw ASGI ``send``.
+
+    Args:
+        send: the ASGI send callable (wrapped sends that add headers work too).
+        code: the taxonomy code: sets type, title and the default status.
+        status: override the status (for example 413 from a body limit).
+        detail: a human explanation specific to this occurrence.
+        request_id: echoed in the body (the request-id middleware adds the header).
+        retry_after: seconds; sent as ``Retry-After`` (rounded up, at least 1).
+        headers: extra response headers.
+        extra: extra members of the problem document.
+        head: answer a HEAD request (headers only).
+    """
+    body = problem_body(code, status=status, detail=detail, request_id=request_id, extra=extra)
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw_headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE),
+        (b"content-length", str(len(payload)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+        *headers,
+    ]
+    if retry_after is not None:
+        raw_headers.append((b"retry-after", retry_after_header(retry_after)))
+    await send({"type": "http.response.start", "status": body["status"], "headers": raw_headers})
+    await send({"type": "http.response.body", "body": b"" if head else payload})
