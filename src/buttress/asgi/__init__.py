@@ -1,9 +1,50 @@
-"""Inbound hardening for any ASGI application (pure ASGI, no BaseHTTPMiddleware).
+"""Inbound hardening for any ASGI application: pure ASGI, no BaseHTTPMiddleware.
 
-Work in progress: the pieces land one by one, then ``harden(app, settings)`` composes them
-as the outermost layer.
+``app = harden(app)`` adds, outermost first: request ids and W3C trace context, security
+headers, CORS, problem+json errors, body size limits and a request deadline. Each feature
+is also its own middleware class.
+
+Example::
+
+    from fastapi import FastAPI
+    from buttress.asgi import HardenSettings, harden
+
+    app = harden(FastAPI(), HardenSettings(cors_origins=("https://shop.example.com",)))
 """
 
+from buttress.asgi._context import (
+    RequestContextMiddleware,
+    TraceContext,
+    client_address,
+    current_request_id,
+    current_trace,
+    parse_traceparent,
+    propagate_context,
+    trusted_networks,
+)
+from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
+from buttress.asgi._harden import HardenSettings, harden
+from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._problem import problem_body, send_problem
 
-__all__ = ["problem_body", "send_problem"]
+__all__ = [
+    "BodyLimitMiddleware",
+    "CORSMiddleware",
+    "DeadlineMiddleware",
+    "ErrorMiddleware",
+    "HardenSettings",
+    "RequestContextMiddleware",
+    "SecurityHeadersMiddleware",
+    "TraceContext",
+    "client_address",
+    "current_request_id",
+    "current_trace",
+    "harden",
+    "install_exception_handlers",
+    "parse_traceparent",
+    "problem_body",
+    "propagate_context",
+    "send_problem",
+    "trusted_networks",
+]

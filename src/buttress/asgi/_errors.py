@@ -1,0 +1,194 @@
+"""The error edge: every failure becomes RFC 9457 problem+json, logged once with context.
+
+`ErrorMiddleware` catches what escapes the application: buttress errors answer with their
+own status and ``Retry-After``; anything else is a 500 ``internal_error`` with no internals
+in the body, logged with the request id, method and path. `install_exception_handlers`
+teaches Starlette and FastAPI to answer their own errors (404, 405, ``HTTPException``,
+request validation) in the same format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from buttress._classify import classify_status
+from buttress.asgi._context import current_request_id
+from buttress.asgi._problem import problem_body, problem_for_exception, send_problem
+from buttress.errors import ButtressError, ErrorCode
+
+__all__ = ["ErrorMiddleware", "install_exception_handlers"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = logging.getLogger("buttress.asgi")
+
+
+def _logger() -> Any:
+    try:
+        import structlog  # noqa: PLC0415 - optional
+
+        return structlog.get_logger("buttress.asgi")
+    except ImportError:  # pragma: no cover - structlog ships with the asgi extra
+        return None
+
+
+class ErrorMiddleware:
+    """Turn exceptions that escape the application into problem+json responses.
+
+    Args:
+        app: the ASGI application.
+        logger: a structlog or stdlib logger (default: structlog's ``buttress.asgi``).
+
+    An exception after the response has started cannot change the status any more: it is
+    logged and the connection is left for the server to close.
+
+    Example::
+
+        app = ErrorMiddleware(app)
+    """
+
+    def __init__(self, app: ASGIApp, *, logger: Any = None) -> None:
+        self.app = app
+        self.logger = logger if logger is not None else (_logger() or _log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            code, retry_after, detail = problem_for_exception(exc)
+            self._log(scope, exc, code, started)
+            if started:
+                return
+            await send_problem(
+                send,
+                code,
+                detail=detail,
+                request_id=current_request_id(),
+                retry_after=retry_after,
+                head=scope.get("method") == "HEAD",
+            )
+
+    def _log(self, scope: Scope, exc: Exception, code: ErrorCode, started: bool) -> None:
+        fields = {
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "request_id": current_request_id(),
+            "code": code.wire,
+            "response_started": started,
+        }
+        if code is ErrorCode.INTERNAL_ERROR:
+            if isinstance(self.logger, logging.Logger):
+                self.logger.error("unhandled exception %s", fields, exc_info=exc)
+            else:
+                self.logger.error("unhandled_exception", exc_info=exc, **fields)
+        elif isinstance(self.logger, logging.Logger):
+            self.logger.warning("request failed %s: %s", fields, exc)
+        else:
+            self.logger.warning("request_failed", error=str(exc), **fields)
+
+
+def _sanitize_validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic errors without the rejected ``input`` (it may hold a password) or ``ctx``."""
+    return [
+        {
+            "loc": list(error.get("loc", ())),
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in (errors if isinstance(errors, list) else [])
+        if isinstance(error, dict)
+    ]
+
+
+def install_exception_handlers(app: Any) -> bool:
+    """Make a Starlette or FastAPI app answer its own errors as problem+json.
+
+    Covers ``HTTPException`` (404, 405 and the ones handlers raise), FastAPI's request
+    validation errors (422, with the field errors but never the rejected input), buttress
+    errors and any other exception (500). Returns False for apps that are neither.
+    """
+    add = getattr(app, "add_exception_handler", None)
+    if add is None:
+        return False
+    try:
+        from starlette.exceptions import HTTPException  # noqa: PLC0415
+        from starlette.responses import JSONResponse  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - an app with add_exception_handler has starlette
+        return False
+
+    def respond(
+        code: ErrorCode,
+        status: int,
+        detail: str | None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Any:
+        body = problem_body(
+            code, status=status, detail=detail, request_id=current_request_id(), extra=extra
+        )
+        return JSONResponse(
+            body, status_code=status, headers=headers, media_type="application/problem+json"
+        )
+
+    async def on_http_exception(request: Any, exc: Any) -> Any:
+        status = int(getattr(exc, "status_code", 500))
+        info = classify_status(status)
+        code = info.code if info is not None else ErrorCode.INTERNAL_ERROR
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        headers = dict(getattr(exc, "headers", None) or {})
+        if detail and detail == _default_phrase(status):
+            detail = None
+        return respond(code, status, detail, headers or None)
+
+    async def on_buttress_error(request: Any, exc: Any) -> Any:
+        code, retry_after, detail = problem_for_exception(exc)
+        headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else None
+        return respond(code, code.http_status, detail, headers)
+
+    async def on_exception(request: Any, exc: Exception) -> Any:
+        return respond(ErrorCode.INTERNAL_ERROR, 500, None)
+
+    add(HTTPException, on_http_exception)
+    add(ButtressError, on_buttress_error)
+    add(Exception, on_exception)
+    try:
+        from fastapi.exceptions import RequestValidationError  # noqa: PLC0415
+    except ImportError:
+        return True
+
+    async def on_validation(request: Any, exc: Any) -> Any:
+        return respond(
+            ErrorCode.VALIDATION_FAILED,
+            422,
+            "the request does not match the schema",
+            extra={"errors": _sanitize_validation_errors(exc.errors())},
+        )
+
+    add(RequestValidationError, on_validation)
+    return True
+
+
+def _default_phrase(status: int) -> str:
+    from http import HTTPStatus  # noqa: PLC0415
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""

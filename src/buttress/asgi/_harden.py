@@ -1,0 +1,171 @@
+"""`harden(app, settings)`: the inbound features composed, outermost first.
+
+Order (outermost first) and why:
+
+1. `RequestContextMiddleware`: ids and trace context exist before anything can fail, and
+   the id header reaches every response, 500s included;
+2. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
+3. `ErrorMiddleware`: whatever escapes below becomes problem+json;
+4. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+   and the handler runs under the request deadline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from buttress.asgi._context import RequestContextMiddleware, trusted_networks
+from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
+from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
+from buttress.errors import ConfigurationError
+
+__all__ = ["HardenSettings", "harden"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HardenSettings:
+    """Everything `harden` does, in one validated object (loadable from ``BUTTRESS_*``).
+
+    Every feature can be switched off. Production defaults: 1 MiB bodies, 30 s request
+    deadline, OWASP security headers, no CORS (same-origin only), no trusted proxies.
+
+    Example::
+
+        settings = HardenSettings(cors_origins=("https://shop.example.com",),
+                                  max_body_bytes=5 << 20)
+        settings = HardenSettings.from_env()   # BUTTRESS_MAX_BODY_BYTES=5242880 ...
+    """
+
+    request_id_header: str = "x-request-id"
+    trusted_proxies: tuple[str, ...] = ()
+    security_headers: bool = True
+    csp_routes: Mapping[str, str | None] = field(default_factory=dict)
+    cors_origins: tuple[str, ...] = ()
+    cors_origin_regex: str | None = None
+    cors_methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    cors_headers: tuple[str, ...] = ()
+    cors_credentials: bool = False
+    max_body_bytes: int | None = 1 << 20
+    request_timeout: float | None = 30.0
+    timeout_header: str | None = "x-request-timeout"
+
+    def __post_init__(self) -> None:
+        trusted_networks(self.trusted_proxies)  # raises ConfigurationError on a bad CIDR
+        if self.max_body_bytes is not None and (
+            isinstance(self.max_body_bytes, bool)
+            or not isinstance(self.max_body_bytes, int)
+            or self.max_body_bytes < 0
+        ):
+            raise ConfigurationError(
+                f"HardenSettings(max_body_bytes={self.max_body_bytes!r}): bytes >= 0, or None"
+            )
+        if self.request_timeout is not None and (
+            isinstance(self.request_timeout, bool)
+            or not isinstance(self.request_timeout, int | float)
+            or not 0 < self.request_timeout <= 3600
+        ):
+            raise ConfigurationError(
+                f"HardenSettings(request_timeout={self.request_timeout!r}): seconds in "
+                "(0, 3600], or None"
+            )
+        if "*" in self.cors_origins and self.cors_credentials:
+            raise ConfigurationError(
+                "HardenSettings(cors_origins=('*',), cors_credentials=True): browsers refuse "
+                "credentials with a wildcard origin; list the origins"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HardenSettings:
+        """Settings from ``BUTTRESS_<FIELD>`` variables (lists comma-separated).
+
+        A bad value raises `ConfigurationError` naming the variable and what is allowed,
+        so the service stops at start-up instead of running half-configured.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"BUTTRESS_{f.name.upper()}"
+            raw = env.get(name)
+            if raw is None or f.name == "csp_routes":
+                continue
+            values[f.name] = _parse(name, raw.strip(), cls.__dataclass_fields__[f.name].type)
+        try:
+            return cls(**values)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{exc} (from the BUTTRESS_* environment)") from exc
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    text = str(kind)
+    if "tuple" in text:
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if text.startswith("bool"):
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigurationError(f"{name}={raw!r}: must be true or false")
+    if raw.lower() in {"", "none", "off"} and "None" in text:
+        return None
+    if text.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}={raw!r}: must be a whole number") from None
+    if text.startswith("float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}={raw!r}: must be a number of seconds") from None
+    return raw
+
+
+def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
+    """Wrap any ASGI app (FastAPI, Starlette, bare) in buttress's inbound hardening.
+
+    Call it once, before the first request; it is the outermost layer, so request ids,
+    security headers, CORS and problem+json also reach responses to unhandled exceptions.
+    For Starlette and FastAPI apps it also installs problem+json exception handlers (404,
+    405, validation errors).
+
+    Example::
+
+        from fastapi import FastAPI
+        from buttress.asgi import harden
+
+        app = FastAPI()
+        app = harden(app)           # uvicorn main:app
+    """
+    s = settings if settings is not None else HardenSettings.from_env()
+    install_exception_handlers(app)
+    wrapped: ASGIApp = app
+    if s.request_timeout is not None:
+        wrapped = DeadlineMiddleware(wrapped, timeout=s.request_timeout, header=s.timeout_header)
+    if s.max_body_bytes is not None:
+        wrapped = BodyLimitMiddleware(wrapped, max_bytes=s.max_body_bytes)
+    wrapped = ErrorMiddleware(wrapped)
+    if s.cors_origins or s.cors_origin_regex:
+        wrapped = CORSMiddleware(
+            wrapped,
+            allow_origins=s.cors_origins,
+            allow_origin_regex=s.cors_origin_regex,
+            allow_methods=s.cors_methods,
+            allow_headers=s.cors_headers,
+            allow_credentials=s.cors_credentials,
+        )
+    if s.security_headers:
+        wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
+    return RequestContextMiddleware(wrapped, header=s.request_id_header)

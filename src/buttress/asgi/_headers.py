@@ -1,0 +1,275 @@
+"""Security headers (the OWASP Secure Headers Project set) and CORS with an allow-list."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from buttress.asgi._problem import send_problem
+from buttress.errors import ConfigurationError, ErrorCode
+
+__all__ = ["DEFAULT_CSP", "OWASP_HEADERS", "CORSMiddleware", "SecurityHeadersMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_CSP = (
+    "default-src 'self'; form-action 'self'; base-uri 'self'; object-src 'none'; "
+    "frame-ancestors 'none'; upgrade-insecure-requests"
+)
+
+# OWASP Secure Headers Project, recommended values (ci/headers_add.json, 2026).
+OWASP_HEADERS: dict[str, str] = {
+    "strict-transport-security": "max-age=63072000; includeSubDomains",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "deny",
+    "content-security-policy": DEFAULT_CSP,
+    "x-permitted-cross-domain-policies": "none",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-embedder-policy": "require-corp",
+    "cross-origin-resource-policy": "same-origin",
+    "permissions-policy": (
+        "accelerometer=(), autoplay=(), camera=(), display-capture=(), encrypted-media=(), "
+        "fullscreen=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), "
+        "midi=(), payment=(), picture-in-picture=(), publickey-credentials-get=(), "
+        "screen-wake-lock=(), sync-xhr=(self), usb=(), web-share=(), xr-spatial-tracking=()"
+    ),
+    "x-dns-prefetch-control": "off",
+    "cache-control": "no-store, max-age=0",
+}
+# Fingerprinting headers the OWASP project recommends removing.
+REMOVED_HEADERS = frozenset(
+    {b"server", b"x-powered-by", b"x-aspnet-version", b"x-aspnetmvc-version", b"x-runtime"}
+)
+
+
+class SecurityHeadersMiddleware:
+    """Add the OWASP recommended response headers; remove ``Server`` and friends.
+
+    Headers the application sets itself are kept (a route that sets its own
+    ``Cache-Control`` or CSP wins).
+
+    Args:
+        app: the ASGI application.
+        headers: replace the whole set (names are case-insensitive); None keeps OWASP's.
+        csp_routes: a Content-Security-Policy per path prefix (longest prefix wins), or
+            None for no CSP on those paths (e.g. ``{"/docs": None}`` for Swagger UI).
+        remove: fingerprinting headers to strip (default ``Server``, ``X-Powered-By``...).
+
+    Example::
+
+        app = SecurityHeadersMiddleware(app, csp_routes={"/docs": None})
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        headers: Mapping[str, str] | None = None,
+        csp_routes: Mapping[str, str | None] | None = None,
+        remove: Iterable[bytes] = REMOVED_HEADERS,
+    ) -> None:
+        chosen = dict(OWASP_HEADERS if headers is None else headers)
+        for name, value in chosen.items():
+            if not name or "\n" in value or "\r" in value:
+                raise ConfigurationError(
+                    f"SecurityHeadersMiddleware(headers={{{name!r}: {value!r}}}): invalid header"
+                )
+        self.app = app
+        self.base = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in chosen.items()]
+        self.base_names = frozenset(k for k, _ in self.base)
+        self.remove = frozenset(h.lower() for h in remove)
+        routes = sorted((csp_routes or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
+        self.routes: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+        for prefix, csp in routes:
+            if not prefix.startswith("/"):
+                raise ConfigurationError(
+                    f"SecurityHeadersMiddleware(csp_routes={{{prefix!r}: ...}}): a path prefix "
+                    "starting with /"
+                )
+            headers_for_route = [h for h in self.base if h[0] != b"content-security-policy"]
+            if csp is not None:
+                headers_for_route.append((b"content-security-policy", csp.encode("latin-1")))
+            self.routes.append((prefix, headers_for_route))
+
+    def _headers_for(self, path: str) -> list[tuple[bytes, bytes]]:
+        for prefix, headers in self.routes:
+            if path.startswith(prefix):
+                return headers
+        return self.base
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        add = self._headers_for(scope["path"]) if self.routes else self.base
+        remove = self.remove
+
+        async def send_secure(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in remove]
+                present = {h[0].lower() for h in headers}
+                headers.extend(h for h in add if h[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_secure)
+
+
+_SAFE_METHODS = ("GET", "HEAD", "POST")
+
+
+class CORSMiddleware:
+    """CORS with an explicit allow-list (a settings mistake fails at start-up).
+
+    Args:
+        app: the ASGI application.
+        allow_origins: exact origins (``https://app.example.com``), or ``["*"]`` for any
+            origin without credentials.
+        allow_origin_regex: a full-match regular expression for origins.
+        allow_methods: methods allowed cross-origin (default GET, HEAD, POST).
+        allow_headers: request headers allowed (default none beyond the CORS-safelisted).
+        allow_credentials: send ``Access-Control-Allow-Credentials: true``. Refused with
+            ``*`` (browsers forbid it, and reflecting any origin with credentials is a hole).
+        expose_headers: response headers the browser may read (the request id by default).
+        max_age: how long a browser may cache a preflight (default 600 s).
+
+    A preflight from a disallowed origin, method or header gets a 403 problem+json.
+
+    Example::
+
+        app = CORSMiddleware(app, allow_origins=["https://shop.example.com"],
+                             allow_credentials=True, allow_headers=["authorization"])
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allow_origins: Sequence[str] = (),
+        allow_origin_regex: str | None = None,
+        allow_methods: Sequence[str] = _SAFE_METHODS,
+        allow_headers: Sequence[str] = (),
+        allow_credentials: bool = False,
+        expose_headers: Sequence[str] = ("x-request-id",),
+        max_age: int = 600,
+    ) -> None:
+        origins = [o.rstrip("/") for o in allow_origins]
+        self.any_origin = "*" in origins
+        if self.any_origin and allow_credentials:
+            raise ConfigurationError(
+                "CORSMiddleware(allow_origins=['*'], allow_credentials=True): browsers refuse "
+                "credentials with a wildcard origin; list the allowed origins instead"
+            )
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ConfigurationError(
+                    f"CORSMiddleware(allow_origins=[{origin!r}]): must be scheme://host[:port]"
+                )
+        try:
+            self.origin_regex = re.compile(allow_origin_regex) if allow_origin_regex else None
+        except re.error as exc:
+            raise ConfigurationError(
+                f"CORSMiddleware(allow_origin_regex={allow_origin_regex!r}): {exc}"
+            ) from exc
+        if isinstance(max_age, bool) or not isinstance(max_age, int) or not 0 <= max_age <= 86400:
+            raise ConfigurationError(
+                f"CORSMiddleware(max_age={max_age!r}): must be an integer in [0, 86400]"
+            )
+        self.app = app
+        self.origins = frozenset(o for o in origins if o != "*")
+        self.methods = frozenset(m.upper() for m in allow_methods)
+        self.allow_all_headers = "*" in allow_headers
+        if self.allow_all_headers and allow_credentials:
+            raise ConfigurationError(
+                "CORSMiddleware(allow_headers=['*'], allow_credentials=True): list the headers"
+            )
+        self.headers = frozenset(h.lower() for h in allow_headers)
+        self.credentials = allow_credentials
+        self.expose = ", ".join(expose_headers).encode("latin-1")
+        self.preflight_common = [
+            (b"access-control-allow-methods", ", ".join(sorted(self.methods)).encode("latin-1")),
+            (b"access-control-max-age", str(max_age).encode("ascii")),
+            (b"vary", b"Origin"),
+        ]
+        if allow_credentials:
+            self.preflight_common.append((b"access-control-allow-credentials", b"true"))
+
+    def allowed(self, origin: str) -> bool:
+        """Whether ``origin`` may make cross-origin requests."""
+        if self.any_origin or origin in self.origins:
+            return True
+        return bool(self.origin_regex and self.origin_regex.fullmatch(origin))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origin_raw = None
+        request_method = None
+        request_headers = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin_raw = value
+            elif name == b"access-control-request-method":
+                request_method = value
+            elif name == b"access-control-request-headers":
+                request_headers = value
+        if origin_raw is None:
+            await self.app(scope, receive, send)
+            return
+        origin = origin_raw.decode("latin-1")
+        if scope["method"] == "OPTIONS" and request_method is not None:
+            await self._preflight(send, origin, request_method, request_headers)
+            return
+        if not self.allowed(origin):
+            await self.app(scope, receive, send)  # no CORS headers: the browser blocks it
+            return
+        allow = b"*" if self.any_origin and not self.credentials else origin_raw
+        extra = [(b"access-control-allow-origin", allow), (b"vary", b"Origin")]
+        if self.credentials:
+            extra.append((b"access-control-allow-credentials", b"true"))
+        if self.expose:
+            extra.append((b"access-control-expose-headers", self.expose))
+
+        async def send_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_cors)
+
+    async def _preflight(
+        self, send: Send, origin: str, method: bytes, headers: bytes | None
+    ) -> None:
+        problems = []
+        if not self.allowed(origin):
+            problems.append("origin")
+        if method.decode("latin-1").upper() not in self.methods:
+            problems.append("method")
+        asked = [h.strip().lower() for h in (headers or b"").decode("latin-1").split(",")]
+        asked = [h for h in asked if h]
+        if not self.allow_all_headers and any(h not in self.headers for h in asked):
+            problems.append("headers")
+        if problems:
+            await send_problem(
+                send,
+                ErrorCode.FORBIDDEN,
+                detail=f"CORS preflight refused: {', '.join(problems)} not allowed",
+            )
+            return
+        allow_origin = b"*" if self.any_origin and not self.credentials else origin.encode()
+        response = [
+            (b"access-control-allow-origin", allow_origin),
+            *self.preflight_common,
+            (b"content-length", b"0"),
+        ]
+        if asked:
+            response.append((b"access-control-allow-headers", ", ".join(asked).encode()))
+        await send({"type": "http.response.start", "status": 204, "headers": response})
+        await send({"type": "http.response.body", "body": b""})
