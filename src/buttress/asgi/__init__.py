@@ -26,9 +26,11 @@ from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._harden import HardenSettings, harden
 from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
+from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
 from buttress.asgi._problem import problem_body, send_problem
 
 __all__ = [
+    "AccessLogMiddleware",
     "BodyLimitMiddleware",
     "CORSMiddleware",
     "DeadlineMiddleware",
@@ -38,6 +40,7 @@ __all__ = [
     "SecurityHeadersMiddleware",
     "TraceContext",
     "client_address",
+    "configure_logging",
     "current_request_id",
     "current_trace",
     "harden",
@@ -45,6 +48,7 @@ __all__ = [
     "parse_traceparent",
     "problem_body",
     "propagate_context",
+    "redact",
     "send_problem",
     "trusted_networks",
 ]

@@ -4,9 +4,10 @@ Order (outermost first) and why:
 
 1. `RequestContextMiddleware`: ids and trace context exist before anything can fail, and
    the id header reaches every response, 500s included;
-2. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
-3. `ErrorMiddleware`: whatever escapes below becomes problem+json;
-4. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+2. `AccessLogMiddleware`: one line per request, with the final status (500s included);
+3. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
+4. `ErrorMiddleware`: whatever escapes below becomes problem+json;
+5. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
    and the handler runs under the request deadline.
 """
 
@@ -21,6 +22,7 @@ from buttress.asgi._context import RequestContextMiddleware, trusted_networks
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
+from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.errors import ConfigurationError
 
 __all__ = ["HardenSettings", "harden"]
@@ -58,6 +60,10 @@ class HardenSettings:
     cors_methods: tuple[str, ...] = ("GET", "HEAD", "POST")
     cors_headers: tuple[str, ...] = ()
     cors_credentials: bool = False
+    access_log: bool = True
+    configure_logging: bool = True
+    log_json: bool | None = None
+    log_level: str = "INFO"
     max_body_bytes: int | None = 1 << 20
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
@@ -150,6 +156,8 @@ def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
         app = harden(app)           # uvicorn main:app
     """
     s = settings if settings is not None else HardenSettings.from_env()
+    if s.configure_logging:
+        configure_logging(json=s.log_json, level=s.log_level)
     install_exception_handlers(app)
     wrapped: ASGIApp = app
     if s.request_timeout is not None:
@@ -168,4 +176,6 @@ def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
         )
     if s.security_headers:
         wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
+    if s.access_log:
+        wrapped = AccessLogMiddleware(wrapped, trusted_proxies=s.trusted_proxies)
     return RequestContextMiddleware(wrapped, header=s.request_id_header)

@@ -1,0 +1,253 @@
+"""Structured JSON logs (structlog) with secrets redacted, and a one-line-per-request access log.
+
+`configure_logging` sets structlog up the production way: JSON lines on a pipe or file,
+readable colours on a terminal, ISO timestamps in UTC, the request id and trace id of the
+current request merged in, and every ``Authorization``, ``Cookie``, ``Set-Cookie``,
+password-, token- or secret-like field replaced by ``[redacted]``, however deep it sits.
+
+`AccessLogMiddleware` writes one line per request: method, route template, path, status,
+duration_ms, response bytes, request id, trace id, client address (trusted-proxy aware)
+and principal when known.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, TextIO
+
+from buttress.asgi._context import _REQUEST_ID, _TRACE, client_address, trusted_networks
+
+__all__ = ["REDACTED", "AccessLogMiddleware", "configure_logging", "redact", "redact_processor"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+REDACTED = "[redacted]"
+SENSITIVE_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|session|"
+    r"credential|private[-_]?key|signature",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` with sensitive keys' values replaced by ``[redacted]``.
+
+    Dicts are walked recursively (lists and tuples too); keys that look like passwords,
+    tokens, secrets, API keys, cookies or authorization are redacted, and ``Bearer``/
+    ``Basic`` credentials inside strings are masked.
+
+    Example::
+
+        >>> redact({"user": "ann", "password": "hunter2", "headers": {"Cookie": "s=1"}})
+        {'user': 'ann', 'password': '[redacted]', 'headers': {'Cookie': '[redacted]'}}
+    """
+    if _depth > 20:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (
+                REDACTED
+                if isinstance(k, str) and SENSITIVE_KEY.search(k)
+                else redact(v, _depth + 1)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and isinstance(value[0], str | bytes):  # a (name, value) header pair
+            name = value[0].decode("latin-1") if isinstance(value[0], bytes) else value[0]
+            if SENSITIVE_KEY.search(name):
+                return (value[0], REDACTED) if isinstance(value, tuple) else [value[0], REDACTED]
+        items = [redact(v, _depth + 1) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, str) and ("earer " in value or "asic " in value):
+        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+    return value
+
+
+def redact_processor(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """A structlog processor applying `redact` to every event."""
+    return redact(dict(event_dict))
+
+
+def _merge_request_context(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    request_id = _REQUEST_ID.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    trace = _TRACE.get()
+    if trace is not None:
+        event_dict.setdefault("trace_id", trace.trace_id)
+    return event_dict
+
+
+def configure_logging(
+    *,
+    json: bool | None = None,
+    level: int | str = logging.INFO,
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog (and route the standard library's logging through it).
+
+    Args:
+        json: JSON lines (default: when the stream is not a terminal) or console output.
+        level: the minimum level (default INFO).
+        stream: where lines go (default ``sys.stdout``).
+
+    Example::
+
+        configure_logging()                 # JSON in production, colours in a terminal
+        structlog.get_logger().info("order_created", order_id=7, card_token="tok_123")
+        # {"order_id": 7, "card_token": "[redacted]", "event": "order_created", ...}
+    """
+    import structlog  # noqa: PLC0415 - the asgi extra
+
+    out: TextIO = stream if stream is not None else _Stdout()  # type: ignore[assignment]
+    as_json = json if json is not None else not out.isatty()
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        from buttress.errors import ConfigurationError  # noqa: PLC0415
+
+        raise ConfigurationError(f"configure_logging(level={level!r}): not a logging level")
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        _merge_request_context,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_processor,
+    ]
+    renderer: Any
+    if as_json:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer, foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)
+
+
+class _Stdout:
+    """``sys.stdout`` looked up at every write, so a replaced stdout (tests, daemons) works."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
+_UNMATCHED = "<unmatched>"
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/orders/{id}``) after routing, else ``<unmatched>``."""
+    route = scope.get("route")
+    if route is None:
+        return _UNMATCHED
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(template, str):
+        return _UNMATCHED
+    return str(scope.get("root_path", "")) + template
+
+
+class AccessLogMiddleware:
+    """One structured log line per request.
+
+    Args:
+        app: the ASGI application.
+        logger: a structlog logger (default ``structlog.get_logger("buttress.access")``).
+        trusted_proxies: CIDRs of your proxies, for the client address (default none).
+        exclude_paths: paths not logged (default the health and metrics endpoints).
+        principal: a function of the scope returning the caller's identity, if known
+            (default: ``scope["state"]["principal"]``, set by authentication).
+
+    Example::
+
+        configure_logging()
+        app = AccessLogMiddleware(app, trusted_proxies=["10.0.0.0/8"])
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger: Any = None,
+        trusted_proxies: Iterable[str] = (),
+        exclude_paths: Iterable[str] = ("/health", "/health/live", "/health/ready", "/metrics"),
+        principal: Callable[[Scope], str | None] | None = None,
+    ) -> None:
+        if logger is None:
+            import structlog  # noqa: PLC0415 - the asgi extra
+
+            logger = structlog.get_logger("buttress.access")
+        self.app = app
+        self.logger = logger
+        self.trusted = trusted_networks(trusted_proxies)
+        self.exclude = frozenset(exclude_paths)
+        self.principal = principal or _state_principal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exclude:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        size = 0
+
+        async def measuring_send(message: Message) -> None:
+            nonlocal status, size
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, measuring_send)
+        finally:
+            trace = _TRACE.get()
+            self.logger.info(
+                "request",
+                method=scope["method"],
+                route=route_template(scope),
+                path=scope["path"],
+                status=status or 500,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                bytes=size,
+                request_id=_REQUEST_ID.get(),
+                trace_id=trace.trace_id if trace is not None else None,
+                client=client_address(scope, self.trusted),
+                principal=self.principal(scope),
+            )
+
+
+def _state_principal(scope: Scope) -> str | None:
+    state = scope.get("state")
+    if isinstance(state, dict):
+        value = state.get("principal")
+        return None if value is None else str(value)
+    return None
