@@ -14,11 +14,10 @@ any client can forge).
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from random import getrandbits
+from typing import Any, NamedTuple
 
 from buttress.errors import ConfigurationError
 
@@ -56,9 +55,8 @@ def current_trace() -> TraceContext | None:
     return _TRACE.get()
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """W3C trace context of this server span.
+class TraceContext(NamedTuple):
+    """W3C trace context of this server span (immutable; cheap to build per request).
 
     Attributes:
         trace_id: 32 lowercase hex digits.
@@ -192,7 +190,8 @@ class RequestContextMiddleware:
             outside ``[A-Za-z0-9-._~:/+=]`` gets a fresh id instead.
         trust_incoming: accept inbound ids at all (default True).
         trace: parse and emit W3C trace context (default True).
-        generator: makes new ids (default: 32 random hex digits).
+        generator: makes new ids (default: the trace id, so one id finds the request in
+            logs and traces; 32 random hex digits when tracing is off).
 
     The id is echoed as a response header; the trace context is returned as
     ``traceresponse`` (W3C Trace Context level 2) and stored in ``scope["state"]``.
@@ -234,6 +233,7 @@ class RequestContextMiddleware:
         self.trust_incoming = trust_incoming
         self.trace = trace
         self.generator = generator or _new_id
+        self.custom_ids = generator is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,28 +248,29 @@ class RequestContextMiddleware:
                     request_id = value.decode("ascii")
             elif name == b"traceparent" and self.trace and parsed is None:
                 parsed = parse_traceparent(value)
-        if request_id is None:
-            request_id = self.generator()
         trace: TraceContext | None = None
+        extra: list[tuple[bytes, bytes]] = []
         if self.trace:
+            span = f"{getrandbits(64) | 1:016x}"  # never all zeros
             if parsed is not None:
-                trace = TraceContext(parsed[0], _new_span(), parsed[1], parsed[2])
+                trace = TraceContext(parsed[0], span, parsed[1], parsed[2])
             else:
-                trace = TraceContext(os.urandom(16).hex(), _new_span(), None, 1)
-        state = scope.setdefault("state", {})
+                trace = TraceContext(f"{getrandbits(128) | 1:032x}", span, None, 1)
+            extra.append((b"traceresponse", f"00-{trace[0]}-{span}-{trace[3]:02x}".encode("ascii")))
+        if request_id is None:
+            # a fresh id: the trace id when there is one (one id to grep for), else random
+            request_id = self.generator() if self.custom_ids or trace is None else trace[0]
+        extra.append((self.header, request_id.encode("ascii")))
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
         state["request_id"] = request_id
         if trace is not None:
             state["trace"] = trace
-        id_header = (self.header, request_id.encode("ascii"))
-        extra = [id_header]
-        if trace is not None:
-            extra.append((b"traceresponse", trace.traceparent.encode("ascii")))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                headers.extend(extra)
-                message["headers"] = headers
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         id_token = _REQUEST_ID.set(request_id)
@@ -282,14 +283,7 @@ class RequestContextMiddleware:
 
 
 def _new_id() -> str:
-    return os.urandom(16).hex()
-
-
-def _new_span() -> str:
-    span = os.urandom(8)
-    while span == b"\0" * 8:  # pragma: no cover - one chance in 2**64
-        span = os.urandom(8)
-    return span.hex()
+    return f"{getrandbits(128):032x}"
 
 
 def outbound_trace_headers() -> list[tuple[str, str]]:

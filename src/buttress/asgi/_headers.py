@@ -109,13 +109,22 @@ class SecurityHeadersMiddleware:
             return
         add = self._headers_for(scope["path"]) if self.routes else self.base
         remove = self.remove
+        names = self.base_names
 
         async def send_secure(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", ()) if h[0].lower() not in remove]
-                present = {h[0].lower() for h in headers}
-                headers.extend(h for h in add if h[0] not in present)
-                message["headers"] = headers
+                kept = []
+                present = set()
+                for header in message.get("headers", ()):
+                    name = header[0].lower()
+                    if name not in remove:
+                        kept.append(header)
+                        present.add(name)
+                if present.isdisjoint(names):
+                    kept.extend(add)  # the common case: the app set none of ours
+                else:
+                    kept.extend(h for h in add if h[0] not in present)
+                message["headers"] = kept
             await send(message)
 
         await self.app(scope, receive, send_secure)

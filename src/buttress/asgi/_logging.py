@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from json import dumps as json_dumps
 from typing import Any, TextIO
 
 from buttress.asgi._context import _REQUEST_ID, _TRACE, client_address, trusted_networks
@@ -129,6 +130,10 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer()
+    global _access_sink, _access_json
+    _access_sink = out if numeric <= logging.INFO else None
+    _access_json = as_json
+    _access_level[0] = numeric
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -157,6 +162,32 @@ class _Stdout:
 
     def isatty(self) -> bool:
         return sys.stdout.isatty()
+
+
+# Set by configure_logging: where access lines go when buttress owns the log format. The
+# access line is then written directly (a fixed JSON shape, no processor chain: ~5 µs
+# instead of ~60 µs through structlog); otherwise it goes through your structlog setup.
+_access_sink: TextIO | None = None
+_access_json = True
+_access_level = [logging.INFO]
+_second = [0, ""]
+
+
+def _timestamp(now: float) -> str:
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0] = whole
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+
+
+def _q(value: str | None) -> str:
+    """A JSON string literal (fast path for plain ASCII)."""
+    if value is None:
+        return "null"
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json_dumps(value)
 
 
 _UNMATCHED = "<unmatched>"
@@ -199,6 +230,7 @@ class AccessLogMiddleware:
         exclude_paths: Iterable[str] = ("/health", "/health/live", "/health/ready", "/metrics"),
         principal: Callable[[Scope], str | None] | None = None,
     ) -> None:
+        self.direct = logger is None  # our own format: write lines directly when we can
         if logger is None:
             import structlog  # noqa: PLC0415 - the asgi extra
 
@@ -230,19 +262,34 @@ class AccessLogMiddleware:
             await self.app(scope, receive, measuring_send)
         finally:
             trace = _TRACE.get()
-            self.logger.info(
-                "request",
-                method=scope["method"],
-                route=route_template(scope),
-                path=scope["path"],
-                status=status or 500,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                bytes=size,
-                request_id=_REQUEST_ID.get(),
-                trace_id=trace.trace_id if trace is not None else None,
-                client=client_address(scope, self.trusted),
-                principal=self.principal(scope),
-            )
+            sink = _access_sink
+            if sink is not None and self.direct and _access_json:
+                duration = (time.perf_counter() - started) * 1000
+                sink.write(
+                    f'{{"method":{_q(scope["method"])},"route":{_q(route_template(scope))},'
+                    f'"path":{_q(scope["path"])},"status":{status or 500},'
+                    f'"duration_ms":{duration:.3f},"bytes":{size},'
+                    f'"request_id":{_q(_REQUEST_ID.get())},'
+                    f'"trace_id":{_q(trace[0] if trace is not None else None)},'
+                    f'"client":{_q(client_address(scope, self.trusted))},'
+                    f'"principal":{_q(self.principal(scope))},"event":"request",'
+                    f'"logger":"buttress.access","level":"info",'
+                    f'"timestamp":"{_timestamp(time.time())}"}}\n'
+                )
+            else:
+                self.logger.info(
+                    "request",
+                    method=scope["method"],
+                    route=route_template(scope),
+                    path=scope["path"],
+                    status=status or 500,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    bytes=size,
+                    request_id=_REQUEST_ID.get(),
+                    trace_id=trace.trace_id if trace is not None else None,
+                    client=client_address(scope, self.trusted),
+                    principal=self.principal(scope),
+                )
 
 
 def _state_principal(scope: Scope) -> str | None:
