@@ -11,9 +11,9 @@ from buttress.cli import main
 
 
 @pytest.mark.process
-def test_demo_selfcheck_passes_in_a_real_process() -> None:
+def test_resilience_demo_selfcheck_passes_in_a_real_process() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "buttress.cli", "demo", "--selfcheck"],
+        [sys.executable, "-m", "buttress.cli", "resilience-demo", "--selfcheck"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -26,7 +26,11 @@ def test_demo_selfcheck_passes_in_a_real_process() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["demo", "--requests", "5"], ["demo", "--requests", "5000"], ["demo", "--concurrency", "0"]],
+    [
+        ["resilience-demo", "--requests", "5"],
+        ["resilience-demo", "--requests", "5000"],
+        ["resilience-demo", "--concurrency", "0"],
+    ],
 )
 def test_demo_refuses_unbounded_load(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
@@ -38,3 +42,17 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert caught.value.code == 0
     assert capsys.readouterr().out.startswith("buttress ")
+
+
+@pytest.mark.process
+def test_demo_service_selfcheck_passes_in_a_real_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "buttress.cli", "demo", "--selfcheck"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ", 0 failed" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,9 +1,10 @@
 """The ``buttress`` command line.
 
-``buttress demo`` runs the demo: a deliberately flaky local dependency called naively and
-through a buttress `Pipeline`, side by side, with a table of what the caller saw.
-``buttress demo --selfcheck`` runs it without colour and exits non-zero unless the
-pipeline kept the dependency usable.
+``buttress demo`` serves the demo orders API (FastAPI, hardened by buttress) on
+127.0.0.1:8000; ``buttress demo --selfcheck`` starts it, exercises every feature over HTTP
+on loopback, prints what it verified and exits non-zero if anything failed.
+``buttress resilience-demo`` calls a deliberately flaky local dependency naively and through
+a `Pipeline`, side by side.
 """
 
 from __future__ import annotations
@@ -16,6 +17,60 @@ from collections.abc import Sequence
 from buttress import __version__
 
 __all__ = ["main"]
+
+
+def _serve_demo(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # noqa: PLC0415 - the demo extra
+        from rich.console import Console  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+    except ImportError as exc:
+        print(
+            f"buttress demo needs the demo extra: pip install 'buttress[demo]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    console = Console(no_color=args.selfcheck, highlight=False)
+    if args.selfcheck:
+        from buttress._demo_selfcheck import run_selfcheck  # noqa: PLC0415
+
+        console.print(f"[bold]buttress {__version__}[/bold] demo self-check (127.0.0.1 only)\n")
+        checks = run_selfcheck(
+            lambda c: console.print(f"  {'PASS' if c.ok else 'FAIL'}  {c.feature}: {c.evidence}")
+        )
+        table = Table(title="demo self-check")
+        for column in ("feature", "result", "evidence"):
+            table.add_column(column)
+        for c in checks:
+            table.add_row(
+                c.feature, "[green]PASS[/green]" if c.ok else "[red]FAIL[/red]", c.evidence
+            )
+        console.print(table)
+        failed = sum(1 for c in checks if not c.ok)
+        console.print(f"selfcheck: {len(checks) - failed} passed, {failed} failed")
+        return 1 if failed else 0
+    base = f"http://{args.host}:{args.port}"
+    console.print(
+        f"[bold]buttress {__version__}[/bold] demo: the orders API on {base}\n"
+        f"  curl -i {base}/orders\n"
+        f"  curl -i -X POST {base}/orders -H 'content-type: application/json' "
+        '-d \'{"sku": "abc", "quantity": 2}\'\n'
+        f"  curl -i {base}/price/abc      (a flaky dependency behind a pipeline)\n"
+        f"  curl -i {base}/boom           (problem+json, no internals)\n"
+        f"  curl -i '{base}/slow?seconds=9'  (the 5 s request deadline)\n"
+        f"  open {base}/docs\n"
+        "Ctrl-C to stop."
+    )
+    uvicorn.run(
+        "buttress._demo_app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        server_header=False,  # added by the server after the app: only it can drop it
+        log_level="warning",
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -88,7 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"buttress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the resilience demo against a local flaky service")
+    serve = sub.add_parser("demo", help="serve the demo orders API (hardened by buttress)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--selfcheck",
+        action="store_true",
+        help="start the service, verify every feature over HTTP, exit non-zero on failure",
+    )
+    serve.set_defaults(handler=_serve_demo, requests=200, concurrency=10)
+    demo = sub.add_parser(
+        "resilience-demo", help="a flaky local dependency, called naively and through a Pipeline"
+    )
     demo.add_argument("--requests", type=int, default=200, help="requests per phase (10-1000)")
     demo.add_argument("--concurrency", type=int, default=10, help="requests in flight (1-50)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the flaky service")
@@ -103,10 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     if not 10 <= args.requests <= 1000:
-        print("buttress demo: --requests must be between 10 and 1000", file=sys.stderr)
+        print("buttress: --requests must be between 10 and 1000", file=sys.stderr)
         return 2
     if not 1 <= args.concurrency <= 50:
-        print("buttress demo: --concurrency must be between 1 and 50", file=sys.stderr)
+        print("buttress: --concurrency must be between 1 and 50", file=sys.stderr)
         return 2
     code: int = args.handler(args)
     return code

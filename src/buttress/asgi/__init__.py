@@ -23,20 +23,47 @@ from buttress.asgi._context import (
     trusted_networks,
 )
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
-from buttress.asgi._harden import HardenSettings, harden
+from buttress.asgi._harden import HardenedApp, HardenedParts, HardenSettings, harden
 from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._health import HEALTH_CONTENT_TYPE, HealthMiddleware
+from buttress.asgi._health_checks import (
+    BaseCheck,
+    BreakersCheck,
+    Check,
+    CheckResult,
+    DiskCheck,
+    HttpCheck,
+    MemoryCheck,
+    PostgresCheck,
+    RedisCheck,
+    SQLiteCheck,
+)
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
 from buttress.asgi._problem import problem_body, send_problem
 
 __all__ = [
+    "HEALTH_CONTENT_TYPE",
     "AccessLogMiddleware",
+    "BaseCheck",
     "BodyLimitMiddleware",
+    "BreakersCheck",
     "CORSMiddleware",
+    "Check",
+    "CheckResult",
     "DeadlineMiddleware",
+    "DiskCheck",
     "ErrorMiddleware",
     "HardenSettings",
+    "HardenedApp",
+    "HardenedParts",
+    "HealthMiddleware",
+    "HttpCheck",
+    "MemoryCheck",
+    "PostgresCheck",
+    "RedisCheck",
     "RequestContextMiddleware",
+    "SQLiteCheck",
     "SecurityHeadersMiddleware",
     "TraceContext",
     "client_address",

@@ -7,25 +7,29 @@ Order (outermost first) and why:
 2. `AccessLogMiddleware`: one line per request, with the final status (500s included);
 3. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
 4. `ErrorMiddleware`: whatever escapes below becomes problem+json;
-5. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+5. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
+   limit or deadline applies;
+6. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
    and the handler runs under the request deadline.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from buttress.asgi._context import RequestContextMiddleware, trusted_networks
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._health import HealthMiddleware
+from buttress.asgi._health_checks import Check
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.errors import ConfigurationError
 
-__all__ = ["HardenSettings", "harden"]
+__all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,6 +68,11 @@ class HardenSettings:
     configure_logging: bool = True
     log_json: bool | None = None
     log_level: str = "INFO"
+    health: bool = True
+    health_token: str | None = None
+    health_cache_ttl: float = 2.0
+    health_check_timeout: float = 1.0
+    service_version: str | None = None
     max_body_bytes: int | None = 1 << 20
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
@@ -139,7 +148,29 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
     return raw
 
 
-def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
+@dataclass(slots=True)
+class HardenedParts:
+    """The feature objects inside a hardened app, for the code that needs to reach them.
+
+    Attributes:
+        health: the `HealthMiddleware` (``mark_draining()``, ``checks``), or None.
+    """
+
+    health: HealthMiddleware | None = None
+
+
+class HardenedApp(RequestContextMiddleware):
+    """The app `harden` returns: the outermost layer, with ``parts`` to reach features."""
+
+    parts: HardenedParts
+
+
+def harden(
+    app: ASGIApp,
+    settings: HardenSettings | None = None,
+    *,
+    checks: Sequence[Check] = (),
+) -> HardenedApp:
     """Wrap any ASGI app (FastAPI, Starlette, bare) in buttress's inbound hardening.
 
     Call it once, before the first request; it is the outermost layer, so request ids,
@@ -156,6 +187,7 @@ def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
         app = harden(app)           # uvicorn main:app
     """
     s = settings if settings is not None else HardenSettings.from_env()
+    parts = HardenedParts()
     if s.configure_logging:
         configure_logging(json=s.log_json, level=s.log_level)
     install_exception_handlers(app)
@@ -164,6 +196,16 @@ def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
         wrapped = DeadlineMiddleware(wrapped, timeout=s.request_timeout, header=s.timeout_header)
     if s.max_body_bytes is not None:
         wrapped = BodyLimitMiddleware(wrapped, max_bytes=s.max_body_bytes)
+    if s.health:
+        parts.health = HealthMiddleware(
+            wrapped,
+            checks=checks,
+            token=s.health_token,
+            cache_ttl=s.health_cache_ttl,
+            check_timeout=s.health_check_timeout,
+            version=s.service_version,
+        )
+        wrapped = parts.health
     wrapped = ErrorMiddleware(wrapped)
     if s.cors_origins or s.cors_origin_regex:
         wrapped = CORSMiddleware(
@@ -178,4 +220,6 @@ def harden(app: ASGIApp, settings: HardenSettings | None = None) -> ASGIApp:
         wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
     if s.access_log:
         wrapped = AccessLogMiddleware(wrapped, trusted_proxies=s.trusted_proxies)
-    return RequestContextMiddleware(wrapped, header=s.request_id_header)
+    hardened = HardenedApp(wrapped, header=s.request_id_header)
+    hardened.parts = parts
+    return hardened
