@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from buttress import Fallback, Pipeline, Timeout
@@ -40,6 +40,8 @@ from buttress.asgi import (
 from buttress.http import async_client
 
 __all__ = ["OrderIn", "create_app"]
+
+_MAX_ID = 2**63 - 1  # SQLite's INTEGER range
 
 
 class OrderIn(BaseModel):
@@ -144,14 +146,12 @@ def create_app(
         return await store.insert(order.sku, order.quantity)
 
     @app.get("/orders")
-    async def list_orders(limit: int = 50) -> list[dict[str, Any]]:
+    async def list_orders(limit: int = Query(default=50, ge=1, le=500)) -> list[dict[str, Any]]:
         """The most recent orders."""
-        if not 1 <= limit <= 500:
-            raise HTTPException(status_code=400, detail="limit must be between 1 and 500")
         return await store.list(limit)
 
     @app.get("/orders/{order_id}")
-    async def get_order(order_id: int) -> dict[str, Any]:
+    async def get_order(order_id: int = Path(ge=1, le=_MAX_ID)) -> dict[str, Any]:
         """One order."""
         found = await store.get(order_id)
         if found is None:
@@ -159,7 +159,7 @@ def create_app(
         return found
 
     @app.get("/price/{sku}")
-    async def price(sku: str) -> dict[str, Any]:
+    async def price(sku: str = Path(max_length=64)) -> dict[str, Any]:
         """The price from the flaky price service, or a cached one when it is down."""
 
         async def fetch() -> Any:
@@ -171,9 +171,9 @@ def create_app(
         return {"sku": sku, "price": 42 if value is None else value, "cached": value is None}
 
     @app.get("/slow")
-    async def slow(seconds: float = 2.0) -> dict[str, float]:
+    async def slow(seconds: float = Query(default=2.0, ge=0, le=10)) -> dict[str, float]:
         """Sleeps (bounded at 10 s), to see the request deadline at work."""
-        await asyncio.sleep(min(max(seconds, 0.0), 10.0))
+        await asyncio.sleep(seconds)
         return {"slept": seconds}
 
     @app.get("/boom")
