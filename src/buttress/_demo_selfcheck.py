@@ -197,6 +197,15 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
                 ok == len(answers),
                 f"{ok}/{len(answers)} answered (30 % upstream failures; {cached} from fallback)",
             )
+            metrics = http.get("/metrics")
+            text = metrics.text if metrics.status_code == 200 else ""
+            record(
+                "Prometheus metrics by route template",
+                'route="/orders/{order_id}"' in text
+                and "buttress_http_request_duration_seconds_bucket" in text
+                and "buttress_http_requests_in_flight" in text,
+                f"{metrics.status_code}, {text.count(chr(10))} lines",
+            )
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
         try:

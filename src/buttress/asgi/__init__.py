@@ -40,6 +40,7 @@ from buttress.asgi._health_checks import (
 )
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
+from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware, RequestMetrics
 from buttress.asgi._problem import problem_body, send_problem
 
 __all__ = [
@@ -59,10 +60,13 @@ __all__ = [
     "HardenedParts",
     "HealthMiddleware",
     "HttpCheck",
+    "HttpMetrics",
     "MemoryCheck",
+    "MetricsMiddleware",
     "PostgresCheck",
     "RedisCheck",
     "RequestContextMiddleware",
+    "RequestMetrics",
     "SQLiteCheck",
     "SecurityHeadersMiddleware",
     "TraceContext",

@@ -5,6 +5,7 @@ Order (outermost first) and why:
 1. `RequestContextMiddleware`: ids and trace context exist before anything can fail, and
    the id header reaches every response, 500s included;
 2. `AccessLogMiddleware`: one line per request, with the final status (500s included);
+   then `MetricsMiddleware` (``/metrics``; counts, latency, in-flight), for the same reason;
 3. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
 4. `ErrorMiddleware`: whatever escapes below becomes problem+json;
 5. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
@@ -20,13 +21,14 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from buttress.asgi._context import RequestContextMiddleware, trusted_networks
+from buttress.asgi._context import RequestContextMiddleware, current_trace, trusted_networks
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
+from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
 from buttress.errors import ConfigurationError
 
 __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
@@ -73,6 +75,9 @@ class HardenSettings:
     health_cache_ttl: float = 2.0
     health_check_timeout: float = 1.0
     service_version: str | None = None
+    metrics: bool = True
+    metrics_token: str | None = None
+    metrics_exemplars: bool = False
     max_body_bytes: int | None = 1 << 20
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
@@ -148,15 +153,22 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
     return raw
 
 
+def _current_trace_id(scope: Scope) -> str | None:
+    trace = current_trace()
+    return None if trace is None else trace.trace_id
+
+
 @dataclass(slots=True)
 class HardenedParts:
     """The feature objects inside a hardened app, for the code that needs to reach them.
 
     Attributes:
         health: the `HealthMiddleware` (``mark_draining()``, ``checks``), or None.
+        metrics: the `HttpMetrics` (``shed()``, ``limited()``, ``render()``), or None.
     """
 
     health: HealthMiddleware | None = None
+    metrics: HttpMetrics | None = None
 
 
 class HardenedApp(RequestContextMiddleware):
@@ -170,13 +182,15 @@ def harden(
     settings: HardenSettings | None = None,
     *,
     checks: Sequence[Check] = (),
+    registry: Any = None,
 ) -> HardenedApp:
     """Wrap any ASGI app (FastAPI, Starlette, bare) in buttress's inbound hardening.
 
     Call it once, before the first request; it is the outermost layer, so request ids,
     security headers, CORS and problem+json also reach responses to unhandled exceptions.
     For Starlette and FastAPI apps it also installs problem+json exception handlers (404,
-    405, validation errors).
+    405, validation errors). ``checks`` are the health checks (`PostgresCheck`,
+    `RedisCheck`...); ``registry`` is the Prometheus registry (default: the global one).
 
     Example::
 
@@ -218,6 +232,13 @@ def harden(
         )
     if s.security_headers:
         wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
+    if s.metrics:
+        parts.metrics = HttpMetrics(
+            registry=registry,
+            exemplars=s.metrics_exemplars,
+            trace_id=_current_trace_id,
+        )
+        wrapped = MetricsMiddleware(wrapped, metrics=parts.metrics, token=s.metrics_token)
     if s.access_log:
         wrapped = AccessLogMiddleware(wrapped, trusted_proxies=s.trusted_proxies)
     hardened = HardenedApp(wrapped, header=s.request_id_header)

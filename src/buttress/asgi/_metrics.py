@@ -1,0 +1,956 @@
+"""Prometheus metrics for inbound HTTP, and the ``/metrics`` endpoint that serves them.
+
+`MetricsMiddleware` is a pure ASGI middleware that records, per request:
+
+- ``buttress_http_requests_total{method,route,status}``
+- ``buttress_http_request_duration_seconds{method,route}`` (a histogram)
+- ``buttress_http_requests_in_flight``
+
+plus ``buttress_http_requests_shed_total{reason}`` and
+``buttress_http_requests_limited_total{policy}``, which the load-shedding and rate-limit
+middlewares increment through `HttpMetrics.shed` and `HttpMetrics.limited`, and the
+resilience events of every pipeline (retries, exhausted retry budgets, breaker states,
+rejections, timeouts) through a `buttress.telemetry.PrometheusHook` on the same registry.
+
+Labels stay bounded. ``route`` is the route *template* (``/items/{id}``, with the prefixes
+of mounted sub-applications), never the raw path; requests no route matched (404s, bare
+ASGI apps) share one label, `UNMATCHED_ROUTE`. The template is read after the app has
+answered from ``scope["route"]``, where Starlette and FastAPI put the matched route, and
+completed with the templates of the mounts above it (found once per route in
+``scope["router"]``), so the layers between this one and the router must pass the scope
+dict on, not a copy. ``method`` is one of the standard methods or ``OTHER``. A handler
+that raises counts as a 500 (and the exception propagates); a request cancelled before it
+answered counts as 499.
+
+``/metrics`` is answered by the middleware itself (Prometheus text format, or OpenMetrics
+when the ``Accept`` header asks for ``application/openmetrics-text``; exemplars carrying
+the trace id appear only there). Like health details it is not public by default: a
+loopback client, or ``Authorization: Bearer <token>`` when a token is configured. Anyone
+else gets a problem+json answer: 401 with ``WWW-Authenticate: Bearer`` when a token would
+have been accepted, 403 otherwise (an operator probing from the wrong place learns why).
+Behind a reverse proxy on the same host every client looks like loopback: use a token,
+``expose="token"``, and block the path at the proxy.
+
+Several worker processes (gunicorn, ``uvicorn --workers``): set the environment variable
+``PROMETHEUS_MULTIPROC_DIR`` to a directory *before* the processes start (prometheus-client
+picks its storage when it is imported) and empty that directory at every start of the
+service, as prometheus-client requires; each process then writes its values to files and
+``/metrics`` sums them across processes (the in-flight gauge in ``livesum`` mode). Under
+gunicorn also call ``prometheus_client.multiprocess.mark_process_dead(worker.pid)`` in the
+``child_exit`` hook. prometheus-client does not keep exemplars in that mode.
+
+Cost per request, in process over a bare Starlette app: about 2 µs (3.5 µs with
+exemplars). In one process the series are plain Python numbers bumped on the event-loop
+thread (ASGI servers run one loop per process) and read only when someone scrapes; in
+multiprocess mode every update goes through prometheus-client's file-backed values (about
+9 µs).
+
+Example::
+
+    from prometheus_client import CollectorRegistry
+    from buttress.asgi._metrics import MetricsMiddleware
+
+    app = MetricsMiddleware(app, registry=CollectorRegistry(), token="s3cret-token")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import logging
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Literal, Protocol
+
+from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress.asgi._problem import send_problem
+from buttress.errors import ConfigurationError, ErrorCode
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DEFAULT_EXEMPT_PATHS",
+    "UNMATCHED_ROUTE",
+    "HttpMetrics",
+    "MetricsMiddleware",
+    "RequestMetrics",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+TraceIdFn = Callable[[Scope], "str | None"]
+Expose = Literal["loopback", "token", "public"]
+
+#: Latency buckets in seconds: fine below 100 ms where APIs live, coarse up to 30 s.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+#: Paths neither counted nor timed (probes and scrapes would drown the real traffic).
+DEFAULT_EXEMPT_PATHS: tuple[str, ...] = ("/health", "/health/live", "/health/ready", "/metrics")
+#: The one ``route`` label shared by every request that no route matched.
+UNMATCHED_ROUTE = "<unmatched>"
+
+_METHOD_LABELS = {
+    m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+}
+_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_MAX_REASONS = 64  # distinct shed reasons / limit policies before they fold into "other"
+_MAX_TRACE_ID = 64  # prometheus-client refuses exemplar labels over 128 characters
+_HEX = b"0123456789abcdef"
+_log = logging.getLogger("buttress")
+
+
+class RequestMetrics(Protocol):
+    """What other middlewares need to report their decisions (`HttpMetrics` fits).
+
+    Example::
+
+        def on_shed(metrics: RequestMetrics) -> None:
+            metrics.shed("concurrency")
+    """
+
+    def shed(self, reason: str) -> None:
+        """Count one request answered 503 by load shedding, by ``reason``."""
+
+    def limited(self, policy: str) -> None:
+        """Count one request answered 429 by the rate-limit ``policy``."""
+
+
+# --------------------------------------------------------------------------- series storage
+#
+# One process (the default): plain ints and floats, bumped without locks on the event-loop
+# thread and turned into metric families only when someone scrapes (~0.3 µs per request
+# instead of ~2.5 µs through prometheus-client's locked values). Several processes
+# (PROMETHEUS_MULTIPROC_DIR): prometheus-client's own metrics, whose values live in the
+# shared files.
+
+
+class _Hist:
+    """One histogram series: per-bucket counts (not cumulative), sum, last exemplars."""
+
+    __slots__ = ("bounds", "counts", "exemplars", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.exemplars: list[tuple[str, float, float] | None] = [None] * (len(bounds) + 1)
+
+
+class _Series:
+    """One (method, route, status) count and its (method, route) histogram, in-process."""
+
+    __slots__ = ("count", "exemplar", "hist")
+
+    def __init__(self, hist: _Hist) -> None:
+        self.count = 0
+        self.hist = hist
+        self.exemplar: tuple[str, float, float] | None = None
+
+    def record(self, elapsed: float) -> None:
+        self.count += 1
+        hist = self.hist
+        hist.counts[bisect_left(hist.bounds, elapsed)] += 1  # le: value <= bound
+        hist.sum += elapsed
+
+    def record_exemplar(self, elapsed: float, trace: str) -> None:
+        now = time.time()  # exemplar timestamps are wall-clock by definition
+        self.count += 1
+        self.exemplar = (trace, 1.0, now)
+        hist = self.hist
+        index = bisect_left(hist.bounds, elapsed)
+        hist.counts[index] += 1
+        hist.sum += elapsed
+        hist.exemplars[index] = (trace, elapsed, now)
+
+
+class _LocalCollector:
+    """A prometheus-client collector over `_Series` values (single-process mode)."""
+
+    def __init__(self, names: dict[str, str], bounds: tuple[float, ...]) -> None:
+        from prometheus_client.core import (  # noqa: PLC0415 - optional dependency
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+        from prometheus_client.samples import Exemplar  # noqa: PLC0415
+        from prometheus_client.utils import floatToGoString  # noqa: PLC0415
+
+        self._counter_family = CounterMetricFamily
+        self._gauge_family = GaugeMetricFamily
+        self._histogram_family = HistogramMetricFamily
+        self._exemplar = Exemplar
+        self._names = names
+        self._bounds = bounds
+        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._hists: dict[tuple[str, str], _Hist] = {}
+        self._lock = threading.Lock()  # creation only; bumps run on the event-loop thread
+        self.active = 0  # requests in flight
+
+    def series(self, method: str, route: str, status: int) -> _Series:
+        with self._lock:
+            key = (method, route, str(status))
+            series = self._series.get(key)
+            if series is None:
+                hist = self._hists.get((method, route))
+                if hist is None:
+                    hist = self._hists[method, route] = _Hist(self._bounds)
+                series = self._series[key] = _Series(hist)
+            return series
+
+    def _families(self) -> tuple[Any, Any, Any]:
+        names = self._names
+        return (
+            self._counter_family(
+                names["requests"], _HELP["requests"], labels=("method", "route", "status")
+            ),
+            self._histogram_family(
+                names["duration"], _HELP["duration"], labels=("method", "route")
+            ),
+            self._gauge_family(names["in_flight"], _HELP["in_flight"]),
+        )
+
+    def describe(self) -> Iterable[Any]:
+        return self._families()
+
+    def collect(self) -> Iterable[Any]:
+        counter, histogram, gauge = self._families()
+        exemplar = self._exemplar
+        with self._lock:
+            series_items = list(self._series.items())
+            hist_items = list(self._hists.items())
+        for labels, series in series_items:
+            ex = series.exemplar
+            counter.add_metric(
+                labels,
+                series.count,
+                exemplar=None if ex is None else exemplar({"trace_id": ex[0]}, ex[1], ex[2]),
+            )
+        for hist_labels, hist in hist_items:
+            cumulative = 0
+            buckets: list[Any] = []
+            for le, count, ex in zip(self._les, list(hist.counts), hist.exemplars, strict=True):
+                cumulative += count
+                if ex is None:
+                    buckets.append((le, cumulative))
+                else:
+                    buckets.append((le, cumulative, exemplar({"trace_id": ex[0]}, ex[1], ex[2])))
+            histogram.add_metric(hist_labels, buckets, hist.sum)
+        gauge.add_metric((), self.active)
+        return (counter, histogram, gauge)
+
+
+class _PromSeries:
+    """One (method, route, status) series on prometheus-client metrics (multiprocess mode)."""
+
+    __slots__ = ("counter", "histogram")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self.counter = counter
+        self.histogram = histogram
+
+    def record(self, elapsed: float) -> None:
+        self.counter.inc()
+        self.histogram.observe(elapsed)
+
+    def record_exemplar(self, elapsed: float, trace: str) -> None:
+        del trace  # prometheus-client keeps no exemplars in multiprocess mode
+        self.record(elapsed)
+
+
+class _SharedActive:
+    """The in-flight count written through to a ``livesum`` gauge (multiprocess mode)."""
+
+    __slots__ = ("_gauge", "_value")
+
+    def __init__(self, gauge: Any) -> None:
+        self._gauge = gauge
+        self._value = 0
+
+    @property
+    def active(self) -> int:
+        return self._value
+
+    @active.setter
+    def active(self, value: int) -> None:
+        self._value = value
+        self._gauge.set(value)
+
+
+_HELP = {
+    "requests": "HTTP requests by method, route template and status",
+    "duration": "HTTP request duration in seconds by method and route template",
+    "in_flight": "HTTP requests being served",
+    "shed": "HTTP requests refused by load shedding, by reason",
+    "limited": "HTTP requests refused by a rate limit, by policy",
+}
+
+
+class _Families:
+    """The collectors of one (registry, namespace), shared by every `HttpMetrics` on it."""
+
+    def __init__(
+        self,
+        prom: Any,
+        registry: Any,
+        namespace: str,
+        buckets: tuple[float, ...],
+        resilience: bool,
+        multiprocess: bool,
+    ) -> None:
+        names = {
+            key: f"{namespace}_{base}" if namespace else base
+            for key, base in (
+                ("requests", "http_requests"),
+                ("duration", "http_request_duration_seconds"),
+                ("in_flight", "http_requests_in_flight"),
+                ("shed", "http_requests_shed"),
+                ("limited", "http_requests_limited"),
+            )
+        }
+        self.buckets = buckets
+        self.resilience = resilience
+        self.users = 0
+        self.registry = registry
+        self.collectors: list[Any] = []
+        self.hook: Any = None
+        self.local: _LocalCollector | None = None
+        self.active: Any
+        try:
+            if multiprocess:
+                self.requests = self._add(
+                    prom.Counter(
+                        names["requests"],
+                        _HELP["requests"],
+                        ["method", "route", "status"],
+                        registry=registry,
+                    )
+                )
+                self.duration = self._add(
+                    prom.Histogram(
+                        names["duration"],
+                        _HELP["duration"],
+                        ["method", "route"],
+                        buckets=buckets,
+                        registry=registry,
+                    )
+                )
+                gauge = self._add(
+                    prom.Gauge(
+                        names["in_flight"],
+                        _HELP["in_flight"],
+                        registry=registry,
+                        multiprocess_mode="livesum",
+                    )
+                )
+                self.active = _SharedActive(gauge)
+            else:
+                self.local = _LocalCollector(names, buckets)
+                registry.register(self.local)
+                self.collectors.append(self.local)
+                self.active = self.local
+            self.shed = self._add(
+                prom.Counter(names["shed"], _HELP["shed"], ["reason"], registry=registry)
+            )
+            self.limited = self._add(
+                prom.Counter(names["limited"], _HELP["limited"], ["policy"], registry=registry)
+            )
+            if resilience:
+                from buttress.telemetry import PrometheusHook  # noqa: PLC0415 - needs prom
+
+                self.hook = PrometheusHook(registry=registry, prefix=namespace or "buttress")
+                self.collectors.extend(
+                    value
+                    for value in vars(self.hook).values()
+                    if isinstance(value, prom.metrics.MetricWrapperBase)
+                )
+        except ValueError as exc:  # DuplicateTimeseries: someone else owns these names
+            self.unregister()
+            raise ConfigurationError(
+                f"metrics named {namespace or '(no namespace)'}_http_* or the resilience "
+                f"metrics are already registered by something else ({exc}); pass another "
+                "registry or namespace, or resilience=False if you add PrometheusHook yourself"
+            ) from exc
+
+    def _add(self, collector: Any) -> Any:
+        self.collectors.append(collector)
+        return collector
+
+    def series(self, method: str, route: str, status: int) -> _Series | _PromSeries:
+        """The recorder of one label set (slow path: once per route, method and status)."""
+        if self.local is not None:
+            return self.local.series(method, route, status)
+        return _PromSeries(
+            self.requests.labels(method, route, str(status)),
+            self.duration.labels(method, route),
+        )
+
+    def unregister(self) -> None:
+        for collector in self.collectors:
+            with contextlib.suppress(KeyError):  # removed behind our back
+                self.registry.unregister(collector)
+        self.collectors.clear()
+
+
+_families_lock = threading.Lock()
+_families: weakref.WeakKeyDictionary[Any, dict[str, _Families]] = weakref.WeakKeyDictionary()
+
+
+def _acquire_families(
+    prom: Any,
+    registry: Any,
+    namespace: str,
+    buckets: tuple[float, ...],
+    resilience: bool,
+    multiprocess: bool,
+) -> _Families:
+    with _families_lock:
+        by_namespace = _families.setdefault(registry, {})
+        families = by_namespace.get(namespace)
+        if families is None:
+            families = _Families(prom, registry, namespace, buckets, resilience, multiprocess)
+            if families.hook is not None:
+                from buttress.telemetry import add_hook  # noqa: PLC0415
+
+                add_hook(families.hook)
+            by_namespace[namespace] = families
+        elif families.buckets != buckets or families.resilience != resilience:
+            raise ConfigurationError(
+                f"HTTP metrics for namespace {namespace!r} already exist on this registry with "
+                f"buckets={families.buckets} and resilience={families.resilience}; use the same "
+                "options or another registry"
+            )
+        families.users += 1
+        return families
+
+
+def _release_families(families: _Families, namespace: str) -> None:
+    with _families_lock:
+        families.users -= 1
+        if families.users > 0:
+            return
+        if families.hook is not None:
+            from buttress.telemetry import remove_hook  # noqa: PLC0415
+
+            remove_hook(families.hook)
+        families.unregister()
+        by_namespace = _families.get(families.registry)
+        if by_namespace is not None and by_namespace.get(namespace) is families:
+            del by_namespace[namespace]
+
+
+# --------------------------------------------------------------------------- HttpMetrics
+
+
+def _traceparent_trace_id(scope: Scope) -> str | None:
+    """The trace id of a valid inbound W3C ``traceparent`` header, else None."""
+    for name, value in scope.get("headers", ()):
+        if name == b"traceparent":
+            parts = bytes(value).strip().split(b"-")
+            if (
+                len(parts) >= 4
+                and len(parts[0]) == 2
+                and parts[0] != b"ff"
+                and len(parts[1]) == 32
+                and not parts[1].translate(None, _HEX)
+                and parts[1] != b"0" * 32
+            ):
+                return parts[1].decode("ascii")
+            return None
+    return None
+
+
+def _validate_buckets(buckets: Iterable[float]) -> tuple[float, ...]:
+    try:
+        values = tuple(float(b) for b in buckets)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"buckets must be numbers of seconds, got {buckets!r}") from exc
+    if not values:
+        raise ConfigurationError("buckets must not be empty")
+    finite = values[:-1] if values[-1] == math.inf else values
+    if any(not math.isfinite(b) or b <= 0 for b in finite):
+        raise ConfigurationError(f"buckets must be positive, finite seconds, got {values}")
+    if any(a >= b for a, b in itertools.pairwise(values)):
+        raise ConfigurationError(f"buckets must be strictly increasing, got {values}")
+    return finite
+
+
+class HttpMetrics:
+    """The HTTP metric families on one registry, their label children, and the exposition.
+
+    Build one when other middlewares must report into the same metrics before the
+    `MetricsMiddleware` exists (harden builds the metrics first, then the layers), and
+    pass it as ``MetricsMiddleware(app, metrics=...)``. Two instances on one registry and
+    namespace share the collectors instead of failing on duplicate names.
+
+    Args:
+        registry: a ``prometheus_client.CollectorRegistry``; default the global one.
+        namespace: metric name prefix (``""`` for none).
+        buckets: histogram upper bounds in seconds, strictly increasing.
+        exemplars: attach the trace id to the duration and count of each request
+            (visible in OpenMetrics only).
+        trace_id: ``(scope) -> str | None`` read when the response starts (so context
+            variables set by an inner request-context middleware are visible); default:
+            the trace id of an inbound W3C ``traceparent`` header.
+        resilience: also register `buttress.telemetry.PrometheusHook` (a global hook, on
+            the same registry) so retries, breaker states and rejections show up.
+
+    Example::
+
+        metrics = HttpMetrics(registry=CollectorRegistry())
+        metrics.shed("concurrency")
+        body, content_type = metrics.render("text/plain")
+        metrics.close()
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: Any = None,
+        namespace: str = "buttress",
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+        exemplars: bool = False,
+        trace_id: TraceIdFn | None = None,
+        resilience: bool = True,
+    ) -> None:
+        if not isinstance(namespace, str) or (namespace and not _NAME_RE.fullmatch(namespace)):
+            raise ConfigurationError(
+                f"namespace must be a Prometheus name ([a-zA-Z_:][a-zA-Z0-9_:]*), got {namespace!r}"
+            )
+        bounds = _validate_buckets(buckets)
+        if trace_id is not None and not callable(trace_id):
+            raise ConfigurationError("trace_id must be a callable (scope) -> str | None")
+        try:
+            import prometheus_client as prom  # noqa: PLC0415 - optional dependency
+            from prometheus_client import values  # noqa: PLC0415
+            from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
+        except ImportError as exc:  # pragma: no cover - exercised without the extra
+            raise ConfigurationError(
+                "metrics need prometheus-client: pip install 'buttress[metrics]'"
+            ) from exc
+        registry = prom.REGISTRY if registry is None else registry
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+            "prometheus_multiproc_dir"  # noqa: SIM112 - the old spelling prometheus-client honours
+        )
+        exposition = registry
+        if multiproc_dir:
+            if values.ValueClass is values.MutexValue:
+                raise ConfigurationError(
+                    "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported; "
+                    "set it in the environment before the service starts"
+                )
+            if not os.path.isdir(multiproc_dir):
+                raise ConfigurationError(
+                    f"PROMETHEUS_MULTIPROC_DIR={multiproc_dir!r} is not a directory; create it "
+                    "(empty) before the service starts"
+                )
+            from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+            exposition = prom.CollectorRegistry()
+            MultiProcessCollector(exposition, path=multiproc_dir)  # type: ignore[no-untyped-call]
+            if exemplars:
+                _log.warning(
+                    "metrics exemplars are off: prometheus-client does not keep them in "
+                    "multiprocess mode (PROMETHEUS_MULTIPROC_DIR)"
+                )
+                exemplars = False
+
+        self.namespace = namespace
+        self.multiprocess = bool(multiproc_dir)
+        self.exemplars = bool(exemplars)
+        self.trace_id: TraceIdFn = trace_id if trace_id is not None else _traceparent_trace_id
+        self.registry = registry
+        self._exposition = exposition
+        self._choose_encoder = choose_encoder
+        self._families = _acquire_families(
+            prom, registry, namespace, bounds, resilience, self.multiprocess
+        )
+        self._closed = False
+        # (id(route), method label, status) -> (route, recorder); route guards against id reuse
+        self._children: dict[tuple[int, str, int], tuple[object, _Series | _PromSeries]] = {}
+        self._templates: dict[int, tuple[object, str]] = {}
+        self._shed: dict[str, Any] = {}
+        self._limited: dict[str, Any] = {}
+
+    def shed(self, reason: str) -> None:
+        """Count one request refused by load shedding (``reason``: a short fixed word).
+
+        Example::
+
+            metrics.shed("adaptive_limit")
+        """
+        child = self._shed.get(reason)
+        if child is None:
+            child = self._child(self._shed, self._families.shed, reason)
+        child.inc()
+
+    def limited(self, policy: str) -> None:
+        """Count one request refused by the rate-limit ``policy`` (its configured name).
+
+        Example::
+
+            metrics.limited("per_ip_burst")
+        """
+        child = self._limited.get(policy)
+        if child is None:
+            child = self._child(self._limited, self._families.limited, policy)
+        child.inc()
+
+    @staticmethod
+    def _child(cache: dict[str, Any], family: Any, label: str) -> Any:
+        key = label if len(cache) < _MAX_REASONS else "other"  # keep the label set bounded
+        child = cache.get(key)
+        if child is None:
+            child = family.labels(key)
+            cache[key] = child
+        return child
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition for an ``Accept`` header value: (body, content type).
+
+        Example::
+
+            body, content_type = metrics.render("application/openmetrics-text")
+        """
+        encoder, content_type = self._choose_encoder(accept)
+        return encoder(self._exposition), content_type
+
+    def close(self) -> None:
+        """Remove the resilience hook and unregister the collectors once the last user closes.
+
+        Example::
+
+            metrics.close()
+        """
+        if not self._closed:
+            self._closed = True
+            _release_families(self._families, self.namespace)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served right now (by this process)."""
+        return int(self._families.active.active)
+
+    def _resolve(
+        self, scope: Scope, route: object, method: str, status: int
+    ) -> tuple[object, _Series | _PromSeries]:
+        """Slow path, once per (route, method, status): the recorder of its labels."""
+        cached = self._templates.get(id(route))
+        if cached is not None and cached[0] is route:
+            template = cached[1]
+        else:
+            template = _route_template(scope, route)
+            self._templates[id(route)] = (route, template)
+        entry = (route, self._families.series(method, template, status))
+        self._children[(id(route), method, status)] = entry
+        return entry
+
+
+def _route_template(scope: Scope, route: object) -> str:
+    """The full template of the route that handled the request (mount prefixes included)."""
+    if route is None:
+        return UNMATCHED_ROUTE
+    routes = getattr(scope.get("router"), "routes", None)
+    if routes is not None:
+        found = _find_route(routes, route, "", 0)
+        if found is not None:
+            return found
+    path_format = getattr(route, "path_format", None)
+    return path_format if isinstance(path_format, str) and path_format else UNMATCHED_ROUTE
+
+
+def _find_route(routes: Any, target: object, prefix: str, depth: int) -> str | None:
+    """Depth-first search of Starlette/FastAPI routes, joining Mount templates on the way."""
+    if depth > 16:
+        return None
+    try:
+        items = list(routes)
+    except TypeError:
+        return None
+    for item in items:
+        path_format = getattr(item, "path_format", "")
+        if not isinstance(path_format, str):
+            path_format = ""
+        if item is target:
+            return prefix + path_format or "/"
+        children = getattr(item, "routes", None)
+        if children:
+            found = _find_route(
+                children, target, prefix + path_format.removesuffix("/{path}"), depth + 1
+            )
+            if found is not None:
+                return found
+    return None
+
+
+# --------------------------------------------------------------------------- the middleware
+
+
+def _is_loopback(client: Any) -> bool:
+    if not client:
+        return False  # a Unix socket may be a local reverse proxy: not trusted by itself
+    try:
+        address = ipaddress.ip_address(client[0])
+    except (ValueError, TypeError, IndexError):
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class MetricsMiddleware:
+    """Count and time every HTTP request; serve ``/metrics`` (see the module docstring).
+
+    Args:
+        app: the ASGI application.
+        metrics: an existing `HttpMetrics`; otherwise one is built from ``registry``,
+            ``namespace``, ``buckets``, ``exemplars``, ``trace_id`` and ``resilience``
+            (see `HttpMetrics`), which must then keep their defaults.
+        path: where the exposition is served (``None``: not served here).
+        token: a bearer token that may read ``path`` from anywhere.
+        expose: ``"loopback"`` (loopback clients, or the token), ``"token"`` (the token
+            only) or ``"public"`` (anyone: only behind a network you trust).
+        exempt_paths: exact paths neither counted nor timed.
+        clock: the clock that times requests.
+
+    Example::
+
+        from prometheus_client import CollectorRegistry
+
+        app = MetricsMiddleware(app, registry=CollectorRegistry(), exemplars=True)
+        app.shed("concurrency")        # from the load-shedding layer
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: HttpMetrics | None = None,
+        registry: Any = None,
+        path: str | None = "/metrics",
+        namespace: str = "buttress",
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+        token: str | None = None,
+        expose: Expose = "loopback",
+        exemplars: bool = False,
+        trace_id: TraceIdFn | None = None,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        clock: Clock = SYSTEM_CLOCK,
+        resilience: bool = True,
+    ) -> None:
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise ConfigurationError(f"path must start with '/' (or be None), got {path!r}")
+        if expose not in ("loopback", "token", "public"):
+            raise ConfigurationError(
+                f"expose must be 'loopback', 'token' or 'public', got {expose!r}"
+            )
+        if token is not None and (
+            not isinstance(token, str)
+            or not token
+            or not token.isascii()
+            or not token.isprintable()
+            or any(c.isspace() for c in token)
+        ):
+            raise ConfigurationError("token must be a non-empty ASCII string without spaces")
+        if expose == "token" and token is None:
+            raise ConfigurationError("expose='token' needs a token")
+        if expose == "public" and token is not None:
+            raise ConfigurationError("a token has no effect with expose='public'; drop one")
+        if isinstance(exempt_paths, str):
+            raise ConfigurationError("exempt_paths must be a collection of paths, not one string")
+        exempt = frozenset(exempt_paths)
+        for item in exempt:
+            if not isinstance(item, str) or not item.startswith("/"):
+                raise ConfigurationError(f"exempt paths must start with '/', got {item!r}")
+        if not callable(getattr(clock, "now", None)):
+            raise ConfigurationError(f"clock must have a now() method, got {clock!r}")
+        if metrics is None:
+            metrics = HttpMetrics(
+                registry=registry,
+                namespace=namespace,
+                buckets=buckets,
+                exemplars=exemplars,
+                trace_id=trace_id,
+                resilience=resilience,
+            )
+            self._owns_metrics = True
+        else:
+            if (
+                registry is not None
+                or namespace != "buttress"
+                or tuple(buckets) != DEFAULT_BUCKETS
+                or exemplars
+                or trace_id is not None
+                or not resilience
+            ):
+                raise ConfigurationError(
+                    "pass registry, namespace, buckets, exemplars, trace_id and resilience "
+                    "to HttpMetrics when you pass metrics=, not to MetricsMiddleware"
+                )
+            self._owns_metrics = False
+        self.app = app
+        self.metrics = metrics
+        self.path = path
+        self.expose: Expose = expose
+        self._token = token.encode("ascii") if token is not None else None
+        self._skip = exempt | {path} if path is not None else exempt
+        self._now = clock.now
+        self._children = metrics._children  # the hot path reads these directly
+        self._resolve = metrics._resolve
+        self._active = metrics._families.active  # an object with an int `active`
+        self._exemplars = metrics.exemplars
+        self._trace_id = metrics.trace_id
+
+    def shed(self, reason: str) -> None:
+        """Count one request refused by load shedding (see `HttpMetrics.shed`)."""
+        self.metrics.shed(reason)
+
+    def limited(self, policy: str) -> None:
+        """Count one request refused by a rate limit (see `HttpMetrics.limited`)."""
+        self.metrics.limited(policy)
+
+    def close(self) -> None:
+        """Release the metrics this middleware built (see `HttpMetrics.close`)."""
+        if self._owns_metrics:
+            self.metrics.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if scope.get("root_path"):
+            path = _route_path(scope)
+        if path in self._skip:
+            if path == self.path:
+                await self._serve(scope, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+
+        status = 0
+        trace: str | None = None
+        exemplars = self._exemplars
+
+        async def send_status(message: Message) -> None:
+            nonlocal status, trace
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if exemplars:
+                    trace = self._trace_id(scope)
+            await send(message)
+
+        active = self._active
+        active.active += 1
+        start = self._now()
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:
+            status = 500
+            raise
+        except BaseException:  # cancelled: the client went away or a deadline cut it
+            if not status:
+                status = 499
+            raise
+        finally:
+            elapsed = self._now() - start
+            active.active -= 1
+            if not status:
+                status = 500  # returned without answering: the server sends a 500
+            route = scope.get("route")
+            method = _METHOD_LABELS.get(scope["method"], "OTHER")
+            entry = self._children.get((id(route), method, status))
+            if entry is None or entry[0] is not route:
+                entry = self._resolve(scope, route, method, status)
+            if exemplars:
+                if trace is None:
+                    trace = self._trace_id(scope)
+                if isinstance(trace, str) and 0 < len(trace) <= _MAX_TRACE_ID:
+                    entry[1].record_exemplar(elapsed, trace)
+                else:
+                    entry[1].record(elapsed)
+            else:
+                entry[1].record(elapsed)
+
+    async def _serve(self, scope: Scope, send: Send) -> None:
+        method = scope["method"]
+        head = method == "HEAD"
+        if method != "GET" and not head:
+            await send_problem(
+                send, ErrorCode.METHOD_NOT_ALLOWED, headers=[(b"allow", b"GET, HEAD")]
+            )
+            return
+        authorization = b""
+        accept: list[bytes] = []
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization = value
+            elif name == b"accept":
+                accept.append(value)
+        if not self._allowed(scope, authorization):
+            if self._token is not None:
+                challenge = b'Bearer realm="metrics"'
+                if authorization:
+                    challenge += b', error="invalid_token"'
+                await send_problem(
+                    send,
+                    ErrorCode.UNAUTHORIZED,
+                    detail="Metrics need a valid bearer token.",
+                    headers=[(b"www-authenticate", challenge)],
+                    head=head,
+                )
+            else:
+                await send_problem(
+                    send,
+                    ErrorCode.FORBIDDEN,
+                    detail="Metrics are served to loopback clients only.",
+                    head=head,
+                )
+            return
+        body, content_type = self.metrics.render(b",".join(accept).decode("latin-1"))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode("ascii")),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if head else body})
+
+    def _allowed(self, scope: Scope, authorization: bytes) -> bool:
+        if self.expose == "public":
+            return True
+        if self._token is not None and authorization:
+            scheme, _, credentials = bytes(authorization).partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(
+                credentials.strip(), self._token
+            ):
+                return True
+        return self.expose == "loopback" and _is_loopback(scope.get("client"))
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below ``root_path`` (ASGI servers send the full path), as Starlette does."""
+    path: str = scope["path"]
+    root_path: str = scope["root_path"]
+    if path.startswith(root_path):
+        if path == root_path:
+            return "/"
+        if path[len(root_path)] == "/":
+            return path[len(root_path) :]
+    return path
