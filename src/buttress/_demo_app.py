@@ -196,6 +196,12 @@ def create_app(
 
     return harden(
         app,
-        settings or HardenSettings(request_timeout=5.0, csp_routes={"/docs": None}),
+        settings
+        or HardenSettings(
+            request_timeout=5.0,
+            csp_routes={"/docs": None},  # Swagger UI loads its assets from a CDN
+            drain_delay=1.0,  # a demo: production keeps 5 s for load balancers to notice
+            shutdown_grace=5.0,
+        ),
         checks=[SQLiteCheck(path, name="orders-db"), _FlakyCheck(), DiskCheck(), MemoryCheck()],
     )

@@ -394,6 +394,35 @@ async def test_non_http_scopes_pass_through() -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append(scope["type"])
 
-    hardened = harden(app, HardenSettings())
-    await hardened({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
-    assert seen == ["lifespan"]
+    hardened = harden(app, HardenSettings(configure_logging=False))
+    await hardened({"type": "websocket", "path": "/ws", "headers": []}, None, None)  # type: ignore[arg-type]
+    assert seen == ["websocket"]
+
+
+async def test_lifespan_passes_through_to_the_app() -> None:
+    events: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            events.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    hardened = harden(app, HardenSettings(configure_logging=False))
+    await hardened({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert events == ["lifespan.startup", "lifespan.shutdown"]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

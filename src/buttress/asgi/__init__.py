@@ -42,9 +42,20 @@ from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware, RequestMetrics
 from buttress.asgi._problem import problem_body, send_problem
+from buttress.asgi._shedding import (
+    AIMDLimit,
+    ConcurrencyLimiter,
+    ConcurrencyToken,
+    GradientLimit,
+    LimitAlgorithm,
+    LoadSheddingMiddleware,
+    ShedReason,
+)
+from buttress.asgi._shutdown import GracefulShutdown
 
 __all__ = [
     "HEALTH_CONTENT_TYPE",
+    "AIMDLimit",
     "AccessLogMiddleware",
     "BaseCheck",
     "BodyLimitMiddleware",
@@ -52,15 +63,21 @@ __all__ = [
     "CORSMiddleware",
     "Check",
     "CheckResult",
+    "ConcurrencyLimiter",
+    "ConcurrencyToken",
     "DeadlineMiddleware",
     "DiskCheck",
     "ErrorMiddleware",
+    "GracefulShutdown",
+    "GradientLimit",
     "HardenSettings",
     "HardenedApp",
     "HardenedParts",
     "HealthMiddleware",
     "HttpCheck",
     "HttpMetrics",
+    "LimitAlgorithm",
+    "LoadSheddingMiddleware",
     "MemoryCheck",
     "MetricsMiddleware",
     "PostgresCheck",
@@ -69,6 +86,7 @@ __all__ = [
     "RequestMetrics",
     "SQLiteCheck",
     "SecurityHeadersMiddleware",
+    "ShedReason",
     "TraceContext",
     "client_address",
     "configure_logging",

@@ -7,10 +7,15 @@ Order (outermost first) and why:
 2. `AccessLogMiddleware`: one line per request, with the final status (500s included);
    then `MetricsMiddleware` (``/metrics``; counts, latency, in-flight), for the same reason;
 3. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
-4. `ErrorMiddleware`: whatever escapes below becomes problem+json;
-5. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
+4. `GracefulShutdown`: SIGTERM turns readiness 503 at once, serves on for the drain delay,
+   lets in-flight requests finish, then runs close hooks (its 503s still carry ids);
+5. `ErrorMiddleware`: whatever escapes below becomes problem+json;
+6. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
    limit or deadline applies;
-6. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+7. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
+   (Gradient2) answer 503 + ``Retry-After`` before the service tips over; its latency
+   samples include the deadline's 504s;
+8. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
    and the handler runs under the request deadline.
 """
 
@@ -29,6 +34,8 @@ from buttress.asgi._health_checks import Check
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
+from buttress.asgi._shedding import LoadSheddingMiddleware
+from buttress.asgi._shutdown import GracefulShutdown
 from buttress.errors import ConfigurationError
 
 __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
@@ -78,6 +85,14 @@ class HardenSettings:
     metrics: bool = True
     metrics_token: str | None = None
     metrics_exemplars: bool = False
+    graceful_shutdown: bool = True
+    drain_delay: float = 5.0
+    shutdown_grace: float = 25.0
+    close_timeout: float = 10.0
+    shedding: bool = True
+    shed_max_in_flight: int | None = None
+    shed_adaptive: str | None = "gradient"
+    shed_retry_after: float = 1.0
     max_body_bytes: int | None = 1 << 20
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
@@ -165,10 +180,14 @@ class HardenedParts:
     Attributes:
         health: the `HealthMiddleware` (``mark_draining()``, ``checks``), or None.
         metrics: the `HttpMetrics` (``shed()``, ``limited()``, ``render()``), or None.
+        shutdown: the `GracefulShutdown` (``add_close_hook()``, ``draining``), or None.
+        shedding: the `LoadSheddingMiddleware` (``limiter.limit``, ``limiter.in_flight``).
     """
 
     health: HealthMiddleware | None = None
     metrics: HttpMetrics | None = None
+    shutdown: GracefulShutdown | None = None
+    shedding: LoadSheddingMiddleware | None = None
 
 
 class HardenedApp(RequestContextMiddleware):
@@ -210,6 +229,21 @@ def harden(
         wrapped = DeadlineMiddleware(wrapped, timeout=s.request_timeout, header=s.timeout_header)
     if s.max_body_bytes is not None:
         wrapped = BodyLimitMiddleware(wrapped, max_bytes=s.max_body_bytes)
+    if s.shedding and (s.shed_max_in_flight is not None or s.shed_adaptive is not None):
+        parts.shedding = LoadSheddingMiddleware(
+            wrapped,
+            max_in_flight=s.shed_max_in_flight,
+            adaptive=s.shed_adaptive,  # type: ignore[arg-type] # validated by the middleware
+            retry_after=s.shed_retry_after,
+            on_shed=parts.metrics.shed if parts.metrics is not None else None,
+        )
+        wrapped = parts.shedding
+    if s.metrics:  # built before the layers that report to it (shedding)
+        parts.metrics = HttpMetrics(
+            registry=registry,
+            exemplars=s.metrics_exemplars,
+            trace_id=_current_trace_id,
+        )
     if s.health:
         parts.health = HealthMiddleware(
             wrapped,
@@ -221,6 +255,16 @@ def harden(
         )
         wrapped = parts.health
     wrapped = ErrorMiddleware(wrapped)
+    if s.graceful_shutdown:
+        parts.shutdown = GracefulShutdown(
+            wrapped,
+            drain_delay=s.drain_delay,
+            grace=s.shutdown_grace,
+            close_timeout=s.close_timeout,
+        )
+        if parts.health is not None:
+            parts.shutdown.on_drain.append(parts.health.mark_draining)
+        wrapped = parts.shutdown
     if s.cors_origins or s.cors_origin_regex:
         wrapped = CORSMiddleware(
             wrapped,
@@ -232,12 +276,7 @@ def harden(
         )
     if s.security_headers:
         wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
-    if s.metrics:
-        parts.metrics = HttpMetrics(
-            registry=registry,
-            exemplars=s.metrics_exemplars,
-            trace_id=_current_trace_id,
-        )
+    if parts.metrics is not None:
         wrapped = MetricsMiddleware(wrapped, metrics=parts.metrics, token=s.metrics_token)
     if s.access_log:
         wrapped = AccessLogMiddleware(wrapped, trusted_proxies=s.trusted_proxies)
