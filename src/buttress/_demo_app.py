@@ -201,6 +201,7 @@ def create_app(
             request_timeout=5.0,
             csp_routes={"/docs": None},  # Swagger UI loads its assets from a CDN
             drain_delay=1.0,  # a demo: production keeps 5 s for load balancers to notice
+            shed_max_in_flight=16,  # small, so that the self-check can show shedding
             shutdown_grace=5.0,
         ),
         checks=[SQLiteCheck(path, name="orders-db"), _FlakyCheck(), DiskCheck(), MemoryCheck()],

@@ -7,6 +7,7 @@ SIGTERM and must exit cleanly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -88,6 +89,38 @@ def _problem(response: httpx.Response, status: int, code: str) -> bool:
         and response.json().get("code") == code
         and bool(response.headers.get("x-request-id"))
     )
+
+
+async def _burst(base: str, n: int) -> list[tuple[int, str | None]]:
+    """``n`` concurrent slow requests (0.5 s each); (status, Retry-After) per answer."""
+    async with httpx.AsyncClient(base_url=base, timeout=20.0) as client:
+
+        async def one() -> tuple[int, str | None]:
+            r = await client.get("/slow", params={"seconds": 0.5})
+            return r.status_code, r.headers.get("retry-after")
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2.0).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def _poll_until(url: str, status: int, *, limit: float) -> float | None:
+    """Seconds until ``url`` answers ``status`` (polled every 5 ms), or None."""
+    started = time.monotonic()
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() - started < limit:
+            try:
+                if client.get(url).status_code == status:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.005)
+    return None
 
 
 def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
@@ -206,7 +239,24 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
                 and "buttress_http_requests_in_flight" in text,
                 f"{metrics.status_code}, {text.count(chr(10))} lines",
             )
+        statuses = asyncio.run(_burst(base, 40))
+        shed = sum(1 for s, ra in statuses if s == 503 and ra)
+        other_5xx = sum(1 for s, _ in statuses if s >= 500 and s != 503)
+        record(
+            "load shedding: 503 + Retry-After past 16 in flight",
+            shed > 0 and other_5xx == 0 and shed < len(statuses),
+            f"{len(statuses)} concurrent slow requests: {shed} shed, "
+            f"{sum(1 for s, _ in statuses if s == 200)} served, {other_5xx} other 5xx",
+        )
         proc.send_signal(signal.SIGTERM)
+        flipped = _poll_until(f"{base}/health/ready", 503, limit=2.0)
+        during = _status(f"{base}/orders")
+        record(
+            "SIGTERM: readiness 503 at once, requests still served while draining",
+            flipped is not None and flipped < 0.1 and during == 200,
+            f"ready 503 after {flipped if flipped is None else round(flipped * 1000)} ms; "
+            f"/orders {during} during the drain",
+        )
         started = time.monotonic()
         try:
             code = proc.wait(30)
