@@ -14,11 +14,12 @@ any client can forge).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from random import getrandbits
 from typing import Any, NamedTuple
 
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError
 
 __all__ = [
@@ -31,11 +32,6 @@ __all__ = [
     "trusted_networks",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("buttress_request_id", default=None)
 _TRACE: ContextVar[TraceContext | None] = ContextVar("buttress_trace", default=None)

@@ -10,21 +10,16 @@ request validation) in the same format.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from buttress._classify import classify_status
 from buttress.asgi._context import current_request_id
 from buttress.asgi._problem import problem_body, problem_for_exception, send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ButtressError, ErrorCode
 
 __all__ = ["ErrorMiddleware", "install_exception_handlers"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("buttress.asgi")
 

@@ -22,7 +22,7 @@ Order (outermost first) and why:
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -36,15 +36,11 @@ from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
+from buttress.asgi._types import ASGIApp, Scope
 from buttress.errors import ConfigurationError
 
 __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from buttress.asgi._problem import send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = ["DEFAULT_CSP", "OWASP_HEADERS", "CORSMiddleware", "SecurityHeadersMiddleware"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_CSP = (
     "default-src 'self'; form-action 'self'; base-uri 'self'; object-src 'none'; "

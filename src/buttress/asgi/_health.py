@@ -50,7 +50,7 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -72,6 +72,7 @@ from buttress.asgi._health_checks import (
     _StillRunning,
 )
 from buttress.asgi._problem import send_problem
+from buttress.asgi._types import ASGIApp, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 from buttress.resilience._policy import check_positive
 
@@ -91,11 +92,6 @@ __all__ = [
     "Status",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEALTH_CONTENT_TYPE: Final = b"application/health+json"
 

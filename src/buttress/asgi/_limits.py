@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from buttress.asgi._problem import send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode
 from buttress.resilience import Pipeline, Timeout, deadline
 
 __all__ = ["BodyLimitMiddleware", "DeadlineMiddleware"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _BodyTooLargeError(Exception):

@@ -16,19 +16,15 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from json import dumps as json_dumps
 from typing import Any, TextIO
 
 from buttress.asgi._context import _REQUEST_ID, _TRACE, client_address, trusted_networks
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["REDACTED", "AccessLogMiddleware", "configure_logging", "redact", "redact_processor"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REDACTED = "[redacted]"
 SENSITIVE_KEY = re.compile(

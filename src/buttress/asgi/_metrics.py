@@ -67,11 +67,12 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = [
@@ -83,11 +84,6 @@ __all__ = [
     "RequestMetrics",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TraceIdFn = Callable[[Scope], "str | None"]
 Expose = Literal["loopback", "token", "public"]
 

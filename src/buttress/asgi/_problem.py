@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
+from buttress.asgi._types import Send
 from buttress.errors import ButtressError, ErrorCode
 
 __all__ = [
@@ -23,9 +24,6 @@ __all__ = [
     "send_problem",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 
 PROBLEM_CONTENT_TYPE = b"application/problem+json"
 PROBLEM_BASE = "https://buttress.dev/problems/"

@@ -34,11 +34,12 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
+from collections.abc import Callable, Iterable
+from typing import Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import problem_for_exception, send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = [
@@ -51,11 +52,6 @@ __all__ = [
     "ShedReason",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ShedReason: TypeAlias = Literal["max_in_flight", "adaptive"]
 """Why a request was shed: the hard in-flight cap, or the adaptive limit."""

@@ -90,21 +90,17 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = ["GracefulShutdown"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 HookT = TypeVar("HookT", bound=Callable[[], object])
 
