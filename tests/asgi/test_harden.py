@@ -426,3 +426,46 @@ async def test_lifespan_passes_through_to_the_app() -> None:
     await hardened({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert events == ["lifespan.startup", "lifespan.shutdown"]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+async def test_layer_problems_carry_the_request_id_and_sheds_are_counted() -> None:
+    from prometheus_client import CollectorRegistry
+
+    gate = asyncio.Event()
+
+    async def held(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await gate.wait()
+        await bare_app(scope, receive, send)
+
+    registry = CollectorRegistry()
+    hardened = harden(
+        held,
+        HardenSettings(configure_logging=False, shed_max_in_flight=1, shed_adaptive=None),
+        registry=registry,
+    )
+    transport = httpx.ASGITransport(app=hardened, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        first = asyncio.ensure_future(client.get("/ok"))
+        await asyncio.sleep(0.05)
+        shed = await client.get("/ok", headers={"x-request-id": "shed-1"})
+        gate.set()
+        assert (await first).status_code == 200
+        too_big = await client.post(
+            "/upload", content=b"x" * (2 << 20), headers={"x-request-id": "big-1"}
+        )
+    assert assert_problem(shed, 503, "overloaded")["request_id"] == "shed-1"
+    assert shed.headers["retry-after"] == "1"
+    assert assert_problem(too_big, 413, "payload_too_large")["request_id"] == "big-1"
+    assert (
+        registry.get_sample_value("buttress_http_requests_shed_total", {"reason": "max_in_flight"})
+        == 1.0
+    )
+
+
+def test_from_env_names_the_variable_for_range_errors() -> None:
+    with pytest.raises(ConfigurationError, match="BUTTRESS_DRAIN_DELAY"):
+        HardenSettings.from_env({"BUTTRESS_DRAIN_DELAY": "-1"})
+    with pytest.raises(ConfigurationError, match="BUTTRESS_SHED_ADAPTIVE"):
+        HardenSettings.from_env({"BUTTRESS_SHED_ADAPTIVE": "bogus"})
+    with pytest.raises(ConfigurationError, match="BUTTRESS_SHED_MAX_IN_FLIGHT"):
+        HardenSettings.from_env({"BUTTRESS_SHED_MAX_IN_FLIGHT": "0"})

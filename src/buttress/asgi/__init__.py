@@ -1,8 +1,9 @@
 """Inbound hardening for any ASGI application: pure ASGI, no BaseHTTPMiddleware.
 
-``app = harden(app)`` adds, outermost first: request ids and W3C trace context, security
-headers, CORS, problem+json errors, body size limits and a request deadline. Each feature
-is also its own middleware class.
+``app = harden(app)`` adds, outermost first: request ids and W3C trace context, a JSON
+access log, Prometheus metrics, security headers, CORS, graceful shutdown, problem+json
+errors, health/live/ready endpoints, adaptive load shedding, body size limits and a request
+deadline. Each feature is also its own middleware class.
 
 Example::
 

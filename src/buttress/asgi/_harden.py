@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from buttress.asgi._context import RequestContextMiddleware, current_trace, trusted_networks
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
@@ -81,6 +81,7 @@ class HardenSettings:
     metrics: bool = True
     metrics_token: str | None = None
     metrics_exemplars: bool = False
+    metrics_expose: Literal["loopback", "token", "public"] = "loopback"
     graceful_shutdown: bool = True
     drain_delay: float = 5.0
     shutdown_grace: float = 25.0
@@ -112,6 +113,41 @@ class HardenSettings:
                 f"HardenSettings(request_timeout={self.request_timeout!r}): seconds in "
                 "(0, 3600], or None"
             )
+        for name in ("drain_delay", "shutdown_grace", "close_timeout", "health_cache_ttl"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (0 <= value <= 3600)
+            ):
+                raise ConfigurationError(f"HardenSettings({name}={value!r}): seconds in [0, 3600]")
+        if not 0 < self.health_check_timeout <= 60:
+            raise ConfigurationError(
+                f"HardenSettings(health_check_timeout={self.health_check_timeout!r}): "
+                "seconds in (0, 60]"
+            )
+        if self.shed_max_in_flight is not None and (
+            isinstance(self.shed_max_in_flight, bool)
+            or not isinstance(self.shed_max_in_flight, int)
+            or self.shed_max_in_flight < 1
+        ):
+            raise ConfigurationError(
+                f"HardenSettings(shed_max_in_flight={self.shed_max_in_flight!r}): an integer "
+                ">= 1, or None"
+            )
+        if self.shed_adaptive not in (None, "gradient", "aimd"):
+            raise ConfigurationError(
+                f"HardenSettings(shed_adaptive={self.shed_adaptive!r}): gradient, aimd or None"
+            )
+        if self.metrics_expose not in ("loopback", "token", "public"):
+            raise ConfigurationError(
+                f"HardenSettings(metrics_expose={self.metrics_expose!r}): loopback, token or public"
+            )
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigurationError(
+                f"HardenSettings(log_level={self.log_level!r}): DEBUG, INFO, WARNING, ERROR or "
+                "CRITICAL"
+            )
         if "*" in self.cors_origins and self.cors_credentials:
             raise ConfigurationError(
                 "HardenSettings(cors_origins=('*',), cors_credentials=True): browsers refuse "
@@ -136,7 +172,9 @@ class HardenSettings:
         try:
             return cls(**values)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{exc} (from the BUTTRESS_* environment)") from exc
+            named = [f"BUTTRESS_{k.upper()}" for k in values if f"({k}=" in str(exc)]
+            where = ", ".join(named) if named else "the BUTTRESS_* environment"
+            raise ConfigurationError(f"{exc} (set by {where})") from exc
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
@@ -220,6 +258,12 @@ def harden(
     if s.configure_logging:
         configure_logging(json=s.log_json, level=s.log_level)
     install_exception_handlers(app)
+    if s.metrics:  # built first: inner layers report to it (shedding counts its 503s)
+        parts.metrics = HttpMetrics(
+            registry=registry,
+            exemplars=s.metrics_exemplars,
+            trace_id=_current_trace_id,
+        )
     wrapped: ASGIApp = app
     if s.request_timeout is not None:
         wrapped = DeadlineMiddleware(wrapped, timeout=s.request_timeout, header=s.timeout_header)
@@ -234,12 +278,6 @@ def harden(
             on_shed=parts.metrics.shed if parts.metrics is not None else None,
         )
         wrapped = parts.shedding
-    if s.metrics:  # built before the layers that report to it (shedding)
-        parts.metrics = HttpMetrics(
-            registry=registry,
-            exemplars=s.metrics_exemplars,
-            trace_id=_current_trace_id,
-        )
     if s.health:
         parts.health = HealthMiddleware(
             wrapped,
@@ -273,7 +311,9 @@ def harden(
     if s.security_headers:
         wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
     if parts.metrics is not None:
-        wrapped = MetricsMiddleware(wrapped, metrics=parts.metrics, token=s.metrics_token)
+        wrapped = MetricsMiddleware(
+            wrapped, metrics=parts.metrics, token=s.metrics_token, expose=s.metrics_expose
+        )
     if s.access_log:
         wrapped = AccessLogMiddleware(wrapped, trusted_proxies=s.trusted_proxies)
     hardened = HardenedApp(wrapped, header=s.request_id_header)

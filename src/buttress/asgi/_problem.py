@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from buttress.asgi._context import current_request_id
 from buttress.asgi._types import Send
 from buttress.errors import ButtressError, ErrorCode
 
@@ -134,12 +135,15 @@ async def send_problem(
         code: the taxonomy code: sets type, title and the default status.
         status: override the status (for example 413 from a body limit).
         detail: a human explanation specific to this occurrence.
-        request_id: echoed in the body (the request-id middleware adds the header).
+        request_id: echoed in the body (default: the current request's id, when the
+            request-context middleware runs outside; it also adds the header).
         retry_after: seconds; sent as ``Retry-After`` (rounded up, at least 1).
         headers: extra response headers.
         extra: extra members of the problem document.
         head: answer a HEAD request (headers only).
     """
+    if request_id is None:
+        request_id = current_request_id()
     body = problem_body(code, status=status, detail=detail, request_id=request_id, extra=extra)
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw_headers = [
