@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|all [ARGS...]``.
+"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|asgi|all [ARGS...]``.
 
 ``./dev bench NAME`` calls this. Extra arguments go to each script (see ``--help`` of
-``bench/outbound.py`` and ``bench/ratelimit.py``). With ``all`` the scripts run one after
-the other, never at once: on a 2-core machine two benchmarks ruin each other. Each script
-runs in a fresh interpreter of the same Python.
+``bench/outbound.py``, ``bench/ratelimit.py`` and ``bench/asgi.py``). With ``all`` the
+scripts run one after the other, never at once: on a 2-core machine two benchmarks ruin each
+other. Each script runs in a fresh interpreter of the same Python.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"outbound": "outbound.py", "ratelimit": "ratelimit.py"}
+SCRIPTS = {"outbound": "outbound.py", "ratelimit": "ratelimit.py", "asgi": "asgi.py"}
 # module each benchmark needs beyond buttress (installed by the `bench` extra)
 NEEDS = {
     "outbound": [
@@ -28,6 +28,15 @@ NEEDS = {
         "aiolimiter",
     ],
     "ratelimit": ["limits", "aiolimiter", "pyrate_limiter"],
+    "asgi": [
+        "starlette",
+        "uvicorn",
+        "httptools",
+        "slowapi",
+        "asgi_correlation_id",
+        "prometheus_fastapi_instrumentator",
+        "secure",
+    ],
 }
 
 
