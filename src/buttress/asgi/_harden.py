@@ -2,20 +2,25 @@
 
 Order (outermost first) and why:
 
-1. `RequestContextMiddleware`: ids and trace context exist before anything can fail, and
-   the id header reaches every response, 500s included;
-2. `AccessLogMiddleware`: one line per request, with the final status (500s included);
-   then `MetricsMiddleware` (``/metrics``; counts, latency, in-flight), for the same reason;
-3. `SecurityHeadersMiddleware` and `CORSMiddleware`: they also decorate error responses;
-4. `GracefulShutdown`: SIGTERM turns readiness 503 at once, serves on for the drain delay,
-   lets in-flight requests finish, then runs close hooks (its 503s still carry ids);
-5. `ErrorMiddleware`: whatever escapes below becomes problem+json;
-6. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
+1. `EdgeMiddleware`, one layer doing, in this order, what these did as separate layers:
+   request context (ids and trace context exist before anything can fail, and the id
+   header reaches every response, 500s included); the access log and then metrics
+   (``/metrics``; counts, latency, in-flight), one line and one count per request with
+   the final status (500s included); security headers and CORS (they also decorate error
+   responses); and the error edge (whatever escapes below becomes problem+json, which the
+   log, metrics and headers above then see). `RequestContextMiddleware`,
+   `AccessLogMiddleware`, `MetricsMiddleware`, `SecurityHeadersMiddleware`,
+   `CORSMiddleware` and `ErrorMiddleware` remain for standalone use;
+2. `GracefulShutdown`: SIGTERM turns readiness 503 at once, serves on for the drain delay,
+   lets in-flight requests finish, then runs close hooks (its 503s still carry ids and
+   security headers, and are counted). The error edge used to sit inside it; now in the
+   edge layer, it adds the ``Connection: close`` of the drain to its problem+json itself;
+3. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
    limit or deadline applies;
-7. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
+4. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
    (Gradient2) answer 503 + ``Retry-After`` before the service tips over; its latency
    samples include the deadline's 504s;
-8. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+5. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
    and the handler runs under the request deadline.
 """
 
@@ -26,13 +31,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from buttress.asgi._context import RequestContextMiddleware, current_trace, trusted_networks
-from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
-from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._context import current_trace, trusted_networks
+from buttress.asgi._edge import EdgeMiddleware
+from buttress.asgi._errors import install_exception_handlers
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
-from buttress.asgi._logging import AccessLogMiddleware, configure_logging
+from buttress.asgi._logging import configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
@@ -224,7 +229,7 @@ class HardenedParts:
     shedding: LoadSheddingMiddleware | None = None
 
 
-class HardenedApp(RequestContextMiddleware):
+class HardenedApp(EdgeMiddleware):
     """The app `harden` returns: the outermost layer, with ``parts`` to reach features."""
 
     parts: HardenedParts
@@ -288,7 +293,6 @@ def harden(
             version=s.service_version,
         )
         wrapped = parts.health
-    wrapped = ErrorMiddleware(wrapped)
     if s.graceful_shutdown:
         parts.shutdown = GracefulShutdown(
             wrapped,
@@ -299,23 +303,25 @@ def harden(
         if parts.health is not None:
             parts.shutdown.on_drain.append(parts.health.mark_draining)
         wrapped = parts.shutdown
-    if s.cors_origins or s.cors_origin_regex:
-        wrapped = CORSMiddleware(
-            wrapped,
-            allow_origins=s.cors_origins,
-            allow_origin_regex=s.cors_origin_regex,
-            allow_methods=s.cors_methods,
-            allow_headers=s.cors_headers,
-            allow_credentials=s.cors_credentials,
-        )
-    if s.security_headers:
-        wrapped = SecurityHeadersMiddleware(wrapped, csp_routes=s.csp_routes or None)
-    if parts.metrics is not None:
-        wrapped = MetricsMiddleware(
+    metrics_layer = None
+    if parts.metrics is not None:  # its counting and /metrics run inside the edge layer
+        metrics_layer = MetricsMiddleware(
             wrapped, metrics=parts.metrics, token=s.metrics_token, expose=s.metrics_expose
         )
-    if s.access_log:
-        wrapped = AccessLogMiddleware(wrapped, trusted_proxies=s.trusted_proxies)
-    hardened = HardenedApp(wrapped, header=s.request_id_header)
+    hardened = HardenedApp(
+        wrapped,
+        request_id_header=s.request_id_header,
+        access_log=s.access_log,
+        trusted_proxies=s.trusted_proxies,
+        security_headers=s.security_headers,
+        csp_routes=s.csp_routes or None,
+        cors_origins=s.cors_origins,
+        cors_origin_regex=s.cors_origin_regex,
+        cors_methods=s.cors_methods,
+        cors_headers=s.cors_headers,
+        cors_credentials=s.cors_credentials,
+        metrics=metrics_layer,
+        shutdown=parts.shutdown,
+    )
     hardened.parts = parts
     return hardened
