@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from random import getrandbits
 from typing import Any
 
-from buttress.asgi import _logging
 from buttress.asgi._context import (
     _REQUEST_ID,
     _TRACE,
@@ -39,7 +38,7 @@ from buttress.asgi._context import (
 )
 from buttress.asgi._errors import ErrorMiddleware
 from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
-from buttress.asgi._logging import AccessLogMiddleware, _q, _timestamp, route_template
+from buttress.asgi._logging import AccessLogMiddleware, log_access
 from buttress.asgi._metrics import _MAX_TRACE_ID, _METHOD_LABELS, MetricsMiddleware, _route_path
 from buttress.asgi._problem import problem_for_exception, send_problem
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
@@ -416,32 +415,13 @@ class EdgeMiddleware:
     ) -> None:
         access = self.access
         assert access is not None  # noqa: S101
-        trace = _TRACE.get()
-        sink = _logging._access_sink
-        if sink is not None and access.direct and _logging._access_json:
-            duration = (time.perf_counter() - started) * 1000
-            sink.write(
-                f'{{"method":{_q(scope["method"])},"route":{_q(route_template(scope))},'
-                f'"path":{_q(scope["path"])},"status":{status or 500},'
-                f'"duration_ms":{duration:.3f},"bytes":{size},'
-                f'"request_id":{_q(_REQUEST_ID.get())},'
-                f'"trace_id":{_q(trace[0] if trace is not None else None)},'
-                f'"client":{_q(self.client(scope, xff))},'
-                f'"principal":{_q(access.principal(scope))},"event":"request",'
-                f'"logger":"buttress.access","level":"info",'
-                f'"timestamp":"{_timestamp(time.time())}"}}\n'
-            )
-        else:
-            access.logger.info(
-                "request",
-                method=scope["method"],
-                route=route_template(scope),
-                path=scope["path"],
-                status=status or 500,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                bytes=size,
-                request_id=_REQUEST_ID.get(),
-                trace_id=trace.trace_id if trace is not None else None,
-                client=self.client(scope, xff),
-                principal=access.principal(scope),
-            )
+        log_access(
+            access.logger,
+            access.direct,
+            scope,
+            status,
+            size,
+            started,
+            self.client(scope, xff),
+            access.principal(scope),
+        )

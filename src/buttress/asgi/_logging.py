@@ -257,35 +257,61 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, measuring_send)
         finally:
-            trace = _TRACE.get()
-            sink = _access_sink
-            if sink is not None and self.direct and _access_json:
-                duration = (time.perf_counter() - started) * 1000
-                sink.write(
-                    f'{{"method":{_q(scope["method"])},"route":{_q(route_template(scope))},'
-                    f'"path":{_q(scope["path"])},"status":{status or 500},'
-                    f'"duration_ms":{duration:.3f},"bytes":{size},'
-                    f'"request_id":{_q(_REQUEST_ID.get())},'
-                    f'"trace_id":{_q(trace[0] if trace is not None else None)},'
-                    f'"client":{_q(client_address(scope, self.trusted))},'
-                    f'"principal":{_q(self.principal(scope))},"event":"request",'
-                    f'"logger":"buttress.access","level":"info",'
-                    f'"timestamp":"{_timestamp(time.time())}"}}\n'
-                )
-            else:
-                self.logger.info(
-                    "request",
-                    method=scope["method"],
-                    route=route_template(scope),
-                    path=scope["path"],
-                    status=status or 500,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    bytes=size,
-                    request_id=_REQUEST_ID.get(),
-                    trace_id=trace.trace_id if trace is not None else None,
-                    client=client_address(scope, self.trusted),
-                    principal=self.principal(scope),
-                )
+            log_access(
+                self.logger,
+                self.direct,
+                scope,
+                status,
+                size,
+                started,
+                client_address(scope, self.trusted),
+                self.principal(scope),
+            )
+
+
+def log_access(
+    logger: Any,
+    direct: bool,
+    scope: Scope,
+    status: int,
+    size: int,
+    started: float,
+    client: str | None,
+    principal: str | None,
+) -> None:
+    """Write one access line: directly as JSON when buttress owns the format, else structlog.
+
+    ``started`` is the `time.perf_counter` reading when the request arrived; a ``status``
+    of 0 (no response) is logged as 500.
+    """
+    trace = _TRACE.get()
+    sink = _access_sink
+    if sink is not None and direct and _access_json:
+        duration = (time.perf_counter() - started) * 1000
+        sink.write(
+            f'{{"method":{_q(scope["method"])},"route":{_q(route_template(scope))},'
+            f'"path":{_q(scope["path"])},"status":{status or 500},'
+            f'"duration_ms":{duration:.3f},"bytes":{size},'
+            f'"request_id":{_q(_REQUEST_ID.get())},'
+            f'"trace_id":{_q(trace[0] if trace is not None else None)},'
+            f'"client":{_q(client)},"principal":{_q(principal)},"event":"request",'
+            f'"logger":"buttress.access","level":"info",'
+            f'"timestamp":"{_timestamp(time.time())}"}}\n'
+        )
+    else:
+        logger.info(
+            "request",
+            method=scope["method"],
+            route=route_template(scope),
+            path=scope["path"],
+            status=status or 500,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            bytes=size,
+            request_id=_REQUEST_ID.get(),
+            trace_id=trace.trace_id if trace is not None else None,
+            client=client,
+            principal=principal,
+        )
 
 
 def _state_principal(scope: Scope) -> str | None:
