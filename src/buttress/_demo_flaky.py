@@ -204,7 +204,7 @@ async def run_demo(*, requests: int = 200, seed: int = 7, concurrency: int = 10)
             retry_on_result=lambda r: r.status_code in (429, 502, 503, 504),
         ),
         breaker,
-        Timeout(0.25),  # per attempt: slow answers are cut and retried
+        Timeout(0.4),  # per attempt: slow answers (0.6 s) are cut and retried
         Bulkhead(max_concurrent=concurrency * 2),
         name="demo",
         hooks=[hook],
@@ -248,7 +248,7 @@ async def run_demo(*, requests: int = 200, seed: int = 7, concurrency: int = 10)
                     resilient,
                     requests // 2,
                     concurrency,
-                    pace=2.0 / rounds,
+                    pace=3.0 / rounds,
                 )
             )
         return DemoResult(phases, counts, transitions, server.requests)
