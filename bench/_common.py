@@ -7,6 +7,7 @@ pinning, follows it).
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata as md
 import json
@@ -162,3 +163,57 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, markdown: bo
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def parser(
+    doc: str | None,
+    *,
+    name: str,
+    number: int,
+    min_number: int,
+    max_seconds: float,
+    warmup: int,
+    unit: str,
+) -> argparse.ArgumentParser:
+    """The options every micro-benchmark script shares."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--repeat", type=int, default=11, help="repetitions, median reported (11)")
+    ap.add_argument("--number", type=int, default=number, help=f"max {unit} per measurement")
+    ap.add_argument(
+        "--min-number", type=int, default=min_number, help=f"min {unit} per measurement"
+    )
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=max_seconds,
+        help=f"target time of one measurement ({max_seconds})",
+    )
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--only", action="append", default=[], help="substring filter (floors kept)")
+    ap.add_argument("--cpu", type=int, default=0, help="pin this process to CPU N (0)")
+    ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    ap.add_argument("--out", default=name, help="bench/results/<OUT>.json, or a .json path")
+    return ap
+
+
+def start(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Pin the process, print the run's header and any load warning; the environment.
+
+    ``env["pinned_cpus"]`` holds the CPUs the process was pinned to (None: not pinned).
+    """
+    pinned = None if args.no_pin else pin_self(args.cpu)
+    env = env_info()
+    print(
+        f"{name}: repeat={args.repeat} number<={args.number:,} max_seconds={args.max_seconds} "
+        f"python={env['python']} cpus={env['cpu_count']} pinned={pinned} "
+        f"buttress@{env['git']['commit']}{' +uncommitted src' if env['git']['src_dirty'] else ''}",
+        flush=True,
+    )
+    warn = load_warning()
+    if warn:
+        print(warn, flush=True)
+    env["pinned_cpus"] = pinned
+    return env

@@ -22,7 +22,6 @@ Run:  .venv/bin/python bench/outbound.py [--repeat 11] [--number 300000] [--mark
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
@@ -378,34 +377,16 @@ def targets(overhead: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--repeat", type=int, default=11, help="repetitions, median reported (11)")
-    ap.add_argument("--number", type=int, default=300_000, help="max calls per measurement")
-    ap.add_argument("--min-number", type=int, default=5_000, help="min calls per measurement")
-    ap.add_argument(
-        "--max-seconds", type=float, default=0.5, help="target time of one measurement (0.5)"
-    )
-    ap.add_argument("--warmup", type=int, default=2_000)
-    ap.add_argument("--only", action="append", default=[], help="substring filter (floors kept)")
-    ap.add_argument("--cpu", type=int, default=0, help="pin this process to CPU N (0)")
-    ap.add_argument("--no-pin", action="store_true")
-    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    ap.add_argument("--out", default="outbound", help="bench/results/<OUT>.json, or a .json path")
-    args = ap.parse_args()
-
-    pinned = None if args.no_pin else cm.pin_self(args.cpu)
-    env = cm.env_info()
-    print(
-        f"outbound: repeat={args.repeat} number<={args.number:,} max_seconds={args.max_seconds} "
-        f"python={env['python']} cpus={env['cpu_count']} pinned={pinned} "
-        f"buttress@{env['git']['commit']}{' +uncommitted src' if env['git']['src_dirty'] else ''}",
-        flush=True,
-    )
-    warn = cm.load_warning()
-    if warn:
-        print(warn, flush=True)
+    args = cm.parser(
+        __doc__,
+        name="outbound",
+        number=300_000,
+        min_number=5_000,
+        max_seconds=0.5,
+        warmup=2_000,
+        unit="calls",
+    ).parse_args()
+    env = cm.start("outbound", args)
     t0 = time.time()
     res = asyncio.run(run(args))
     wall = time.time() - t0
@@ -439,7 +420,7 @@ def main() -> None:
             "warmup": args.warmup,
             "gc": "enabled",
             "event_loop": "asyncio default (stdlib)",
-            "pinned_cpus": pinned,
+            "pinned_cpus": env["pinned_cpus"],
         },
         "wall_s": round(wall, 1),
         "versions": vers,

@@ -28,7 +28,6 @@ Run:  .venv/bin/python bench/ratelimit.py [--repeat 11] [--number 200000] [--mar
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import inspect
@@ -378,34 +377,16 @@ def targets(med, floor_of) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--repeat", type=int, default=11, help="repetitions, median reported (11)")
-    ap.add_argument("--number", type=int, default=200_000, help="max decisions per measurement")
-    ap.add_argument("--min-number", type=int, default=10_000, help="min decisions per measurement")
-    ap.add_argument(
-        "--max-seconds", type=float, default=0.25, help="target time of one measurement (0.25)"
-    )
-    ap.add_argument("--warmup", type=int, default=500)
-    ap.add_argument("--only", action="append", default=[], help="substring filter (floors kept)")
-    ap.add_argument("--cpu", type=int, default=0, help="pin this process to CPU N (0)")
-    ap.add_argument("--no-pin", action="store_true")
-    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    ap.add_argument("--out", default="ratelimit", help="bench/results/<OUT>.json, or a .json path")
-    args = ap.parse_args()
-
-    pinned = None if args.no_pin else cm.pin_self(args.cpu)
-    env = cm.env_info()
-    print(
-        f"ratelimit: repeat={args.repeat} number<={args.number:,} max_seconds={args.max_seconds} "
-        f"python={env['python']} cpus={env['cpu_count']} pinned={pinned} "
-        f"buttress@{env['git']['commit']}{' +uncommitted src' if env['git']['src_dirty'] else ''}",
-        flush=True,
-    )
-    warn = cm.load_warning()
-    if warn:
-        print(warn, flush=True)
+    args = cm.parser(
+        __doc__,
+        name="ratelimit",
+        number=200_000,
+        min_number=10_000,
+        max_seconds=0.25,
+        warmup=500,
+        unit="decisions",
+    ).parse_args()
+    env = cm.start("ratelimit", args)
     t0 = time.time()
     res = asyncio.run(run(args))
     wall = time.time() - t0
@@ -437,7 +418,7 @@ def main() -> None:
             "per_key_limit_per_hour": PER_KEY_LIMIT,
             "deny_limit_per_hour": DENY_LIMIT,
             "gc": "enabled",
-            "pinned_cpus": pinned,
+            "pinned_cpus": env["pinned_cpus"],
         },
         "wall_s": round(wall, 1),
         "versions": vers,
