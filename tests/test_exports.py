@@ -8,6 +8,7 @@ import buttress
 import buttress.asgi
 import buttress.errors
 import buttress.resilience
+import buttress.stores
 import buttress.telemetry
 import buttress.testing
 
@@ -46,6 +47,7 @@ def test_all_is_exact() -> None:
         buttress.asgi,
         buttress.errors,
         buttress.resilience,
+        buttress.stores,
         buttress.telemetry,
         buttress.testing,
     ):
@@ -67,6 +69,7 @@ def test_every_public_name_is_documented() -> None:
         buttress.asgi,
         buttress.resilience,
         buttress.errors,
+        buttress.stores,
         buttress.telemetry,
         buttress.testing,
     ):

@@ -21,6 +21,7 @@ from buttress.resilience._policy import BuildContext, Policy
 from buttress.resilience._ratelimit import RateDecision, RateLimiter
 from buttress.resilience._registry import Registry, registry
 from buttress.resilience._retry import Backoff, Retry, RetryBudget
+from buttress.resilience._shared import FleetView, SharedBreakerState
 from buttress.resilience._timeout import Timeout
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Bulkhead",
     "CircuitBreaker",
     "Fallback",
+    "FleetView",
     "Hedge",
     "Pipeline",
     "Policy",
@@ -38,6 +40,7 @@ __all__ = [
     "Registry",
     "Retry",
     "RetryBudget",
+    "SharedBreakerState",
     "Timeout",
     "current_deadline",
     "deadline",

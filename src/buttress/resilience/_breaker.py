@@ -447,20 +447,38 @@ class CircuitBreaker(Policy):
                 self._probes_out -= 1
 
     # ------------------------------------------------------------ manual control
-    def force_open(self, duration: float | None = None) -> None:
-        """Open now (for ``duration`` seconds, default ``break_duration``)."""
+    def force_open(
+        self,
+        duration: float | None = None,
+        *,
+        reason: str = "forced open",
+        generation: int | None = None,
+    ) -> int | None:
+        """Open now (for ``duration`` seconds, default ``break_duration``).
+
+        ``reason`` goes into the state-change event. With ``generation``, act only if the
+        breaker is still in that generation (an atomic compare-and-set, for controllers
+        such as `SharedBreakerState`). Returns the new generation, or None when nothing
+        was done.
+        """
         now = self.clock.now()
         with self._lock:
-            change = self._transition(OPEN, "forced open")
+            if generation is not None and generation != self._gen:
+                return None
+            change = self._transition(OPEN, reason)
             self._open_until = now + (duration if duration is not None else self.break_duration)
         self._emit(change)
+        return change.generation
 
-    def reset(self) -> None:
-        """Close now and forget the window."""
+    def reset(self, *, reason: str = "reset", generation: int | None = None) -> int | None:
+        """Close now and forget the window (``reason``, ``generation``: as `force_open`)."""
         with self._lock:
+            if generation is not None and generation != self._gen:
+                return None
             self._breaks = 0
-            change = self._transition(CLOSED, "reset")
+            change = self._transition(CLOSED, reason)
         self._emit(change)
+        return change.generation
 
     # ------------------------------------------------------------ internals (lock held)
     def _probe_done(self, now: float, *, failed: bool) -> CircuitStateChangedEvent | None:
