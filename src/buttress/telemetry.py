@@ -35,6 +35,9 @@ __all__ = [
     "Hook",
     "LoggingHook",
     "PrometheusHook",
+    "QuotaWarningEvent",
+    "RateLimitFallbackEvent",
+    "RateLimitedEvent",
     "RetryBudgetExhaustedEvent",
     "RetryGaveUpEvent",
     "RetryScheduledEvent",
@@ -154,6 +157,56 @@ class HedgeLaunchedEvent(Event):
     attempt: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitedEvent(Event):
+    """An inbound request was refused (429) by the rate limit named ``policy``.
+
+    ``key_hash`` is an HMAC of the key (never the raw API key, address or user id), so one
+    client's refusals can be correlated without logging who it is.
+    """
+
+    kind: ClassVar[str] = "rate_limited"
+    level: ClassVar[int] = logging.INFO
+    route: str
+    method: str = ""
+    key_hash: str
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaWarningEvent(Event):
+    """A key crossed the warning share of the rate limit ``policy`` (once per crossing)."""
+
+    kind: ClassVar[str] = "quota_warning"
+    level: ClassVar[int] = logging.INFO
+    route: str = ""
+    key_hash: str
+    used_ratio: float
+    remaining: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitFallbackEvent(Event):
+    """The shared rate-limit store failed (``engaged``) or answers again (not ``engaged``).
+
+    ``mode`` is ``open`` (decided by a local in-memory limiter meanwhile) or ``closed``
+    (requests answered 503 meanwhile); ``error`` is the failure that engaged it, if any.
+    """
+
+    kind: ClassVar[str] = "rate_limit_fallback"
+    level: ClassVar[int] = logging.WARNING
+    engaged: bool
+    mode: str
+    reason: str = ""
+    error: BaseException | None = None
+
+
+# events LoggingHook marks as audit records (``audit=True``): who was throttled, and when
+# the limits were not enforced as configured
+_AUDIT_EVENTS = (RateLimitedEvent, QuotaWarningEvent, RateLimitFallbackEvent)
+
+
 Hook = Callable[[Event], object]
 
 _hooks_lock = threading.Lock()
@@ -225,6 +278,8 @@ class LoggingHook:
         """Log ``event``."""
         data = event.as_dict()
         name = data.pop("event")
+        if isinstance(event, _AUDIT_EVENTS):
+            data["audit"] = True
         if self._structured:
             self._logger.log(event.level, name, **data)
         else:
@@ -246,7 +301,11 @@ class PrometheusHook:
     ``buttress_timeouts_total{pipeline,policy,code}``,
     ``buttress_fallbacks_total{pipeline,policy}``, ``buttress_hedges_total{pipeline,policy}``,
     ``buttress_circuit_state{breaker}`` (0 closed, 1 open, 2 half-open) and
-    ``buttress_circuit_transitions_total{breaker,to_state}``.
+    ``buttress_circuit_transitions_total{breaker,to_state}``; for inbound rate limits
+    ``buttress_rate_limited_total{policy}``, ``buttress_quota_warnings_total{policy}``,
+    ``buttress_rate_limit_fallbacks_total{policy,mode}`` and
+    ``buttress_rate_limit_fallback_engaged{policy}`` (1 while the store is bypassed). Keys
+    are never labels.
 
     Example::
 
@@ -293,6 +352,21 @@ class PrometheusHook:
             ["breaker"],
             registry=reg,
         )
+        self.rate_limited = counter(
+            "rate_limited", "Requests refused by an inbound rate limit", ["policy"]
+        )
+        self.quota_warnings = counter(
+            "quota_warnings", "Keys that crossed a rate limit's warning share", ["policy"]
+        )
+        self.rate_limit_fallbacks = counter(
+            "rate_limit_fallbacks", "Times the rate-limit store was bypassed", ["policy", "mode"]
+        )
+        self.rate_limit_fallback = prom.Gauge(
+            f"{p}_rate_limit_fallback_engaged",
+            "1 while rate limits are decided without the shared store",
+            ["policy"],
+            registry=reg,
+        )
 
     def __call__(self, event: Event) -> None:
         """Record ``event``."""
@@ -315,3 +389,11 @@ class PrometheusHook:
         elif isinstance(event, CircuitStateChangedEvent):
             self.transitions.labels(event.policy, event.to_state).inc()
             self.state.labels(event.policy).set(_STATE_VALUE.get(event.to_state, -1))
+        elif isinstance(event, RateLimitedEvent):
+            self.rate_limited.labels(event.policy).inc()
+        elif isinstance(event, QuotaWarningEvent):
+            self.quota_warnings.labels(event.policy).inc()
+        elif isinstance(event, RateLimitFallbackEvent):
+            if event.engaged:
+                self.rate_limit_fallbacks.labels(event.policy, event.mode).inc()
+            self.rate_limit_fallback.labels(event.policy).set(1 if event.engaged else 0)

@@ -1,0 +1,684 @@
+"""Inbound rate limits and quotas: `RateLimitMiddleware`, `RateLimitRule`, `Limit`.
+
+Each request is matched (method first, then path) against the rules; every limit of every
+matching rule resolves its key (`buttress.asgi._keys`), and all of them are decided in
+*one* store call, all or nothing: a request refused by the daily quota does not spend the
+per-second burst. The store runs GCRA, so ``Retry-After`` is exact (rounded up to whole
+seconds, a client that obeys it is admitted).
+
+Responses carry the IETF fields of draft-ietf-httpapi-ratelimit-headers-11 (May 2026), a
+List of Items each::
+
+    RateLimit-Policy: "burst";q=20;w=1, "daily";q=1000;w=86400
+    RateLimit: "burst";r=19;t=1, "daily";r=999;t=87
+
+``q`` is the policy's limit per window ``w`` (whole seconds); ``r`` is what the key can
+spend right now (up to the burst) and ``t`` the seconds until it is full again. A 429
+lists, in ``RateLimit``, only the violated policies, with ``r`` and ``t`` equal to the wait
+(the draft's section 6: ``Retry-After`` must not end before a listed window), and answers
+problem+json of type ``quota-exceeded`` naming the policy (``policy``, and the draft's
+``violated-policies``) and ``retry_after``. Legacy ``X-RateLimit-Limit/Remaining/Reset``
+(delta seconds) describe the tightest policy, on request.
+
+When the shared store fails (`BackendError`, a timeout, anything), or while the circuit
+breaker around it is open, requests are decided by a local in-memory store with the same
+rules (``fail_mode="open"``, the default) or refused with 503 problem+json
+(``fail_mode="closed"``); never a 500. The breaker's half-open probe returns to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress.asgi._keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
+from buttress.asgi._problem import send_problem
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.errors import BackendError, CircuitOpen, ConfigurationError, ErrorCode
+from buttress.resilience import CircuitBreaker
+from buttress.stores import MemoryStore, Rate, RateDecision, RateLimitStore, RateRequest
+from buttress.telemetry import (
+    Hook,
+    QuotaWarningEvent,
+    RateLimitedEvent,
+    RateLimitFallbackEvent,
+    emit,
+)
+
+__all__ = ["Limit", "RateLimitMiddleware", "RateLimitRule"]
+
+_log = logging.getLogger("buttress")
+
+# Float slack when rounding waits up to whole seconds: the stores admit a request up to a
+# microsecond early, so 2.0000001 s of wait is "2 s", not 3.
+_SLACK = 1e-6
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z]+))?\}")
+_MAX_KEY = 200  # longer keys are stored as a digest (huge or unicode header values)
+_WARNED_MAX = 10_000
+
+
+def _ceil(seconds: float) -> int:
+    return max(0, math.ceil(seconds - _SLACK))
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Limit:
+    """One named limit: a `Rate`, the key it counts against, and what a request costs.
+
+    Args:
+        name: the policy name in headers, problem documents, events and metrics
+            (letters, digits, ``_.:-``; unique across the middleware's rules).
+        rate: a `buttress.stores.Rate` or its string form (``"100/minute;burst=20"``).
+        key: a key resolver (`buttress.asgi._keys`); default: the client address, trusted-
+            proxy aware with the middleware's ``trusted_proxies``.
+        cost: units one request spends (default 1; at most the burst).
+
+    Example::
+
+        Limit("burst", "20/second")
+        Limit("daily", "10000/day", key=api_key())
+    """
+
+    name: str
+    rate: Rate
+    key: KeyFunc | None
+    cost: int
+    policy_item: str = field(repr=False, compare=False)
+    """This limit as a ``RateLimit-Policy`` item, ``"name";q=<limit>;w=<seconds>`` (``w`` is
+    whole seconds: a fractional period is scaled up to the next whole second)."""
+
+    def __init__(
+        self, name: str, rate: Rate | str, *, key: KeyFunc | None = None, cost: int = 1
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigurationError(
+                f"Limit(name={name!r}): 1-64 letters, digits or '_.:-', starting with a "
+                "letter or digit (it is sent in response headers)"
+            )
+        if isinstance(rate, str):
+            try:
+                rate = Rate.parse(rate)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"Limit({name!r}, rate={rate!r}): {exc}") from exc
+        if not isinstance(rate, Rate):
+            raise ConfigurationError(
+                f"Limit({name!r}, rate={rate!r}): must be a Rate or a string like '100/minute'"
+            )
+        if key is not None and not callable(key):
+            raise ConfigurationError(f"Limit({name!r}, key={key!r}): must be callable")
+        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= rate.burst:
+            raise ConfigurationError(
+                f"Limit({name!r}, cost={cost!r}): must be an integer in [1, {rate.burst}] "
+                "(the burst), or no request could ever pass"
+            )
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "rate", rate)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "cost", cost)
+        window = max(1, math.ceil(rate.period - _SLACK))
+        quota = rate.limit
+        if window != rate.period:
+            quota = math.floor(rate.limit * window / rate.period + _SLACK)
+        object.__setattr__(self, "policy_item", f'"{name}";q={quota};w={window}')
+
+
+def _compile_path(path: str) -> Callable[[str], object]:
+    """A predicate for one path pattern: exact, ``/prefix/*`` or a ``{param}`` template."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigurationError(
+            f"RateLimitRule(path={path!r}): must start with '/' (exact, '/prefix/*' or a "
+            "template like '/orders/{id}')"
+        )
+    prefix = path.endswith("/*")
+    body = path[:-2] if prefix else path
+    if "*" in body:
+        raise ConfigurationError(f"RateLimitRule(path={path!r}): '*' only as a final '/*'")
+    if "{" not in body and "}" not in body:
+        if prefix:
+            below = body + "/"
+            return lambda p: p == body or p.startswith(below)
+        return path.__eq__
+    pattern = []
+    at = 0
+    for match in _PARAM.finditer(body):
+        pattern.append(re.escape(body[at : match.start()]))
+        convertor = (match.group(2) or "str").lower()
+        pattern.append({"path": ".+", "int": "[0-9]+"}.get(convertor, "[^/]+"))
+        at = match.end()
+    rest = body[at:]
+    if "{" in rest or "}" in rest or any("{" in p or "}" in p for p in pattern[::2]):
+        raise ConfigurationError(
+            f"RateLimitRule(path={path!r}): parameters look like '{{name}}' or '{{name:path}}'"
+        )
+    pattern.append(re.escape(rest))
+    regex = "".join(pattern) + ("(?:/.*)?" if prefix else "")
+    return re.compile(regex).fullmatch
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class RateLimitRule:
+    """Limits that apply to the requests matching ``path`` and ``methods``.
+
+    Args:
+        limits: one `Limit` or several; all are decided together (all or nothing).
+        path: an exact path (``"/login"``), a prefix (``"/api/*"``: ``/api`` and below), a
+            route template (``"/orders/{id}"``, ``"/files/{p:path}"``), or None for every
+            path. The middleware runs before routing, so templates match the raw path.
+        methods: the HTTP methods (default all); ``GET`` also covers ``HEAD``.
+
+    Example::
+
+        RateLimitRule([Limit("burst", "10/second"), Limit("daily", "1000/day")])
+        RateLimitRule(Limit("orders", "5/minute", key=principal()), path="/orders",
+                      methods=["POST"])
+    """
+
+    limits: tuple[Limit, ...]
+    path: str | None
+    methods: frozenset[str] | None
+    matcher: Callable[[str], object] | None = field(repr=False, compare=False)
+
+    def __init__(
+        self,
+        limits: Limit | Iterable[Limit],
+        path: str | None = None,
+        methods: Iterable[str] | None = None,
+    ) -> None:
+        found = (limits,) if isinstance(limits, Limit) else tuple(limits)
+        if not found or not all(isinstance(limit, Limit) for limit in found):
+            raise ConfigurationError(f"RateLimitRule(limits={limits!r}): one or more Limit objects")
+        names = [limit.name for limit in found]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"RateLimitRule(limits=...): duplicate names in {names}")
+        object.__setattr__(self, "limits", found)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "matcher", None if path is None else _compile_path(path))
+        if methods is None:
+            object.__setattr__(self, "methods", None)
+        else:
+            if isinstance(methods, str):
+                methods = (methods,)
+            upper = frozenset(str(m).upper() for m in methods)
+            if not upper or not all(_METHOD.match(m) for m in upper):
+                raise ConfigurationError(
+                    f"RateLimitRule(methods={methods!r}): HTTP method names like 'GET', 'POST'"
+                )
+            if "GET" in upper:
+                upper |= {"HEAD"}
+            object.__setattr__(self, "methods", upper)
+
+
+# one limit that applies to one request: the limit, the key, the rule's path (a tuple: this
+# is built per request and limit on the hot path)
+_Applied = tuple[Limit, str, "str | None"]
+
+
+class RateLimitMiddleware:
+    """Rate limits and quotas for any ASGI application (pure ASGI).
+
+    Args:
+        app: the ASGI application.
+        rules: `RateLimitRule` objects (a bare `Limit` is a rule for every request).
+        store: a `buttress.stores.RateLimitStore` or a store URL (default: an in-process
+            `MemoryStore`; a shared store makes the limits hold across processes).
+        fail_mode: when the store fails, ``"open"`` decides with a local in-memory store
+            (same rules, per process) and ``"closed"`` answers 503 problem+json.
+        headers: ``"ietf"`` sends ``RateLimit-Policy`` and ``RateLimit``; None sends neither.
+        legacy_headers: also send ``X-RateLimit-Limit/Remaining/Reset`` (tightest policy).
+        warn_ratio: emit a `QuotaWarningEvent` once when a key has used this share of a
+            policy (default 0.8; None disables).
+        key_secret: HMAC secret for the key hashes in events (default:
+            ``$BUTTRESS_KEY_SECRET``, else random per process, so hashes then only
+            correlate within one process's lifetime).
+        exempt_paths: paths never limited, each with everything below it (``/health``
+            covers ``/health/ready``).
+        trusted_proxies: proxy CIDRs for limits without an explicit ``key``.
+        breaker: the `CircuitBreaker` around store calls (default: opens after 3
+            consecutive failures or half of 10+ calls failing in 10 s, probes after 5 s).
+        store_timeout: seconds a store call may take before it counts as failed (default
+            1; not applied to an in-process store, which cannot hang).
+        clock: time source of the default stores and breaker (tests pass a FakeClock).
+        name: the name of this middleware in fallback events and metrics.
+        hooks: event hooks besides the global ones.
+
+    Example::
+
+        app = RateLimitMiddleware(app, [
+            RateLimitRule([Limit("burst", "20/second"), Limit("daily", "10000/day")]),
+            RateLimitRule(Limit("login", "5/minute"), path="/login", methods=["POST"]),
+        ], store="redis://127.0.0.1:6379/0", trusted_proxies=["10.0.0.0/8"])
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        rules: Iterable[RateLimitRule | Limit],
+        *,
+        store: RateLimitStore | str | None = None,
+        fail_mode: Literal["open", "closed"] = "open",
+        headers: Literal["ietf"] | None = "ietf",
+        legacy_headers: bool = False,
+        warn_ratio: float | None = 0.8,
+        key_secret: bytes | str | None = None,
+        exempt_paths: Iterable[str] = ("/health", "/metrics"),
+        trusted_proxies: Iterable[str] = (),
+        breaker: CircuitBreaker | None = None,
+        store_timeout: float | None = 1.0,
+        clock: Clock | None = None,
+        name: str = "ratelimit",
+        hooks: Iterable[Hook] = (),
+    ) -> None:
+        owner = "RateLimitMiddleware"
+        self.app = app
+        built = []
+        for rule in rules:
+            if isinstance(rule, Limit):
+                rule = RateLimitRule(rule)  # noqa: PLW2901 - shorthand for a global rule
+            if not isinstance(rule, RateLimitRule):
+                raise ConfigurationError(f"{owner}(rules=...): {rule!r} is not a RateLimitRule")
+            built.append(rule)
+        if not built:
+            raise ConfigurationError(f"{owner}(rules=[]): give at least one RateLimitRule")
+        names = [limit.name for rule in built for limit in rule.limits]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigurationError(
+                f"{owner}(rules=...): duplicate limit names {duplicates}; each policy needs "
+                "its own name (headers, events and the stored state are keyed by it)"
+            )
+        self.rules: tuple[RateLimitRule, ...] = tuple(built)
+        if fail_mode not in ("open", "closed"):
+            raise ConfigurationError(f"{owner}(fail_mode={fail_mode!r}): 'open' or 'closed'")
+        self.fail_mode = fail_mode
+        if headers not in ("ietf", None):
+            raise ConfigurationError(f"{owner}(headers={headers!r}): 'ietf' or None")
+        self.ietf = headers == "ietf"
+        self.legacy = bool(legacy_headers)
+        if warn_ratio is not None and (
+            isinstance(warn_ratio, bool)
+            or not isinstance(warn_ratio, int | float)
+            or not 0 < warn_ratio < 1
+        ):
+            raise ConfigurationError(
+                f"{owner}(warn_ratio={warn_ratio!r}): a share in (0, 1), or None"
+            )
+        self.warn_ratio = warn_ratio
+        if store_timeout is not None and (
+            isinstance(store_timeout, bool)
+            or not isinstance(store_timeout, int | float)
+            or not 0 < store_timeout <= 60
+        ):
+            raise ConfigurationError(
+                f"{owner}(store_timeout={store_timeout!r}): seconds in (0, 60], or None"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{owner}(name={name!r}): a non-empty string")
+        self.name = name
+        self.hooks = tuple(hooks)
+        self.clock = clock or SYSTEM_CLOCK
+        self.key_secret = _key_secret(key_secret)
+
+        if store is None:
+            store = MemoryStore(clock=self.clock)
+        elif isinstance(store, str):
+            from buttress.stores import open_store  # noqa: PLC0415 - drivers load lazily
+
+            store = open_store(store)
+        if not isinstance(store, RateLimitStore):
+            raise ConfigurationError(
+                f"{owner}(store={store!r}): needs acquire() and aacquire() "
+                "(a buttress.stores RateLimitStore)"
+            )
+        self.store = store
+        self.local = store if isinstance(store, MemoryStore) else MemoryStore(clock=self.clock)
+        # an in-process store cannot fail or hang: no breaker, no timeout on the hot path
+        self.direct = isinstance(store, MemoryStore)
+        self.store_timeout = None if self.direct else store_timeout
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError(f"{owner}(breaker={breaker!r}): a CircuitBreaker")
+        self.breaker = breaker or CircuitBreaker(
+            failure_rate=0.5,
+            minimum_calls=10,
+            window=10.0,
+            consecutive_failures=3,
+            break_duration=5.0,
+            name=f"{name}-store",
+            clock=self.clock,
+        )
+        self.engaged = False  # deciding without the shared store right now
+
+        default_key = client_ip(trusted_proxies)
+        # per limit, precomputed: the key resolver, the stored key's prefix, and the
+        # ``remaining`` at or below which a key has used ``warn_ratio`` of the policy
+        self._specs: dict[str, tuple[KeyFunc, str, float]] = {
+            limit.name: (
+                limit.key or default_key,
+                f"rl:{limit.name}:",
+                -1.0 if warn_ratio is None else limit.rate.burst * (1.0 - warn_ratio) + 1e-9,
+            )
+            for rule in built
+            for limit in rule.limits
+        }
+        # rules per method; methods no rule names fall back to the rules for every method
+        every = tuple(r for r in built if r.methods is None)
+        listed = {m for r in built if r.methods is not None for m in r.methods}
+        self._by_method: dict[str, tuple[RateLimitRule, ...]] = {
+            m: tuple(r for r in built if r.methods is None or m in r.methods) for m in listed
+        }
+        self._other = every
+        exempt = tuple(exempt_paths)
+        for path in exempt:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigurationError(f"{owner}(exempt_paths=...): {path!r} must start with /")
+        self._exempt = frozenset(p.rstrip("/") or "/" for p in exempt)
+        self._exempt_below = tuple((p.rstrip("/") or "") + "/" for p in exempt)
+        self._warned: dict[str, float] = {}
+        self._failed_resolvers: set[str] = set()
+
+    # ------------------------------------------------------------ helpers
+    def key_hash(self, key: str) -> str:
+        """The hash events carry for ``key`` (HMAC-SHA256 with ``key_secret``, 64 bits).
+
+        Example::
+
+            middleware.key_hash("ip:203.0.113.9")   # find this client in audit logs
+        """
+        digest = hmac.new(self.key_secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return digest.hexdigest()[:16]
+
+    def _resolve(
+        self, scope: Scope, rules: Sequence[RateLimitRule]
+    ) -> tuple[list[_Applied], list[RateRequest]]:
+        """The limits that apply to this request with their keys, and the store requests."""
+        applied: list[_Applied] = []
+        requests: list[RateRequest] = []
+        path = scope["path"]
+        specs = self._specs
+        for rule in rules:
+            matcher = rule.matcher
+            if matcher is not None:
+                if not matcher(path):
+                    continue
+                scope[ROUTE_TEMPLATE_KEY] = rule.path
+            last: KeyFunc | None = None  # limits of a rule often share a resolver (burst+daily)
+            resolved: str | None = None
+            for limit in rule.limits:
+                resolver, prefix, _ = specs[limit.name]
+                try:
+                    key = resolved if resolver is last else resolver(scope)
+                    last, resolved = resolver, key
+                except Exception:
+                    key = None
+                    if limit.name not in self._failed_resolvers:
+                        self._failed_resolvers.add(limit.name)
+                        _log.exception(
+                            "rate limit %r: key resolver failed; the limit is skipped for "
+                            "requests where it fails",
+                            limit.name,
+                        )
+                if key is None:
+                    continue
+                if type(key) is not str:
+                    key = str(key)
+                applied.append((limit, key, rule.path))
+                if len(key) > _MAX_KEY:  # huge or hostile values: store a digest
+                    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+                    key = "#" + digest.hexdigest()
+                requests.append(RateRequest(prefix + key, limit.rate, limit.cost))
+        return applied, requests
+
+    # ------------------------------------------------------------ ASGI
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rules = self._by_method.get(scope["method"], self._other)
+        path = scope["path"]
+        if not rules or path in self._exempt or path.startswith(self._exempt_below):
+            await self.app(scope, receive, send)
+            return
+        applied, requests = self._resolve(scope, rules)
+        if not applied:
+            await self.app(scope, receive, send)
+            return
+        decisions = await self._decide(requests)
+        if decisions is None:  # fail-closed and the store is unavailable
+            await self._unavailable(scope, send)
+            return
+        # one pass: refused?, the RateLimit items, and whether a key reached warn_ratio
+        items = []
+        warn = False
+        specs = self._specs
+        for (limit, _, _), d in zip(applied, decisions, strict=True):
+            if not d.allowed:
+                await self._refuse(scope, send, applied, decisions)
+                return
+            remaining = d.remaining
+            items.append(f'"{limit.name}";r={remaining};t={math.ceil(d.reset_after - _SLACK)}')
+            if remaining <= specs[limit.name][2]:
+                warn = True
+        if warn:
+            self._check_warnings(scope, applied, decisions)
+        if self.legacy or not self.ietf:
+            extra = self._headers(applied, decisions, None, items)
+        else:  # the common case, inline
+            extra = [
+                (b"ratelimit-policy", ", ".join([a[0].policy_item for a in applied]).encode()),
+                (b"ratelimit", ", ".join(items).encode()),
+            ]
+        if extra:
+
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send)
+
+    # ------------------------------------------------------------ deciding
+    async def _decide(self, requests: list[RateRequest]) -> list[RateDecision] | None:
+        """The store's decisions; the local store's (or None, fail-closed) when it fails."""
+        if self.direct:
+            return await self.store.aacquire(requests)
+        breaker = self.breaker
+        try:
+            permit = breaker.acquire()
+        except CircuitOpen:
+            self._engage("circuit open", None)
+            return self._fallback(requests)
+        clock = self.clock
+        start = clock.now()
+        try:
+            if self.store_timeout is None:
+                decisions = await self.store.aacquire(requests)
+            else:
+                async with asyncio.timeout(self.store_timeout):
+                    decisions = await self.store.aacquire(requests)
+            if not isinstance(decisions, list) or len(decisions) != len(requests):
+                raise BackendError(
+                    f"rate-limit store answered {len(decisions)} decisions for "
+                    f"{len(requests)} limits"
+                )
+        except Exception as exc:  # BackendError, TimeoutError, a store bug: never a 500
+            breaker.on_failure(permit, clock.now() - start)
+            reason = "timeout" if isinstance(exc, TimeoutError) else "store error"
+            self._engage(reason, exc)
+            return self._fallback(requests)
+        except BaseException:
+            breaker.release(permit)
+            raise
+        breaker.on_success(permit, clock.now() - start)
+        if self.engaged:
+            self.engaged = False
+            emit(
+                RateLimitFallbackEvent(
+                    policy=self.name, engaged=False, mode=self.fail_mode, reason="store recovered"
+                ),
+                self.hooks,
+            )
+        return decisions
+
+    def _engage(self, reason: str, error: BaseException | None) -> None:
+        if not self.engaged:
+            self.engaged = True
+            emit(
+                RateLimitFallbackEvent(
+                    policy=self.name, engaged=True, mode=self.fail_mode, reason=reason, error=error
+                ),
+                self.hooks,
+            )
+
+    def _fallback(self, requests: list[RateRequest]) -> list[RateDecision] | None:
+        if self.fail_mode == "closed":
+            return None
+        return self.local.acquire(requests)
+
+    # ------------------------------------------------------------ answering
+    def _headers(
+        self,
+        applied: list[_Applied],
+        decisions: list[RateDecision],
+        violated: list[int] | None,
+        items: list[str],
+    ) -> list[tuple[bytes, bytes]]:
+        """Response fields: ``items`` are the RateLimit items (built by the caller)."""
+        out: list[tuple[bytes, bytes]] = []
+        shown = range(len(applied)) if violated is None else violated
+        if self.ietf:
+            policy = ", ".join(limit.policy_item for limit, _, _ in applied)
+            out.append((b"ratelimit-policy", policy.encode("ascii")))
+            out.append((b"ratelimit", ", ".join(items).encode("ascii")))
+        if self.legacy:
+            if violated is None:
+                # the tightest policy: fewest left, then the longest to refill
+                i = min(shown, key=lambda j: (decisions[j].remaining, -decisions[j].reset_after))
+                reset = _ceil(decisions[i].reset_after)
+            else:
+                i = max(shown, key=lambda j: decisions[j].retry_after)
+                reset = max(1, _ceil(decisions[i].retry_after))
+            d = decisions[i]
+            out.append((b"x-ratelimit-limit", str(d.limit).encode("ascii")))
+            out.append((b"x-ratelimit-remaining", str(d.remaining).encode("ascii")))
+            out.append((b"x-ratelimit-reset", str(reset).encode("ascii")))
+        return out
+
+    async def _refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        applied: list[_Applied],
+        decisions: list[RateDecision],
+    ) -> None:
+        violated = [i for i, d in enumerate(decisions) if not d.allowed and d.retry_after > 0]
+        if not violated:  # a store that did not say which: every refusing limit, 1 s
+            violated = [i for i, d in enumerate(decisions) if not d.allowed]
+        wait = max(1, *(_ceil(decisions[i].retry_after) for i in violated))
+        worst = max(violated, key=lambda i: decisions[i].retry_after)
+        items = [
+            f'"{applied[i][0].name}";r={decisions[i].remaining};'
+            f"t={max(1, _ceil(decisions[i].retry_after))}"
+            for i in violated
+        ]
+        name = applied[worst][0].name
+        method = scope["method"]
+        for i in violated:
+            limit, key, path = applied[i]
+            emit(
+                RateLimitedEvent(
+                    policy=limit.name,
+                    route=path or scope["path"],
+                    method=method,
+                    key_hash=self.key_hash(key),
+                    retry_after=max(1, _ceil(decisions[i].retry_after)),
+                ),
+                self.hooks,
+            )
+        await send_problem(
+            send,
+            ErrorCode.RATE_LIMITED,
+            detail=f"rate limit {name!r} exceeded; retry after {wait} s",
+            retry_after=wait,
+            headers=self._headers(applied, decisions, violated, items),
+            extra={
+                "policy": name,
+                "violated-policies": [applied[i][0].name for i in violated],
+                "retry_after": wait,
+            },
+            head=method == "HEAD",
+        )
+
+    async def _unavailable(self, scope: Scope, send: Send) -> None:
+        snapshot = self.breaker.snapshot()
+        wait = snapshot.open_remaining if snapshot.open_remaining > 0 else 1.0
+        await send_problem(
+            send,
+            ErrorCode.BACKEND_ERROR,
+            detail="rate limits cannot be checked right now; try again shortly",
+            retry_after=wait,
+            head=scope["method"] == "HEAD",
+        )
+
+    def _check_warnings(
+        self, scope: Scope, applied: list[_Applied], decisions: list[RateDecision]
+    ) -> None:
+        """Warn once when a key's use of a policy crosses ``warn_ratio``."""
+        specs = self._specs
+        for (limit, key, path), d in zip(applied, decisions, strict=True):
+            threshold = specs[limit.name][2]
+            if d.remaining > threshold:
+                continue
+            before = min(d.limit, d.remaining + limit.cost)
+            if before <= threshold:
+                continue  # already below: it crossed on an earlier request
+            key_hash = self.key_hash(key)
+            marker = f"{limit.name}:{key_hash}"
+            now = self.clock.now()
+            warned = self._warned
+            if warned.get(marker, -math.inf) > now:
+                continue  # hovering at the threshold: once per window
+            if len(warned) >= _WARNED_MAX:
+                for k in [k for k, until in warned.items() if until <= now]:
+                    del warned[k]
+                if len(warned) >= _WARNED_MAX:
+                    warned.clear()
+            warned[marker] = now + limit.rate.period
+            emit(
+                QuotaWarningEvent(
+                    policy=limit.name,
+                    route=path or scope["path"],
+                    key_hash=key_hash,
+                    used_ratio=round(1.0 - d.remaining / d.limit, 4),
+                    remaining=d.remaining,
+                    limit=d.limit,
+                ),
+                self.hooks,
+            )
+
+
+def _key_secret(value: bytes | str | None) -> bytes:
+    if value is None:
+        env = os.environ.get("BUTTRESS_KEY_SECRET")
+        if not env:
+            return secrets.token_bytes(32)
+        value = env
+        where = "BUTTRESS_KEY_SECRET"
+    else:
+        where = "RateLimitMiddleware(key_secret=...)"
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if not isinstance(raw, bytes) or len(raw) < 16:
+        raise ConfigurationError(f"{where}: at least 16 bytes of secret")
+    return raw
