@@ -204,6 +204,15 @@ def test_expired_lease_can_be_taken_over(store: Store, clock: FakeClock) -> None
     assert store.begin("k", "fp", lease=30.0).response == RESPONSE
 
 
+def test_an_expired_lease_holds_nothing(store: Store, clock: FakeClock) -> None:
+    """Even when nobody took the key over, a holder whose lease ran out lost it."""
+    late = store.begin("k", "fp", lease=10.0)
+    clock.advance(10.0)
+    assert not store.renew("k", late.token, lease=10.0)
+    assert not store.complete("k", late.token, RESPONSE, ttl=60.0)
+    assert store.begin("k", "fp", lease=10.0).outcome is BeginOutcome.ACQUIRED
+
+
 @pytest.mark.parametrize(
     "response",
     [

@@ -119,8 +119,15 @@ class MemoryStore:
         return self.begin(key, fingerprint, lease)
 
     def _held(self, key: str, token: str) -> _Record | None:
+        # lock held. A lease that ran out holds nothing, taken over or not (as in Redis,
+        # where the record expires with the lease).
         record = self._records.get(key)
-        if record is None or record.token != token or record.response is not None:
+        if (
+            record is None
+            or record.token != token
+            or record.response is not None
+            or record.until <= self.clock.now()
+        ):
             return None
         return record
 

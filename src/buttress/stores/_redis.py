@@ -166,8 +166,8 @@ _RENEW = _Script(
     "renew",
     _NOW
     + """
-local h = redis.call('HMGET', KEYS[1], 't', 'r')
-if h[1] ~= ARGV[2] or h[2] then return 0 end
+local h = redis.call('HMGET', KEYS[1], 't', 'r', 'u')
+if h[1] ~= ARGV[2] or h[2] or tonumber(h[3]) <= now then return 0 end
 redis.call('HSET', KEYS[1], 'u', fmt(now + tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -179,8 +179,8 @@ _COMPLETE = _Script(
     "complete",
     _NOW
     + """
-local h = redis.call('HMGET', KEYS[1], 't', 'r')
-if h[1] ~= ARGV[2] or h[2] then return 0 end
+local h = redis.call('HMGET', KEYS[1], 't', 'r', 'u')
+if h[1] ~= ARGV[2] or h[2] or tonumber(h[3]) <= now then return 0 end
 redis.call('HSET', KEYS[1], 'r', ARGV[3], 'u', fmt(now + tonumber(ARGV[4])))
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
