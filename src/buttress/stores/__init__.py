@@ -77,6 +77,10 @@ STORES: dict[str, str] = {
 def open_store(url: str | None = None, **options: Any) -> Store:
     """Open the store for ``url`` (default: ``$BUTTRESS_STORE_URL``, else ``memory://``).
 
+    Keys live under the namespace ``buttress`` unless ``namespace=`` or
+    ``$BUTTRESS_STORE_NAMESPACE`` says otherwise (services sharing one Redis or database
+    keep apart by namespace).
+
     ``options`` go to the store's constructor (``clock=``, ``timeout=``, ...). An unknown
     scheme, or a driver that is not installed, raises `ConfigurationError` naming the fix.
 
@@ -93,6 +97,8 @@ def open_store(url: str | None = None, **options: Any) -> Store:
         raise ConfigurationError(
             f"store URL {url!r}: unknown scheme {scheme!r}; use one of {known}"
         )
+    if scheme != "memory" and os.environ.get("BUTTRESS_STORE_NAMESPACE"):
+        options.setdefault("namespace", os.environ["BUTTRESS_STORE_NAMESPACE"])
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)

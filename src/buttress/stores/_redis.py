@@ -2,15 +2,18 @@
 
 Each operation is written once: pure code builds the command (script sha, keys, arguments)
 and parses the reply; one sync driver (`RedisStore._run`) and one async driver
-(`RedisStore._arun`) send it with ``EVALSHA`` and reload the script transparently after
-``NOSCRIPT`` (a restarted server, ``SCRIPT FLUSH``). Driver errors become `BackendError`.
+(`RedisStore._arun`) send it with ``EVALSHA``. A new client loads every script (one write),
+and loads them again after ``NOSCRIPT`` (a restarted server, ``SCRIPT FLUSH``). The drivers
+use redis-py's connections through lean pools and clients of their own (one packed write,
+one reply read, no per-call probes: see `_Client`). Driver errors become `BackendError`.
 
 Records:
 
 * rate limits: one string per key holding its GCRA TAT (exact decimal text of a double),
   expiring when the key is back to a full burst; N keys are decided in one script, all or
   nothing, with exactly the arithmetic of `buttress.stores._base.gcra` (the script returns
-  the TATs it read and its time, and Python replays `gcra` on them for the decisions);
+  the TATs it read and its time, and Python replays `gcra` on them for the decisions); a
+  single key, the common case, has a shorter script of its own;
 * idempotency: one hash per key (fingerprint ``f``, token ``t``, lease end or expiry ``u``,
   response ``r``), expiring at the lease end, then at the stored response's end;
 * breaker state: one hash per breaker, a field per instance (``published expires state``),
@@ -41,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import secrets
 import threading
 import time
@@ -86,6 +90,15 @@ class _Script:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """A command in RESP: an array of bulk strings (floats as ``repr``, like redis-py)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if type(arg) is bytes else (arg if isinstance(arg, str) else repr(arg)).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 # ARGV[1] is the time: '-' -> the server's TIME, else seconds on the caller's clock.
@@ -140,6 +153,39 @@ if ok then
   end
 end
 return table.concat(olds, ' ')
+""",
+)
+
+# The same for one key (most decisions), with less Lua: no argument parsing, no formatting.
+# KEYS: the rate key. ARGV: now ('-': the server's TIME), tau, interval x cost (all exact
+# `repr`s of what `gcra` computes). Returns the stored TAT ('-' when absent), followed by
+# TIME's seconds and microseconds when the server's clock was read: the caller computes
+# now = seconds + microseconds / 1e6 exactly as the script did and replays `gcra()`.
+_GCRA_ONE = _Script(
+    "gcra1",
+    """
+local now, t = ARGV[1], nil
+if now == '-' then
+  t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(now)
+end
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then
+  local s = tonumber(stored)
+  if s >= now then tat = s end
+end
+local new_tat = tat + tonumber(ARGV[3])
+if new_tat - tonumber(ARGV[2]) <= now + 1e-6 then
+  local ms = math.ceil((new_tat - now) * 1000)
+  if ms < 1 then ms = 1 end
+  redis.call('SET', KEYS[1], new_tat, 'PX', ms)
+end
+stored = stored or '-'
+if t then return stored .. ' ' .. t[1] .. ' ' .. t[2] end
+return stored
 """,
 )
 
@@ -235,7 +281,11 @@ return out
 """,
 )
 
+_SCRIPTS = (_GCRA_ONE, _GCRA, _BEGIN, _RENEW, _COMPLETE, _RELEASE, _PUBLISH, _REPORTS)
+# SCRIPT LOAD of every script, one write: sent by a new client, and after NOSCRIPT
+_LOAD_ALL = b"".join(_pack(("SCRIPT", "LOAD", script.source)) for script in _SCRIPTS)
 _GCRA_SHA = _GCRA.sha.encode()
+_GCRA_ONE_SHA = _GCRA_ONE.sha.encode()
 
 
 def _ms(seconds: float) -> int:
@@ -275,11 +325,28 @@ def _reports_result(reply: list[bytes]) -> list[BreakerReport]:
     return reports
 
 
-# ---------------------------------------------------------------- pools that wait
-# redis-py's pools raise MaxConnectionsError the moment every connection is busy, and its
-# blocking pools pay a lock and a timer on *every* call. These take the fast path as is and
-# only wait (up to the store's timeout) when the pool is exhausted: a burst of concurrent
-# requests queues for a connection instead of failing.
+# ---------------------------------------------------------------- lean pools and clients
+# The store sends one packed command and reads one reply; redis-py's client and pools do
+# far more per call (retry closures, metrics, events, and a probe of every pooled socket
+# for unread data: a non-blocking recv and two settimeout syscalls). On a loopback round
+# trip that was a third of the time. These keep redis-py's connections (URL options, TLS,
+# AUTH, RESP parsing, connect and timeouts), and its pools for creating connections, but
+# hand idle ones out and take them back with a list operation. That is safe because only
+# `_Client`/`_AsyncClient` use these pools, through redis-py's ``send_packed_command`` and
+# ``read_response``, which disconnect on any error: a connection comes back either with its
+# reply read in full or closed (it reconnects on next use). redis-py's pool metrics and
+# release events are skipped on that path, except the one that matters (re-AUTH after a
+# credentials refresh, and reconnect requests, go through redis-py's own release).
+#
+# redis-py's pools also raise MaxConnectionsError the moment every connection is busy;
+# these wait (up to the store's timeout) instead: a burst queues for a connection.
+def _idle_safe(connection: Any) -> bool:
+    """True when releasing ``connection`` needs nothing beyond putting it back."""
+    return not getattr(connection, "_should_reconnect", False) and (
+        getattr(connection, "_re_auth_token", None) is None
+    )
+
+
 class _WaitingPool(redis.ConnectionPool):
     def __init__(self, *, wait: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -288,6 +355,12 @@ class _WaitingPool(redis.ConnectionPool):
         self._waiting = 0
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.pid == os.getpid():  # else redis-py resets the pool (a forked child)
+            with self._lock:
+                if self._available_connections:
+                    connection = self._available_connections.pop()
+                    self._in_use_connections.add(connection)
+                    return connection
         take: Any = super().get_connection  # untyped in redis-py
         try:
             return take(*args, **kwargs)
@@ -306,30 +379,53 @@ class _WaitingPool(redis.ConnectionPool):
         raise MaxConnectionsError(f"all connections busy for {self._wait} s")
 
     def release(self, connection: Any) -> None:
-        super().release(connection)
+        if self.pid == os.getpid() == connection.pid and _idle_safe(connection):
+            with self._lock:
+                if connection in self._in_use_connections:
+                    self._in_use_connections.remove(connection)
+                    self._available_connections.append(connection)
+        else:
+            super().release(connection)
         if self._waiting:
             with self._freed:
                 self._freed.notify()
 
 
 class _AsyncWaitingPool(redis.asyncio.ConnectionPool):
-    # get_connection/release return redis-py's own coroutines on the fast path (an extra
-    # coroutine layer per call costs ~3 % of a loopback round trip)
     def __init__(self, *, wait: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._wait = wait
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        take: Any = super().get_connection  # untyped in redis-py
-        if self.can_get_connection():
-            return take(*args, **kwargs)
-        return self._wait_for_connection(take, args, kwargs)
+    def take_idle(self) -> Any:
+        """An idle connection, or None (then await `get_connection`); never suspends."""
+        if self._available_connections:
+            connection = self._available_connections.pop()
+            self._in_use_connections.add(connection)
+            return connection
+        return None
 
-    async def _wait_for_connection(self, take: Any, args: Any, kwargs: Any) -> Any:
+    def put_back(self, connection: Any) -> bool:
+        """Return ``connection`` without suspending; False: await `release` instead."""
+        if not _idle_safe(connection):
+            return False
+        if connection in self._in_use_connections:  # else not ours (any more): dropped
+            self._in_use_connections.remove(connection)
+            self._available_connections.append(connection)
+            self._wake()
+        return True
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        take: Any = super().get_connection  # untyped in redis-py
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
-        while (left := deadline - loop.time()) > 0:
+        while True:
+            if self.can_get_connection():
+                with suppress(MaxConnectionsError):
+                    return await take(*args, **kwargs)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise MaxConnectionsError(f"all connections busy for {self._wait} s")
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -339,18 +435,12 @@ class _AsyncWaitingPool(redis.asyncio.ConnectionPool):
             finally:
                 with suppress(ValueError):
                     self._waiters.remove(waiter)
-            if self.can_get_connection():
-                with suppress(MaxConnectionsError):
-                    return await take(*args, **kwargs)
-        raise MaxConnectionsError(f"all connections busy for {self._wait} s")
 
-    def release(self, connection: Any) -> Any:
-        if not self._waiters:
-            return super().release(connection)
-        return self._release_and_wake(connection)
-
-    async def _release_and_wake(self, connection: Any) -> None:
+    async def release(self, connection: Any) -> None:
         await super().release(connection)
+        self._wake()
+
+    def _wake(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -358,11 +448,113 @@ class _AsyncWaitingPool(redis.asyncio.ConnectionPool):
                 break
 
 
+def _read(connection: Any, replies: int) -> Any:
+    """Read ``replies`` replies, return the last; an earlier error closes the connection."""
+    if replies > 1:
+        try:
+            for _ in range(replies - 1):
+                connection.read_response()
+        except redis.ResponseError:
+            connection.disconnect()  # replies left unread: never pool it like this
+            raise
+    return connection.read_response()
+
+
+async def _aread(connection: Any, replies: int) -> Any:
+    """`_read`, async."""
+    if replies > 1:
+        try:
+            for _ in range(replies - 1):
+                await connection.read_response()
+        except redis.ResponseError:
+            await connection.disconnect()
+            raise
+    return await connection.read_response()
+
+
+class _Client:
+    """The sync client: one command, one pooled connection, one reply.
+
+    A pooled socket the server has closed (restart, idle timeout) fails with a connection
+    error on first use: the command is sent once more, on a new connection. Timeouts and
+    failed connects are never repeated.
+    """
+
+    def __init__(self, pool: _WaitingPool) -> None:
+        self.connection_pool = pool
+
+    def execute_command(self, *args: Any) -> Any:
+        return self.exchange(_pack(args))
+
+    def exchange(self, packed: bytes, replies: int = 1) -> Any:
+        """Send ``packed`` (``replies`` commands); the last reply (earlier ones must succeed)."""
+        pool = self.connection_pool
+        connection: Any = pool.get_connection()
+        try:
+            connection.connect()  # when it is not: a failed connect is not repeated
+            try:
+                connection.send_packed_command([packed])
+                return _read(connection, replies)
+            except redis.ConnectionError:
+                pass  # a socket the server closed; the failure disconnected it
+            connection.send_packed_command([packed])  # so this reconnects
+            return _read(connection, replies)
+        finally:
+            pool.release(connection)
+
+    def close(self) -> None:
+        self.connection_pool.disconnect()
+
+
+class _AsyncClient:
+    """The async client of one event loop; `_Client`, async.
+
+    Its connections have no socket timeout of their own: redis-py would arm one for the
+    send (a task, on Python 3.11) and one for the reply; one deadline covers the whole call
+    here (waiting for a connection, connecting, sending, reading). On expiry redis-py's
+    send and read, cancelled, close the connection.
+    """
+
+    def __init__(self, pool: _AsyncWaitingPool, timeout: float | None) -> None:
+        self.connection_pool = pool
+        self.timeout = timeout
+        self.loaded = False  # the scripts, by this client
+
+    async def execute_command(self, *args: Any) -> Any:
+        return await self.exchange(_pack(args))
+
+    async def exchange(self, packed: bytes, replies: int = 1) -> Any:
+        """`_Client.exchange`, async."""
+        pool = self.connection_pool
+        connection: Any = pool.take_idle()
+        try:
+            async with asyncio.timeout(self.timeout):
+                if connection is None:  # wait for one, or connect a new one (the handshake
+                    connection = await pool.get_connection()  # has no timeout of its own)
+                reused = connection.is_connected  # else a failed connect is not repeated
+                try:
+                    await connection.send_packed_command([packed])
+                    return await _aread(connection, replies)
+                except redis.ConnectionError:
+                    if not reused:
+                        raise
+                await connection.send_packed_command([packed])  # reconnects
+                return await _aread(connection, replies)
+        except TimeoutError as exc:  # redis-py closed the connection on the cancellation
+            raise redis.TimeoutError(f"Timeout after {self.timeout} s") from exc
+        finally:
+            if connection is not None and not pool.put_back(connection):
+                await pool.release(connection)
+
+    async def aclose(self) -> None:
+        await self.connection_pool.disconnect()
+
+
 # ---------------------------------------------------------------- async client hand-over
 _closing: set[asyncio.Task[None]] = set()  # keeps best-effort close tasks alive
 
 
-def _discard_async(client: redis.asyncio.Redis, loop: asyncio.AbstractEventLoop) -> None:
+def _discard_async(client: _AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
     """Close an async client created on ``loop``, from wherever we are (best effort)."""
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -387,7 +579,7 @@ def _discard_async(client: redis.asyncio.Redis, loop: asyncio.AbstractEventLoop)
     _close_sockets(client, loop)
 
 
-def _close_sockets(client: redis.asyncio.Redis, loop: asyncio.AbstractEventLoop) -> None:
+def _close_sockets(client: _AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
     """Close the sockets of a client whose event loop cannot run any more.
 
     asyncio offers no public way to close a transport without its loop; without this the
@@ -471,7 +663,7 @@ class RedisStore:
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
             "max_connections": max_connections,
-            "retry": Retry(NoBackoff(), 1),  # one immediate retry: a stale pooled socket
+            "retry": Retry(NoBackoff(), 0),  # connect once; `_Client` resends on a stale socket
             **redis_options,
         }
         # local time: the clock's, else the monotonic system clock (for local denials)
@@ -479,32 +671,34 @@ class RedisStore:
         self._server_time = clock is None
         self._denials = LocalDenials() if local_denials else None
         self._names: dict[str, bytes] = {}
-        self._specs: dict[int, tuple[Rate, bytes]] = {}
+        self._specs: dict[int, tuple[Rate, bytes, bytes, bytes]] = {}
         self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
+        self._client: _Client | None = None
         # one async client per event loop (pytest-asyncio runs a loop per test); the hot path
         # reads the last one used as one (loop, client) pair
-        self._aclients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
+        self._aclients: dict[asyncio.AbstractEventLoop, _AsyncClient] = {}
         self._acurrent: tuple[asyncio.AbstractEventLoop | None, Any] = (None, None)
 
     def __repr__(self) -> str:
         return self._label
 
     # ------------------------------------------------------------ drivers
-    def _connect(self) -> redis.Redis:
+    def _connect(self) -> _Client:
         with self._lock:
             if self._client is None:
                 pool = _WaitingPool.from_url(self.url, wait=self.timeout, **self._options)
-                self._client = redis.Redis.from_pool(pool)
+                self._client = _Client(pool)
             return self._client
 
-    def _aconnect(self, loop: asyncio.AbstractEventLoop) -> redis.asyncio.Redis:
+    def _aconnect(self, loop: asyncio.AbstractEventLoop) -> _AsyncClient:
         """The async client of ``loop`` (made on first use); clients of closed loops go."""
         with self._lock:
             client = self._aclients.get(loop)
             if client is None:
-                pool = _AsyncWaitingPool.from_url(self.url, wait=self.timeout, **self._options)
-                client = self._aclients[loop] = redis.asyncio.Redis.from_pool(pool)
+                options = {**self._options, "socket_timeout": None}  # see `_AsyncClient`
+                pool = _AsyncWaitingPool.from_url(self.url, wait=self.timeout, **options)
+                timeout = self._options["socket_timeout"]
+                client = self._aclients[loop] = _AsyncClient(pool, timeout)
             stale = [(old, c) for old, c in self._aclients.items() if old.is_closed()]
             for old, _ in stale:
                 del self._aclients[old]
@@ -515,14 +709,17 @@ class RedisStore:
 
     def _run(self, op: str, command: tuple[Any, ...], script: _Script | None = None) -> Any:
         """Send ``command`` on the sync client; reload ``script`` after NOSCRIPT."""
-        client: Any = self._client or self._connect()  # redis-py's sync API is untyped
+        client = self._client
         try:
+            if client is None:
+                client = self._connect()
+                client.exchange(_LOAD_ALL, len(_SCRIPTS))
             try:
                 return client.execute_command(*command)
             except NoScriptError:
                 if script is None:
                     raise
-                client.execute_command("SCRIPT", "LOAD", script.source)
+                client.exchange(_LOAD_ALL, len(_SCRIPTS))  # a restart or a flush lost them all
                 return client.execute_command(*command)
         except Exception:
             with backend_errors(self._label, op):
@@ -533,15 +730,18 @@ class RedisStore:
         """Send ``command`` on the async client of the running loop; `_run`, async."""
         loop = asyncio.get_running_loop()
         current_loop, client = self._acurrent
-        if current_loop is not loop:
-            client = self._aconnect(loop)
         try:
+            if current_loop is not loop:
+                client = self._aconnect(loop)
+                if not client.loaded:
+                    await client.exchange(_LOAD_ALL, len(_SCRIPTS))
+                    client.loaded = True
             try:
                 return await client.execute_command(*command)
             except NoScriptError:
                 if script is None:
                     raise
-                await client.execute_command("SCRIPT", "LOAD", script.source)
+                await client.exchange(_LOAD_ALL, len(_SCRIPTS))
                 return await client.execute_command(*command)
         except Exception:
             with backend_errors(self._label, op):
@@ -564,33 +764,43 @@ class RedisStore:
         return b"-" if self._server_time else now
 
     # ------------------------------------------------------------ rate limits
-    def _spec(self, req: RateRequest) -> bytes:
-        """`` interval burst cost`` for the script (the rate part cached per Rate object)."""
-        rate = req.rate
+    def _rate_args(self, rate: Rate) -> tuple[Rate, bytes, bytes, bytes]:
+        """Per `Rate`, cached: (rate, " interval burst ", tau, interval) for the scripts."""
         entry = self._specs.get(id(rate))
         if entry is None or entry[0] is not rate:  # the entry holds the rate: ids stay unique
             if len(self._specs) >= _NAMES_MAX:
                 self._specs.clear()
-            spec = f" {rate.period / rate.limit!r} {rate.burst} ".encode()
-            entry = self._specs[id(rate)] = (rate, spec)
-        cost = req.cost
-        return entry[1] + (b"1" if cost == 1 else str(cost).encode())
+            interval = rate.interval
+            entry = self._specs[id(rate)] = (
+                rate,
+                f" {interval!r} {rate.burst} ".encode(),
+                repr(interval * rate.burst).encode(),
+                repr(interval).encode(),
+            )
+        return entry
 
     def _gcra_command(self, requests: Sequence[RateRequest], now: float) -> tuple[Any, ...]:
         time_arg = b"-" if self._server_time else repr(now).encode()
         if len(requests) == 1:
             req = requests[0]
-            return (b"EVALSHA", _GCRA_SHA, b"1", self._rl_name(req.key), time_arg + self._spec(req))
+            _, _, tau, interval = self._rate_args(req.rate)
+            step = interval if req.cost == 1 else repr(req.rate.interval * req.cost).encode()
+            return (b"EVALSHA", _GCRA_ONE_SHA, b"1", self._rl_name(req.key), time_arg, tau, step)
         names = [self._rl_name(req.key) for req in requests]
-        spec = b"".join([time_arg, *[self._spec(req) for req in requests]])
-        return (b"EVALSHA", _GCRA_SHA, len(names), *names, spec)
+        specs = [self._rate_args(req.rate)[1] + str(req.cost).encode() for req in requests]
+        return (b"EVALSHA", _GCRA_SHA, len(names), *names, b"".join([time_arg, *specs]))
 
     def _gcra_result(
         self, requests: Sequence[RateRequest], reply: bytes, sent: float
     ) -> list[RateDecision]:
         words = reply.split()
-        server_now = float(words[0])
-        tats = [None if t == b"-" else float(t) for t in words[1:]]
+        tats: list[float | None]
+        if len(requests) == 1:  # "tat [seconds microseconds]"
+            server_now = int(words[1]) + int(words[2]) / 1_000_000 if len(words) == 3 else sent
+            tats = [None if words[0] == b"-" else float(words[0])]
+        else:  # "now tat ..."
+            server_now = float(words[0])
+            tats = [None if t == b"-" else float(t) for t in words[1:]]
         decisions, new = gcra(tats, server_now, requests)
         denials = self._denials
         if denials is not None:
@@ -612,7 +822,8 @@ class RedisStore:
             local = self._denials.check(requests, now)
             if local is not None:
                 return local
-        reply = self._run("acquire", self._gcra_command(requests, now), _GCRA)
+        script = _GCRA_ONE if len(requests) == 1 else _GCRA
+        reply = self._run("acquire", self._gcra_command(requests, now), script)
         return self._gcra_result(requests, reply, now)
 
     async def aacquire(self, requests: Sequence[RateRequest]) -> list[RateDecision]:
@@ -622,7 +833,8 @@ class RedisStore:
             local = self._denials.check(requests, now)
             if local is not None:
                 return local
-        reply = await self._arun("acquire", self._gcra_command(requests, now), _GCRA)
+        script = _GCRA_ONE if len(requests) == 1 else _GCRA
+        reply = await self._arun("acquire", self._gcra_command(requests, now), script)
         return self._gcra_result(requests, reply, now)
 
     # ------------------------------------------------------------ idempotency
@@ -743,7 +955,7 @@ class RedisStore:
 
     def _take_clients(
         self,
-    ) -> tuple[redis.Redis | None, list[tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis]]]:
+    ) -> tuple[_Client | None, list[tuple[asyncio.AbstractEventLoop, _AsyncClient]]]:
         with self._lock:
             client, self._client = self._client, None
             aclients = list(self._aclients.items())
