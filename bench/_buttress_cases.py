@@ -6,7 +6,9 @@ a `Pipeline`, the same way the peers decorate theirs.
 
 Rate-limit builders follow the harness contract ``make(scenario, ctx) -> (decide, close)``:
 "allow" uses a per-key limit of 1,000,000/hour (the caller cycles 1,000 keys), "deny"
-leaves ``ctx.deny_key`` exhausted at 10/hour.
+leaves ``ctx.deny_key`` exhausted at 10/hour. The Redis builders use `RedisStore` with the
+harness's server and its per-measurement ``ctx.prefix`` as the namespace; ``close`` deletes
+every key under that namespace (``SCAN MATCH <namespace>:*``), the stored names being hashed.
 """
 
 from __future__ import annotations
@@ -177,6 +179,88 @@ def ma_allow(scenario, ctx):
     return decide, None
 
 
+# ---------------------------------------------------------------- RedisStore
+def _redis_store(ctx, local_denials):
+    from buttress.stores import Rate, RateRequest  # noqa: PLC0415 - only when Redis is used
+    from buttress.stores._redis import RedisStore  # noqa: PLC0415
+
+    url = f"redis://{ctx.host}:{ctx.port}/{ctx.db}"
+    store = RedisStore(url, namespace=ctx.prefix, local_denials=local_denials)
+    return store, Rate, RateRequest
+
+
+def _delete_namespace(ctx, namespace) -> None:
+    """Delete every key the store wrote (its names are hashed under ``namespace``)."""
+    import redis  # noqa: PLC0415
+
+    raw = redis.Redis(host=ctx.host, port=ctx.port, db=ctx.db)
+    try:
+        names = list(raw.scan_iter(match=f"{namespace}:*", count=1000))
+        for i in range(0, len(names), 1000):
+            raw.unlink(*names[i : i + 1000])
+    finally:
+        raw.close()
+
+
+def r_store(*, local_denials=True):
+    """`RedisStore.acquire([RateRequest(key, rate)])[0].allowed`, one key per decision."""
+
+    def make(scenario, ctx):
+        store, rate_cls, request = _redis_store(ctx, local_denials)
+        rate = rate_cls(PER_KEY_LIMIT if scenario == "allow" else DENY_LIMIT, HOUR)
+        acquire = store.acquire
+        namespace = ctx.prefix
+
+        def decide(key):
+            return acquire([request(key, rate)])[0].allowed
+
+        if scenario == "deny":
+            _exhaust(decide, ctx.deny_key)
+        else:
+            store.ping()  # connect outside the timing
+
+        def close():
+            store.close()
+            _delete_namespace(ctx, namespace)
+
+        return decide, close
+
+    return make
+
+
+def ra_store(*, local_denials=True):
+    """`await RedisStore.aacquire([RateRequest(key, rate)])`, one key per decision."""
+
+    async def make(scenario, ctx):
+        store, rate_cls, request = _redis_store(ctx, local_denials)
+        rate = rate_cls(PER_KEY_LIMIT if scenario == "allow" else DENY_LIMIT, HOUR)
+        aacquire = store.aacquire
+        namespace = ctx.prefix
+
+        async def decide(key):
+            return (await aacquire([request(key, rate)]))[0].allowed
+
+        if scenario == "deny":
+            for _ in range(DENY_LIMIT):
+                assert await decide(ctx.deny_key), "pre-exhaust: expected admits"
+            assert not await decide(ctx.deny_key), "pre-exhaust: expected a deny"
+        else:
+            await store.aping()
+
+        async def close():
+            await store.aclose()
+            _delete_namespace(ctx, namespace)
+
+        return decide, close
+
+    return make
+
+
+RS_SYNC = "buttress RedisStore.acquire (GCRA)"
+RS_SYNC_REMOTE = "buttress RedisStore.acquire, local_denials=False"
+RS_ASYNC = "buttress RedisStore.aacquire (GCRA)"
+RS_ASYNC_REMOTE = "buttress RedisStore.aacquire, local_denials=False"
+
 RL_SYNC = "buttress RateLimiter.allow (GCRA)"
 RL_SYNC_DIRECT = "buttress RateLimiter.allow, bound method as decide"
 RL_SYNC_DECIDE = "buttress RateLimiter.decide(key).allowed"
@@ -188,4 +272,8 @@ RATELIMIT = [
     (RL_SYNC_DIRECT, "memory-sync", m_allow_direct, "no adapter frame; extra"),
     (RL_SYNC_DECIDE, "memory-sync", m_decide, "RateDecision for headers; extra"),
     (RL_ASYNC, "memory-async", ma_allow, "per key, 1,000 keys"),
+    (RS_SYNC, "redis-sync", r_store(), "per key, 1,000 keys; deny answered locally"),
+    (RS_SYNC_REMOTE, "redis-sync", r_store(local_denials=False), "every deny a round trip"),
+    (RS_ASYNC, "redis-async", ra_store(), "per key, 1,000 keys; deny answered locally"),
+    (RS_ASYNC_REMOTE, "redis-async", ra_store(local_denials=False), "every deny a round trip"),
 ]

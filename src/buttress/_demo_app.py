@@ -5,10 +5,14 @@ in SQLite (a file in a temporary directory unless ``BUTTRESS_DEMO_DB`` says othe
 ``GET /price/{sku}`` calls a deliberately flaky price service that the demo starts on
 another loopback port, through a `buttress.http` client (retries, breaker, fallback).
 
-Routes: ``POST /orders`` (an ``Idempotency-Key`` is accepted now and will be required once
-the idempotency work lands), ``GET /orders``, ``GET /orders/{order_id}``,
-``GET /price/{sku}``, ``GET /slow`` (for deadlines), ``GET /boom`` (for errors), plus what
-`harden` adds.
+Routes: ``POST /orders`` (requires an ``Idempotency-Key``: a retried POST never creates a
+second order), ``GET /orders``, ``GET /orders/{order_id}``, ``GET /price/{sku}`` (rate
+limited per client: 25 at once, then 60 a minute), ``GET /slow`` (for deadlines),
+``GET /boom`` (for errors), plus what `harden` adds.
+
+Shared state (rate limits, idempotency records) lives in the store named by
+``BUTTRESS_STORE_URL`` (``memory://`` by default; ``buttress demo --workers N`` defaults to
+a SQLite file shared by the workers; Redis and PostgreSQL URLs work too).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from buttress.asgi import (
     DiskCheck,
     HardenSettings,
     HttpCheck,
+    Limit,
     MemoryCheck,
+    RateLimitRule,
     SQLiteCheck,
     harden,
     propagate_context,
@@ -82,11 +88,17 @@ class _Store:
             ).fetchone()
         return None if row is None else {"id": row[0], "sku": row[1], "quantity": row[2]}
 
-    def _list(self, limit: int) -> list[dict[str, Any]]:
+    def _list(self, limit: int, sku: str | None) -> list[dict[str, Any]]:
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT id, sku, quantity FROM orders ORDER BY id DESC LIMIT ?", (limit,)
-            ).fetchall()
+            if sku is None:
+                rows = db.execute(
+                    "SELECT id, sku, quantity FROM orders ORDER BY id DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT id, sku, quantity FROM orders WHERE sku = ? ORDER BY id DESC LIMIT ?",
+                    (sku, limit),
+                ).fetchall()
         return [{"id": r[0], "sku": r[1], "quantity": r[2]} for r in rows]
 
     async def insert(self, sku: str, quantity: int) -> dict[str, Any]:
@@ -95,8 +107,8 @@ class _Store:
     async def get(self, order_id: int) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._get, order_id)
 
-    async def list(self, limit: int) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._list, limit)
+    async def list(self, limit: int, sku: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._list, limit, sku)
 
 
 def create_app(
@@ -140,15 +152,22 @@ def create_app(
 
     @app.post("/orders", status_code=201)
     async def create_order(
-        order: OrderIn, idempotency_key: str | None = Header(default=None, max_length=255)
+        order: OrderIn,
+        idempotency_key: str = Header(
+            max_length=257,  # 255 characters, or 255 in the draft's quoted form
+            description="Required: a retry with the same key replays the first answer",
+        ),
     ) -> dict[str, Any]:
-        """Create an order."""
+        """Create an order (exactly once per Idempotency-Key)."""
         return await store.insert(order.sku, order.quantity)
 
     @app.get("/orders")
-    async def list_orders(limit: int = Query(default=50, ge=1, le=500)) -> list[dict[str, Any]]:
-        """The most recent orders."""
-        return await store.list(limit)
+    async def list_orders(
+        limit: int = Query(default=50, ge=1, le=500),
+        sku: str | None = Query(default=None, max_length=64),
+    ) -> list[dict[str, Any]]:
+        """The most recent orders (of one SKU, if given)."""
+        return await store.list(limit, sku)
 
     @app.get("/orders/{order_id}")
     async def get_order(order_id: int = Path(ge=1, le=_MAX_ID)) -> dict[str, Any]:
@@ -168,7 +187,12 @@ def create_app(
             return response.json()["price"]
 
         value = await price_pipeline.acall(fetch)
-        return {"sku": sku, "price": 42 if value is None else value, "cached": value is None}
+        return {
+            "sku": sku,
+            "price": 42 if value is None else value,
+            "cached": value is None,
+            "worker": os.getpid(),  # shows that the rate limit holds across workers
+        }
 
     @app.get("/slow")
     async def slow(seconds: float = Query(default=2.0, ge=0, le=10)) -> dict[str, float]:
@@ -203,6 +227,16 @@ def create_app(
             drain_delay=1.0,  # a demo: production keeps 5 s for load balancers to notice
             shed_max_in_flight=16,  # small, so that the self-check can show shedding
             shutdown_grace=5.0,
+            store_url=os.environ.get("BUTTRESS_STORE_URL"),
+            idempotency_routes={"POST /orders": "required"},
         ),
         checks=[SQLiteCheck(path, name="orders-db"), _FlakyCheck(), DiskCheck(), MemoryCheck()],
+        rate_limits=[
+            RateLimitRule([Limit("price", "60/minute;burst=25")], path="/price/{sku}"),
+            RateLimitRule(
+                [Limit("orders", "50/second;burst=100"), Limit("orders-daily", "20000/day")],
+                path="/orders",
+                methods=["POST"],
+            ),
+        ],
     )

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -32,6 +36,10 @@ class Check:
     evidence: str
 
 
+def _key(value: str) -> dict[str, str]:
+    return {"idempotency-key": f"selfcheck-{value}-{os.getpid()}"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,7 +47,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def _server(port: int, env: dict[str, str], workers: int = 1) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [
             sys.executable,
@@ -55,17 +63,31 @@ def _server(port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]
             "--no-server-header",  # the server adds it after the app: only it can drop it
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         ],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its workers too can be stopped as one group
     )
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _stop_group(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server and its workers, then SIGKILL whatever is left (no orphans)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their parent
+    proc.wait(10)
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], limit: float = 30.0) -> bool:
@@ -123,8 +145,133 @@ def _poll_until(url: str, status: int, *, limit: float) -> float | None:
     return None
 
 
-def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
-    """Run the demo service and every check; return the results (bounded: ~60 requests)."""
+async def _fresh_connections(
+    base: str, requests: Sequence[tuple[str, str, dict[str, str], bytes | None]], concurrency: int
+) -> list[httpx.Response]:
+    """Send each request on a new connection (so the kernel spreads them over the workers)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(method: str, path: str, headers: dict[str, str], body: bytes | None) -> Any:
+        async with gate, httpx.AsyncClient(base_url=base, timeout=10.0) as http:
+            return await http.request(
+                method, path, headers={"connection": "close", **headers}, content=body
+            )
+
+    return list(await asyncio.gather(*(one(*r) for r in requests)))
+
+
+def _shared_state_checks(
+    record: Callable[[str, bool, str], None], store_url: str | None, workers: int
+) -> None:
+    """Rate limits and idempotency hold across several worker processes and one store."""
+    folder = tempfile.mkdtemp(prefix="buttress-selfcheck-")
+    url = store_url or f"sqlite:///{os.path.join(folder, 'buttress.db')}"
+    kind = url.partition(":")[0]  # never print the rest: it may hold credentials
+    env = {
+        "BUTTRESS_LOG_LEVEL": "WARNING",
+        "BUTTRESS_STORE_URL": url,
+        "BUTTRESS_DEMO_DB": os.path.join(folder, "orders.sqlite3"),
+        # a namespace of its own: an earlier run's limits in a shared Redis do not count
+        "BUTTRESS_STORE_NAMESPACE": f"selfcheck-{uuid.uuid4().hex[:8]}",
+    }
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with _server(port, env, workers) as proc:
+        if not _wait_ready(base, proc):
+            err = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
+            record(f"{workers} workers start on a {kind} store", False, err.strip())
+            return
+        # let every worker finish starting, so the load is spread over all of them
+        time.sleep(1.0)
+        run = uuid.uuid4().hex[:8]
+        price: list[tuple[str, str, dict[str, str], bytes | None]] = [
+            ("GET", f"/price/sc-{run}-{i}", {}, None) for i in range(40)
+        ]
+        started = time.monotonic()
+        answers = asyncio.run(_fresh_connections(base, price, 8))
+        refill = int(time.monotonic() - started) + 1  # 60/minute: one more per second
+        served = [a for a in answers if a.status_code == 200]
+        limited = [a for a in answers if a.status_code == 429]
+        pids = {a.json().get("worker") for a in served}
+        headers_ok = all(
+            "ratelimit-policy" in a.headers and a.headers.get("retry-after") for a in limited
+        )
+        record(
+            f"rate limit shared by {workers} workers ({kind} store)",
+            25 <= len(served) <= 25 + refill  # the burst, plus what refilled meanwhile
+            and len(served) + len(limited) == len(answers)
+            and headers_ok,
+            f"40 requests on new connections: {len(served)} served by {len(pids)} "
+            f"worker(s), {len(limited)} x 429 quota-exceeded "
+            f"({'with' if headers_ok else 'WITHOUT'} RateLimit + Retry-After)",
+        )
+        body = json.dumps({"sku": f"sc-{run}", "quantity": 1}).encode()
+        post = (
+            "POST",
+            "/orders",
+            {"content-type": "application/json", "idempotency-key": f"dup-{run}"},
+            body,
+        )
+        answers = asyncio.run(_fresh_connections(base, [post] * 30, 30))
+        created = [a for a in answers if a.status_code == 201]
+        originals = [a for a in created if a.headers.get("idempotent-replayed") != "true"]
+        conflicts = sum(1 for a in answers if a.status_code == 409)
+        # load shedding may refuse some before they run (503 + Retry-After): also safe
+        shed = sum(1 for a in answers if a.status_code == 503 and a.headers.get("retry-after"))
+        others = sorted(
+            f"{a.status_code} {a.json().get('code') if a.content else ''}"
+            for a in answers
+            if a.status_code not in (201, 409, 503)
+        )
+        with httpx.Client(base_url=base, timeout=10.0) as http:
+            rows = http.get("/orders", params={"sku": f"sc-{run}"}).json()
+            replay = http.post("/orders", content=body, headers=post[2])
+            other = http.post(
+                "/orders",
+                json={"sku": f"sc-{run}", "quantity": 2},
+                headers={"idempotency-key": f"dup-{run}"},
+            )
+            missing = http.post(
+                "/orders", content=body, headers={"content-type": "application/json"}
+            )
+        record(
+            f"Idempotency-Key: 30 concurrent duplicates over {workers} workers, one order",
+            len(rows) == 1
+            and len(originals) == 1
+            and len(created) + conflicts + shed == len(answers),
+            f"{len(rows)} order created; {len(originals)} original 201, "
+            f"{len(created) - len(originals)} replays, {conflicts} x 409 in flight, "
+            f"{shed} shed" + (f"; unexpected: {', '.join(others)}" if others else ""),
+        )
+        record(
+            "Idempotency-Key: replay, 422 on another payload, 400 without a key",
+            replay.status_code == 201
+            and replay.headers.get("idempotent-replayed") == "true"
+            and rows
+            and replay.json().get("id") == rows[0].get("id")
+            and _problem(other, 422, "validation_failed")
+            and missing.status_code == 400,
+            f"replay {replay.status_code} (same order id), other payload "
+            f"{other.status_code}, no key {missing.status_code}",
+        )
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            record(f"{workers} workers stop on SIGTERM", False, "still running after 30 s")
+
+
+def run_selfcheck(
+    report: Callable[[Check], None] | None = None,
+    *,
+    store_url: str | None = None,
+    workers: int = 2,
+) -> list[Check]:
+    """Run the demo service and every check; return the results (bounded: ~150 requests).
+
+    The last checks run the demo with ``workers`` processes sharing ``store_url`` (a SQLite
+    file by default): rate limits and Idempotency-Key must hold across them.
+    """
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     checks: list[Check] = []
@@ -162,7 +309,7 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
                 all(h in r.headers for h in wanted) and "server" not in r.headers,
                 ", ".join(f"{h}" for h in wanted if h in r.headers),
             )
-            r = http.post("/orders", json={"sku": "demo-1", "quantity": 2})
+            r = http.post("/orders", json={"sku": "demo-1", "quantity": 2}, headers=_key("order-1"))
             created = r.json() if r.status_code == 201 else {}
             back = http.get(f"/orders/{created.get('id', 0)}")
             record(
@@ -170,7 +317,11 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
                 r.status_code == 201 and back.status_code == 200,
                 f"POST {r.status_code}, GET /orders/{created.get('id')} {back.status_code}",
             )
-            r = http.post("/orders", json={"sku": "bad sku", "quantity": 0, "password": "p4ss"})
+            r = http.post(
+                "/orders",
+                json={"sku": "bad sku", "quantity": 0, "password": "p4ss"},
+                headers=_key("bad-1"),
+            )
             record(
                 "validation errors are problem+json 422",
                 _problem(r, 422, "validation_failed") and "p4ss" not in r.text,
@@ -193,7 +344,9 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
                 f"{r.status_code} after {took:.2f} s",
             )
             r = http.post(
-                "/orders", content=b"x" * (2 << 20), headers={"content-type": "application/json"}
+                "/orders",
+                content=b"x" * (2 << 20),
+                headers={"content-type": "application/json", **_key("big-1")},
             )
             record(
                 "body over 1 MiB: 413", _problem(r, 413, "payload_too_large"), f"{r.status_code}"
@@ -203,7 +356,11 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
                 for _ in range(40):
                     yield b"y" * 65536
 
-            r = http.post("/orders", content=chunks(), headers={"content-type": "application/json"})
+            r = http.post(
+                "/orders",
+                content=chunks(),
+                headers={"content-type": "application/json", **_key("big-2")},
+            )
             record(
                 "chunked body over 1 MiB: 413",
                 _problem(r, 413, "payload_too_large"),
@@ -268,4 +425,5 @@ def run_selfcheck(report: Callable[[Check], None] | None = None) -> list[Check]:
             code in (0, -signal.SIGTERM),
             f"exit code {code} after {time.monotonic() - started:.2f} s",
         )
+    _shared_state_checks(record, store_url, workers)
     return checks

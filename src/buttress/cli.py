@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from buttress import __version__
@@ -31,12 +33,17 @@ def _serve_demo(args: argparse.Namespace) -> int:
         )
         return 2
     console = Console(no_color=args.selfcheck, highlight=False)
+    if not 1 <= args.workers <= 16:
+        console.print(f"--workers {args.workers}: use 1 to 16")
+        return 2
     if args.selfcheck:
         from buttress._demo_selfcheck import run_selfcheck  # noqa: PLC0415
 
         console.print(f"[bold]buttress {__version__}[/bold] demo self-check (127.0.0.1 only)\n")
         checks = run_selfcheck(
-            lambda c: console.print(f"  {'PASS' if c.ok else 'FAIL'}  {c.feature}: {c.evidence}")
+            lambda c: console.print(f"  {'PASS' if c.ok else 'FAIL'}  {c.feature}: {c.evidence}"),
+            store_url=args.store_url or os.environ.get("BUTTRESS_STORE_URL"),
+            workers=max(args.workers, 2),
         )
         table = Table(title="demo self-check")
         for column in ("feature", "result", "evidence"):
@@ -49,13 +56,18 @@ def _serve_demo(args: argparse.Namespace) -> int:
         failed = sum(1 for c in checks if not c.ok)
         console.print(f"selfcheck: {len(checks) - failed} passed, {failed} failed")
         return 1 if failed else 0
+    os.environ.update(_shared_state_env(args.workers, args.store_url))  # workers inherit it
     base = f"http://{args.host}:{args.port}"
     console.print(
-        f"[bold]buttress {__version__}[/bold] demo: the orders API on {base}\n"
+        f"[bold]buttress {__version__}[/bold] demo: the orders API on {base} "
+        f"({args.workers} worker{'s' if args.workers > 1 else ''}, "
+        f"store {os.environ.get('BUTTRESS_STORE_URL', 'memory://')})\n"
         f"  curl -i {base}/orders\n"
         f"  curl -i -X POST {base}/orders -H 'content-type: application/json' "
-        '-d \'{"sku": "abc", "quantity": 2}\'\n'
-        f"  curl -i {base}/price/abc      (a flaky dependency behind a pipeline)\n"
+        "-H 'Idempotency-Key: order-1' "
+        '-d \'{"sku": "abc", "quantity": 2}\'   (run it twice: one order)\n'
+        f"  curl -i {base}/price/abc      (a flaky dependency behind a pipeline; "
+        "25 at once then 60/minute)\n"
         f"  curl -i {base}/boom           (problem+json, no internals)\n"
         f"  curl -i '{base}/slow?seconds=9'  (the 5 s request deadline)\n"
         f"  open {base}/docs\n"
@@ -66,11 +78,26 @@ def _serve_demo(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host,
         port=args.port,
+        workers=args.workers,
         access_log=False,
         server_header=False,  # added by the server after the app: only it can drop it
         log_level="warning",
     )
     return 0
+
+
+def _shared_state_env(workers: int, store_url: str | None) -> dict[str, str]:
+    """Environment for the demo's workers: one orders database and one store for all."""
+    env: dict[str, str] = {}
+    if store_url:
+        env["BUTTRESS_STORE_URL"] = store_url
+    if workers > 1:
+        folder = tempfile.mkdtemp(prefix="buttress-demo-")
+        if not os.environ.get("BUTTRESS_DEMO_DB"):
+            env["BUTTRESS_DEMO_DB"] = os.path.join(folder, "orders.sqlite3")
+        if not (store_url or os.environ.get("BUTTRESS_STORE_URL")):
+            env["BUTTRESS_STORE_URL"] = f"sqlite:///{os.path.join(folder, 'buttress.db')}"
+    return env
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -149,6 +176,19 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("demo", help="serve the demo orders API (hardened by buttress)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (1-16; more than one share a store: BUTTRESS_STORE_URL, "
+        "else a SQLite file)",
+    )
+    serve.add_argument(
+        "--store-url",
+        default=None,
+        help="where rate limits and idempotency records live (memory://, sqlite:///path, "
+        "redis://..., postgresql://...; default $BUTTRESS_STORE_URL)",
+    )
     serve.add_argument(
         "--selfcheck",
         action="store_true",

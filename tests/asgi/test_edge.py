@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,11 +14,11 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from buttress.asgi import _logging
+from buttress.asgi import HardenSettings, _logging, harden
 from buttress.asgi._context import RequestContextMiddleware, client_address, trusted_networks
 from buttress.asgi._edge import EdgeMiddleware
 from buttress.asgi._errors import ErrorMiddleware
-from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._headers import SECURITY_PROFILES, CORSMiddleware, SecurityHeadersMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import MetricsMiddleware
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
@@ -60,20 +61,21 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def stacked(registry: CollectorRegistry) -> ASGIApp:
+def stacked(registry: CollectorRegistry, profile: str = "api") -> ASGIApp:
     inner: ASGIApp = ErrorMiddleware(app)
     inner = CORSMiddleware(
         inner, allow_origins=ORIGINS, allow_credentials=True, allow_headers=("authorization",)
     )
-    inner = SecurityHeadersMiddleware(inner, csp_routes=CSP)
+    inner = SecurityHeadersMiddleware(inner, headers=SECURITY_PROFILES[profile], csp_routes=CSP)
     inner = MetricsMiddleware(inner, registry=registry)
     inner = AccessLogMiddleware(inner, trusted_proxies=PROXIES)
     return RequestContextMiddleware(inner)
 
 
-def fused(registry: CollectorRegistry) -> EdgeMiddleware:
+def fused(registry: CollectorRegistry, profile: str = "api") -> EdgeMiddleware:
     return EdgeMiddleware(
         app,
+        security_headers=profile,  # type: ignore[arg-type]
         trusted_proxies=PROXIES,
         csp_routes=CSP,
         cors_origins=ORIGINS,
@@ -237,12 +239,15 @@ def log_stream() -> Iterator[io.StringIO]:
         _logging._access_sink, _logging._access_json = sink, as_json
 
 
+@pytest.mark.parametrize("profile", ["api", "full"])
 @pytest.mark.parametrize("direct", [True, False], ids=["direct-log", "structlog"])
-async def test_edge_equals_the_stacked_layers(log_stream: io.StringIO, direct: bool) -> None:
+async def test_edge_equals_the_stacked_layers(
+    log_stream: io.StringIO, direct: bool, profile: str
+) -> None:
     if not direct:
         _logging._access_json = False  # the structlog path (still JSON rendered)
     old_registry, new_registry = CollectorRegistry(), CollectorRegistry()
-    old, new = stacked(old_registry), fused(new_registry)
+    old, new = stacked(old_registry, profile), fused(new_registry, profile)
     for method, path, headers, client in REQUESTS:
         old_messages, old_exc = await call(old, method, path, headers, client)
         old_logs = log_lines(log_stream)
@@ -324,3 +329,220 @@ async def test_non_http_scopes_pass_through() -> None:
     await edge({"type": "lifespan"}, receive, send)
     await edge({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
     assert seen == ["lifespan", "websocket"]
+
+
+# --------------------------------------------------------------------------- fused inner layers
+# harden's inner layers (shutdown, health, shedding, body limit, deadline) done in the edge
+# layer's frame must answer exactly as the layers themselves do.
+
+
+async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+    path = scope["path"]
+    if path == "/boom":
+        raise RuntimeError("secret internals")
+    if path == "/rate":
+        raise RateLimited("slow down", retry_after=2.5)
+    if path == "/slow":
+        await asyncio.sleep(5)
+    size = 0
+    if path == "/upload":
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+    await send({"type": "http.response.start", "status": 200, "headers": JSON})
+    if path == "/late":
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        await asyncio.sleep(5)
+    await send({"type": "http.response.body", "body": json.dumps({"size": size}).encode()})
+
+
+JSON = [(b"content-type", b"application/json"), (b"server", b"uvicorn")]
+CHUNKED = [(b"transfer-encoding", b"chunked")]
+
+# (method, path, headers, body chunks, HTTP version)
+LAYER_REQUESTS: list[tuple[str, str, list[tuple[bytes, bytes]], list[bytes], str]] = [
+    ("GET", "/ok", [], [b""], "1.1"),
+    ("HEAD", "/ok", [(b"origin", b"https://shop.example.com")], [b""], "1.1"),
+    ("GET", "/boom", [], [b""], "1.1"),
+    ("GET", "/rate", [], [b""], "1.1"),
+    ("GET", "/slow", [], [b""], "1.1"),
+    ("GET", "/slow", [(b"x-request-timeout", b"0.01")], [b""], "1.1"),
+    (
+        "GET",
+        "/slow",
+        [(b"x-request-timeout", b"nan"), (b"x-request-timeout", b"0.01")],
+        [b""],
+        "1.1",
+    ),
+    ("GET", "/late", [], [b""], "1.1"),
+    ("POST", "/upload", [(b"content-length", b"10")], [b"x" * 10], "1.1"),
+    ("POST", "/upload", [(b"content-length", b"101")], [b"x" * 101], "1.1"),
+    ("POST", "/upload", [(b"content-length", b"1_0")], [b"x" * 10], "1.1"),
+    ("POST", "/upload", [(b"content-length", b"ten")], [b"x" * 10], "1.1"),
+    ("POST", "/upload", CHUNKED, [b"x" * 60, b"y" * 30], "1.1"),
+    ("POST", "/upload", CHUNKED, [b"x" * 60, b"y" * 60], "1.1"),
+    ("POST", "/upload", [], [b"x" * 60, b"y" * 60], "2"),
+    ("GET", "/health/live", [], [b""], "1.1"),
+    ("GET", "/health/ready", [], [b""], "1.1"),
+    ("POST", "/health", [], [b""], "1.1"),
+    ("GET", "/metrics", [], [b""], "1.1"),
+    (
+        "OPTIONS",
+        "/upload",
+        [(b"origin", b"https://shop.example.com"), (b"access-control-request-method", b"POST")],
+        [b""],
+        "1.1",
+    ),
+]
+
+
+def hardened(fuse: bool, registry: CollectorRegistry) -> Any:
+    settings = HardenSettings(
+        configure_logging=False,
+        request_timeout=0.05,
+        max_body_bytes=100,
+        cors_origins=ORIGINS,
+        cors_credentials=True,
+        shed_max_in_flight=50,
+    )
+    app = harden(slow_app, settings, registry=registry)
+    if not fuse:
+        app._fuse(False)  # every request through the layers themselves
+    return app
+
+
+async def call_layers(
+    asgi: ASGIApp,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    version: str,
+) -> tuple[list[Message], Exception | None]:
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": version,
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": list(headers),
+        "client": ("127.0.0.1", 4000),
+        "server": ("testserver", 80),
+    }
+    pending = list(chunks)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if not pending:
+            await asyncio.sleep(10)
+            return {"type": "http.disconnect"}
+        body = pending.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    try:
+        await asgi(scope, receive, send)
+    except Exception as exc:  # noqa: BLE001 - compared between the two stacks
+        return sent, exc
+    return sent, None
+
+
+def untimed(messages: list[Message]) -> str:
+    """`normalized`, and the elapsed time a deadline's 504 reports (with its length)."""
+    text = re.sub(r"after [0-9.e-]+ s", "after <t> s", normalized(messages))
+    if "after <t> s" in text:
+        text = re.sub(r"\(b'content-length', b'\d+'\)", "<length>", text)
+    return text
+
+
+def untimed_logs(stream: io.StringIO) -> list[dict[str, Any]]:
+    """`log_lines`, and the elapsed time in a deadline's message."""
+    lines = log_lines(stream)
+    for entry in lines:
+        if isinstance(entry.get("error"), str):
+            entry["error"] = re.sub(r"after [0-9.e-]+ s", "after <t> s", entry["error"])
+        if entry.get("status") == 504:
+            entry.pop("bytes", None)  # the body says how long it took
+    return lines
+
+
+def samples(registry: CollectorRegistry) -> list[Any]:
+    out = []
+    for family in registry.collect():
+        if family.name not in (
+            "buttress_http_requests",
+            "buttress_http_requests_in_flight",
+            "buttress_http_requests_shed",
+        ):
+            continue
+        out += sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for s in family.samples
+            if not s.name.endswith(("_created", "_sum", "_bucket"))
+        )
+    return out
+
+
+@pytest.mark.parametrize("draining", [False, True], ids=["serving", "draining"])
+async def test_fused_inner_layers_equal_the_layers(log_stream: io.StringIO, draining: bool) -> None:
+    old_registry, new_registry = CollectorRegistry(), CollectorRegistry()
+    old, new = hardened(False, old_registry), hardened(True, new_registry)
+    assert new._shutdown is new.parts.shutdown
+    assert new._deadline is not None
+    assert old._shutdown is None
+    assert old._inner is old.app
+    if draining:
+        for stack in (old, new):
+            stack.parts.shutdown._begin_draining()
+    for method, path, headers, chunks, version in LAYER_REQUESTS:
+        old_messages, old_exc = await call_layers(old, method, path, headers, chunks, version)
+        old_logs = untimed_logs(log_stream)
+        new_messages, new_exc = await call_layers(new, method, path, headers, chunks, version)
+        new_logs = untimed_logs(log_stream)
+        where = f"{method} {path} {headers} {version}"
+        assert untimed(new_messages) == untimed(old_messages), where
+        assert repr(new_exc) == repr(old_exc), where
+        assert new_logs == old_logs, where
+        for stack in (old, new):
+            assert stack.parts.shutdown.in_flight == 0, where
+            assert stack.parts.shedding.limiter.in_flight == 0, where
+    assert samples(new_registry) == samples(old_registry)
+    statuses = {dict(s[1])["status"] for s in samples(new_registry) if s[0].endswith("s_total")}
+    assert {"200", "400", "413", "429", "500", "504"} <= statuses
+
+
+async def test_fused_shedding_samples_and_sheds_like_the_layer() -> None:
+    gate = asyncio.Event()
+
+    async def held(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/wait":
+            await gate.wait()
+        await slow_app(scope, receive, send)
+
+    app = harden(held, HardenSettings(configure_logging=False, shed_max_in_flight=1))
+    limiter = app.parts.shedding.limiter
+    first = asyncio.ensure_future(call_layers(app, "GET", "/wait", [], [b""], "1.1"))
+    await asyncio.sleep(0.01)
+    assert limiter.in_flight == 1
+    shed, _ = await call_layers(app, "GET", "/ok", [], [b""], "1.1")
+    assert shed[0]["status"] == 503
+    assert (b"retry-after", b"1") in shed[0]["headers"]
+    gate.set()
+    messages, _ = await first
+    assert messages[0]["status"] == 200
+    assert limiter.in_flight == 0
+    window = limiter._w_count  # the admitted request was sampled (a window of its own)
+    timed_out, _ = await call_layers(
+        app, "GET", "/slow", [(b"x-request-timeout", b"0.01")], [b""], "1.1"
+    )
+    assert timed_out[0]["status"] == 504
+    assert limiter._w_count == window + 1
+    assert limiter._w_dropped

@@ -20,6 +20,8 @@ from starlette.routing import Route
 
 from buttress import RateLimited
 from buttress.asgi import (
+    OWASP_HEADERS,
+    SECURITY_PROFILES,
     HardenSettings,
     client_address,
     current_request_id,
@@ -194,7 +196,37 @@ async def test_server_header_removed_and_app_headers_kept() -> None:
         response = await client.get("/ok")
     assert "server" not in response.headers
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    # the default profile: OWASP's REST Security Cheat Sheet set
+    assert (
+        response.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    )
+    assert response.headers["cache-control"] == "no-store"
+    assert "permissions-policy" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("full", "full"), (True, "api"), ("api", "api"), (False, None)],
+)
+async def test_security_header_profiles(value: Any, expected: str | None) -> None:
+    settings = HardenSettings(configure_logging=False, security_headers=value)
+    async with client_for(bare_app, settings) as client:
+        response = await client.get("/ok")
+    wanted = {} if expected is None else SECURITY_PROFILES[expected]
+    for name, header_value in wanted.items():
+        assert response.headers[name] == header_value
+    others = set(OWASP_HEADERS) - set(wanted)
+    assert not others & set(response.headers)
+
+
+def test_security_headers_setting_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match="security_headers"):
+        HardenSettings(security_headers="html")  # type: ignore[arg-type]
+    assert HardenSettings.from_env({"BUTTRESS_SECURITY_HEADERS": "full"}).security_headers == "full"
+    assert HardenSettings.from_env({"BUTTRESS_SECURITY_HEADERS": "off"}).security_headers is False
+    assert HardenSettings.from_env({"BUTTRESS_SECURITY_HEADERS": "true"}).security_headers is True
+    with pytest.raises(ConfigurationError, match="BUTTRESS_SECURITY_HEADERS"):
+        HardenSettings.from_env({"BUTTRESS_SECURITY_HEADERS": "html"})
 
 
 async def test_framework_errors_become_problem_json() -> None:

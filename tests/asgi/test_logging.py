@@ -112,3 +112,37 @@ async def test_one_access_line_per_request_with_context(log_stream: io.StringIO)
     assert error["request_id"] == "r-2"
     assert "kaput" in error["exception"]
     assert "supersecret" not in log_stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("path", "client", "principal"),
+    [
+        ("/plain", "127.0.0.1", None),
+        ("/plain", None, "ann"),
+        ('/quo"te\\back', "10.0.0.1", 'bob "the" \\ admin'),
+        ("/ünïcode/\u2028", "::1", "zoë"),
+        ("/ctrl\x01\n", "unix:/tmp/s", None),
+    ],
+)
+def test_access_line_is_json_whatever_the_fields(
+    log_stream: io.StringIO, path: str, client: str | None, principal: str | None
+) -> None:
+    from buttress.asgi._context import _REQUEST_ID, _TRACE, TraceContext
+    from buttress.asgi._logging import log_access
+
+    scope = {"method": "GET", "path": path, "root_path": ""}
+    id_token = _REQUEST_ID.set("r-1")
+    trace_token = _TRACE.set(TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f0", None, 1))
+    try:
+        log_access(None, True, scope, 201, 7, 0.0, client, principal)
+    finally:
+        _TRACE.reset(trace_token)
+        _REQUEST_ID.reset(id_token)
+    (line,) = lines(log_stream)
+    assert line["path"] == path
+    assert line["client"] == client
+    assert line["principal"] == principal
+    assert line["request_id"] == "r-1"
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (line["status"], line["bytes"], line["route"]) == (201, 7, "<unmatched>")
+    assert line["timestamp"].endswith("Z")

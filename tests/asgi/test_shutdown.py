@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from buttress.asgi import GracefulShutdown, _shutdown
+from buttress.asgi._edge import EdgeMiddleware
 from buttress.errors import ConfigurationError
 from buttress.testing import FakeClock
 
@@ -108,6 +109,14 @@ def events_app(events: list[str]) -> Starlette:
 
 def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+@pytest.fixture(params=["alone", "edge"])
+def front(request: pytest.FixtureRequest) -> Callable[[GracefulShutdown], Any]:
+    """The shutdown layer itself, or the edge layer in front doing its HTTP work in-line."""
+    if request.param == "alone":
+        return lambda shutdown: shutdown
+    return lambda shutdown: EdgeMiddleware(shutdown, access_log=False, security_headers=False)
 
 
 @pytest.fixture
@@ -270,13 +279,15 @@ async def test_other_scopes_pass_through() -> None:
 # --------------------------------------------------------------------------- signals
 async def test_draining_flips_inside_the_handler_and_readiness_answers_503(
     clock: FakeClock,
+    front: Callable[[GracefulShutdown], Any],
 ) -> None:
     drained: list[bool] = []
     shutdown = GracefulShutdown(events_app([]), signals=(), ready_path="/ready", clock=clock)
+    served = front(shutdown)
     shutdown.on_drain.append(lambda: drained.append(shutdown.draining))
-    server = Lifespan(shutdown)
+    server = Lifespan(served)
     await server.startup()
-    async with client(shutdown) as http:
+    async with client(served) as http:
         ready = await http.get("/ready")
         assert (ready.status_code, ready.json()) == (200, {"status": "pass"})
         assert ready.headers["content-type"] == "application/health+json"
@@ -321,16 +332,17 @@ async def test_real_signal_drains_then_hands_off_to_the_previous_handler(
 
 
 async def test_in_flight_requests_finish_within_the_grace_then_are_cancelled(
-    clock: FakeClock, usr1: list[int]
+    clock: FakeClock, front: Callable[[GracefulShutdown], Any], usr1: list[int]
 ) -> None:
     events: list[str] = []
     app = events_app(events)
     shutdown = GracefulShutdown(
         app, drain_delay=1, grace=10, signals=(signal.SIGUSR1,), clock=clock
     )
-    server = Lifespan(shutdown)
+    served = front(shutdown)
+    server = Lifespan(served)
     await server.startup()
-    async with client(shutdown) as http:
+    async with client(served) as http:
         hanging = asyncio.create_task(http.get("/hang"))
         await settle()
         assert events[-1] == "hang-start"
@@ -351,13 +363,17 @@ async def test_in_flight_requests_finish_within_the_grace_then_are_cancelled(
     assert (await server.shutdown())["type"] == "lifespan.shutdown.complete"
 
 
-async def test_a_request_cancelled_mid_response_is_left_to_the_server(clock: FakeClock) -> None:
+async def test_a_request_cancelled_mid_response_is_left_to_the_server(
+    clock: FakeClock, front: Callable[[GracefulShutdown], Any]
+) -> None:
     async def streaming(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"part", "more_body": True})
         await asyncio.Event().wait()
 
     shutdown = GracefulShutdown(streaming, drain_delay=0, grace=1, signals=(), clock=clock)
+
+    served = front(shutdown)
     sent: list[dict[str, Any]] = []
 
     async def send(message: Any) -> None:  # like every ASGI server: one response per request
@@ -369,7 +385,7 @@ async def test_a_request_cancelled_mid_response_is_left_to_the_server(clock: Fak
         return {"type": "http.request", "body": b""}
 
     scope = {"type": "http", "method": "GET", "path": "/stream", "headers": []}
-    pending = asyncio.create_task(shutdown(scope, receive, send))
+    pending = asyncio.create_task(served(scope, receive, send))
     await settle()
     assert shutdown.in_flight == 1
     shutdown.trigger()
@@ -380,13 +396,16 @@ async def test_a_request_cancelled_mid_response_is_left_to_the_server(clock: Fak
     assert shutdown.in_flight == 0
 
 
-async def test_requests_that_finish_in_time_are_not_touched(clock: FakeClock) -> None:
+async def test_requests_that_finish_in_time_are_not_touched(
+    clock: FakeClock, front: Callable[[GracefulShutdown], Any]
+) -> None:
     events: list[str] = []
     app = events_app(events)
     shutdown = GracefulShutdown(app, drain_delay=0, grace=10, signals=(), clock=clock)
-    server = Lifespan(shutdown)
+    served = front(shutdown)
+    server = Lifespan(served)
     await server.startup()
-    async with client(shutdown) as http:
+    async with client(served) as http:
         pending = asyncio.create_task(http.get("/hang"))
         await settle()
         shutdown.trigger()
@@ -398,13 +417,16 @@ async def test_requests_that_finish_in_time_are_not_touched(clock: FakeClock) ->
     await server.shutdown()
 
 
-async def test_server_stopping_by_itself_still_waits_for_in_flight(clock: FakeClock) -> None:
+async def test_server_stopping_by_itself_still_waits_for_in_flight(
+    clock: FakeClock, front: Callable[[GracefulShutdown], Any]
+) -> None:
     events: list[str] = []
     app = events_app(events)
     shutdown = GracefulShutdown(app, grace=3, signals=(), clock=clock)
-    server = Lifespan(shutdown)
+    served = front(shutdown)
+    server = Lifespan(served)
     await server.startup()
-    async with client(shutdown) as http:
+    async with client(served) as http:
         pending = asyncio.create_task(http.get("/hang"))
         await settle()
         await server.begin_shutdown()  # no signal: e.g. uvicorn --limit-max-requests

@@ -13,6 +13,7 @@ Example::
     app = harden(FastAPI(), HardenSettings(cors_origins=("https://shop.example.com",)))
 """
 
+from buttress.asgi import keys
 from buttress.asgi._context import (
     RequestContextMiddleware,
     TraceContext,
@@ -25,7 +26,14 @@ from buttress.asgi._context import (
 )
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._harden import HardenedApp, HardenedParts, HardenSettings, harden
-from buttress.asgi._headers import CORSMiddleware, SecurityHeadersMiddleware
+from buttress.asgi._headers import (
+    API_HEADERS,
+    OWASP_HEADERS,
+    SECURITY_PROFILES,
+    CORSMiddleware,
+    SecurityHeadersMiddleware,
+    SecurityProfile,
+)
 from buttress.asgi._health import HEALTH_CONTENT_TYPE, HealthMiddleware
 from buttress.asgi._health_checks import (
     BaseCheck,
@@ -39,10 +47,16 @@ from buttress.asgi._health_checks import (
     RedisCheck,
     SQLiteCheck,
 )
+from buttress.asgi._idempotency import (
+    IdempotencyMiddleware,
+    IdempotencyMode,
+    parse_idempotency_key,
+)
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware, RequestMetrics
 from buttress.asgi._problem import problem_body, send_problem
+from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
 from buttress.asgi._shedding import (
     AIMDLimit,
     ConcurrencyLimiter,
@@ -55,7 +69,10 @@ from buttress.asgi._shedding import (
 from buttress.asgi._shutdown import GracefulShutdown
 
 __all__ = [
+    "API_HEADERS",
     "HEALTH_CONTENT_TYPE",
+    "OWASP_HEADERS",
+    "SECURITY_PROFILES",
     "AIMDLimit",
     "AccessLogMiddleware",
     "BaseCheck",
@@ -77,16 +94,22 @@ __all__ = [
     "HealthMiddleware",
     "HttpCheck",
     "HttpMetrics",
+    "IdempotencyMiddleware",
+    "IdempotencyMode",
+    "Limit",
     "LimitAlgorithm",
     "LoadSheddingMiddleware",
     "MemoryCheck",
     "MetricsMiddleware",
     "PostgresCheck",
+    "RateLimitMiddleware",
+    "RateLimitRule",
     "RedisCheck",
     "RequestContextMiddleware",
     "RequestMetrics",
     "SQLiteCheck",
     "SecurityHeadersMiddleware",
+    "SecurityProfile",
     "ShedReason",
     "TraceContext",
     "client_address",
@@ -95,6 +118,8 @@ __all__ = [
     "current_trace",
     "harden",
     "install_exception_handlers",
+    "keys",
+    "parse_idempotency_key",
     "parse_traceparent",
     "problem_body",
     "propagate_context",

@@ -27,28 +27,34 @@ Order (outermost first) and why:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from buttress.asgi._context import current_trace, trusted_networks
 from buttress.asgi._edge import EdgeMiddleware
 from buttress.asgi._errors import install_exception_handlers
+from buttress.asgi._headers import SECURITY_PROFILES, SecurityProfile
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
+from buttress.asgi._idempotency import IdempotencyMiddleware, IdempotencyMode
+from buttress.asgi._keys import KeyFunc, api_key, client_ip, jwt_subject, tenant
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
+from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
 from buttress.asgi._types import ASGIApp, Scope
 from buttress.errors import ConfigurationError
+from buttress.stores import STORES, Store, open_store
 
 __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
 
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_KEYS = ("ip", "api_key", "jwt", "tenant")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +73,7 @@ class HardenSettings:
 
     request_id_header: str = "x-request-id"
     trusted_proxies: tuple[str, ...] = ()
-    security_headers: bool = True
+    security_headers: bool | SecurityProfile = "api"
     csp_routes: Mapping[str, str | None] = field(default_factory=dict)
     cors_origins: tuple[str, ...] = ()
     cors_origin_regex: str | None = None
@@ -98,9 +104,30 @@ class HardenSettings:
     max_body_bytes: int | None = 1 << 20
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
+    store_url: str | None = None
+    rate_limits: tuple[str, ...] = ()
+    rate_limit_key: Literal["ip", "api_key", "jwt", "tenant"] = "ip"
+    rate_limit_jwt_secret: str | None = field(default=None, repr=False)
+    rate_limit_fail_mode: Literal["open", "closed"] = "open"
+    rate_limit_legacy_headers: bool = False
+    rate_limit_warn_ratio: float | None = 0.8
+    rate_limit_store_timeout: float = 1.0
+    idempotency: IdempotencyMode = "optional"
+    idempotency_routes: Mapping[str, IdempotencyMode] = field(default_factory=dict)
+    idempotency_ttl: float = 86400.0
+    idempotency_lease: float = 60.0
+    idempotency_max_response_bytes: int = 1 << 20
+    idempotency_store_server_errors: bool = False
 
     def __post_init__(self) -> None:
         trusted_networks(self.trusted_proxies)  # raises ConfigurationError on a bad CIDR
+        if not isinstance(self.security_headers, bool) and (
+            self.security_headers not in SECURITY_PROFILES
+        ):
+            raise ConfigurationError(
+                f"HardenSettings(security_headers={self.security_headers!r}): 'api', 'full', "
+                "True (api) or False (none)"
+            )
         if self.max_body_bytes is not None and (
             isinstance(self.max_body_bytes, bool)
             or not isinstance(self.max_body_bytes, int)
@@ -153,11 +180,83 @@ class HardenSettings:
                 f"HardenSettings(log_level={self.log_level!r}): DEBUG, INFO, WARNING, ERROR or "
                 "CRITICAL"
             )
+        self._check_shared_state()
         if "*" in self.cors_origins and self.cors_credentials:
             raise ConfigurationError(
                 "HardenSettings(cors_origins=('*',), cors_credentials=True): browsers refuse "
                 "credentials with a wildcard origin; list the origins"
             )
+
+    def _check_shared_state(self) -> None:
+        if self.store_url is not None:
+            scheme = self.store_url.partition("://")[0].lower()
+            if "://" not in self.store_url or scheme not in STORES:
+                raise ConfigurationError(
+                    f"HardenSettings(store_url={self.store_url!r}): a store URL such as "
+                    "memory://, sqlite:///path.db, redis://host:6379/0 or "
+                    "postgresql://user@host/db"
+                )
+        if self.rate_limit_key not in _KEYS:
+            raise ConfigurationError(
+                f"HardenSettings(rate_limit_key={self.rate_limit_key!r}): ip, api_key, jwt or "
+                "tenant"
+            )
+        if self.rate_limit_key == "jwt" and not self.rate_limit_jwt_secret:
+            raise ConfigurationError(
+                "HardenSettings(rate_limit_key='jwt'): set rate_limit_jwt_secret (the HMAC "
+                "key, >= 32 bytes) so that clients cannot choose their own key"
+            )
+        if self.rate_limit_fail_mode not in ("open", "closed"):
+            raise ConfigurationError(
+                f"HardenSettings(rate_limit_fail_mode={self.rate_limit_fail_mode!r}): open or "
+                "closed"
+            )
+        if self.rate_limits:
+            self.rate_limit_rule()  # parses every "name=rate" item
+        if self.idempotency not in ("required", "optional", "off"):
+            raise ConfigurationError(
+                f"HardenSettings(idempotency={self.idempotency!r}): required, optional or off"
+            )
+        for name in ("idempotency_ttl", "idempotency_lease"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"HardenSettings({name}={value!r}): seconds > 0")
+
+    def rate_limit_rule(self) -> RateLimitRule | None:
+        """The global rule of ``rate_limits`` (``"name=rate"`` items), or None when empty.
+
+        Example::
+
+            HardenSettings(rate_limits=("burst=20/second", "daily=10000/day")).rate_limit_rule()
+        """
+        if not self.rate_limits:
+            return None
+        limits = []
+        key = self._rate_limit_key()
+        for item in self.rate_limits:
+            name, sep, rate = item.partition("=")
+            if not sep:
+                raise ConfigurationError(
+                    f"HardenSettings(rate_limits=...): {item!r} is not 'name=rate' (for "
+                    "example 'burst=20/second' or 'daily=10000/day')"
+                )
+            try:
+                limits.append(Limit(name.strip(), rate.strip(), key=key))
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"HardenSettings(rate_limits=...): {exc}") from exc
+        return RateLimitRule(limits)
+
+    def _rate_limit_key(self) -> KeyFunc:
+        # invalid credentials count against the client's address: behind a proxy, the
+        # real client's, not the proxy's
+        proxies = self.trusted_proxies
+        if self.rate_limit_key == "api_key":
+            return api_key(trusted_proxies=proxies)
+        if self.rate_limit_key == "tenant":
+            return tenant()
+        if self.rate_limit_key == "jwt":
+            return jwt_subject(secret=self.rate_limit_jwt_secret, trusted_proxies=proxies)
+        return client_ip(proxies)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HardenSettings:
@@ -173,6 +272,9 @@ class HardenSettings:
             raw = env.get(name)
             if raw is None or f.name == "csp_routes":
                 continue
+            if f.name == "idempotency_routes":  # "POST /orders=required,/hooks/{x}=off"
+                values[f.name] = _parse_routes(name, raw)
+                continue
             values[f.name] = _parse(name, raw.strip(), cls.__dataclass_fields__[f.name].type)
         try:
             return cls(**values)
@@ -184,6 +286,12 @@ class HardenSettings:
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
     text = str(kind)
+    if "SecurityProfile" in text:  # a profile name, or a switch
+        if raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        if raw.lower() in SECURITY_PROFILES:
+            return raw.lower()
+        raise ConfigurationError(f"{name}={raw!r}: must be api, full, true or false")
     if "tuple" in text:
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     if text.startswith("bool"):
@@ -207,6 +315,21 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
     return raw
 
 
+def _parse_routes(name: str, raw: str) -> dict[str, str]:
+    routes = {}
+    for item in raw.split(","):
+        route, sep, mode = item.strip().rpartition("=")
+        if not item.strip():
+            continue
+        if not sep or mode.strip() not in ("required", "optional", "off"):
+            raise ConfigurationError(
+                f"{name}={raw!r}: comma-separated 'ROUTE=MODE' items, MODE one of required, "
+                "optional, off (for example 'POST /orders=required')"
+            )
+        routes[route.strip()] = mode.strip()
+    return routes
+
+
 def _current_trace_id(scope: Scope) -> str | None:
     trace = current_trace()
     return None if trace is None else trace.trace_id
@@ -221,12 +344,18 @@ class HardenedParts:
         metrics: the `HttpMetrics` (``shed()``, ``limited()``, ``render()``), or None.
         shutdown: the `GracefulShutdown` (``add_close_hook()``, ``draining``), or None.
         shedding: the `LoadSheddingMiddleware` (``limiter.limit``, ``limiter.in_flight``).
+        store: the shared `buttress.stores.Store` (rate limits, idempotency records).
+        rate_limits: the `RateLimitMiddleware`, or None when no limit is configured.
+        idempotency: the `IdempotencyMiddleware`, or None when switched off.
     """
 
     health: HealthMiddleware | None = None
     metrics: HttpMetrics | None = None
     shutdown: GracefulShutdown | None = None
     shedding: LoadSheddingMiddleware | None = None
+    store: Store | None = None
+    rate_limits: RateLimitMiddleware | None = None
+    idempotency: IdempotencyMiddleware | None = None
 
 
 class HardenedApp(EdgeMiddleware):
@@ -241,6 +370,9 @@ def harden(
     *,
     checks: Sequence[Check] = (),
     registry: Any = None,
+    store: Store | None = None,
+    rate_limits: Sequence[RateLimitRule | Limit] = (),
+    principal: Callable[[Scope], str | None] | None = None,
 ) -> HardenedApp:
     """Wrap any ASGI app (FastAPI, Starlette, bare) in buttress's inbound hardening.
 
@@ -249,6 +381,11 @@ def harden(
     For Starlette and FastAPI apps it also installs problem+json exception handlers (404,
     405, validation errors). ``checks`` are the health checks (`PostgresCheck`,
     `RedisCheck`...); ``registry`` is the Prometheus registry (default: the global one).
+    ``store`` holds the state that processes share (default: opened from
+    ``settings.store_url``, else ``$BUTTRESS_STORE_URL``, else in memory); ``rate_limits``
+    are per-route `RateLimitRule` objects, added to the global ``settings.rate_limits``;
+    ``principal`` names the caller for idempotency scoping (default: the authenticated
+    ``scope["state"]["principal"]``, else a hash of the Authorization header).
 
     Example::
 
@@ -269,7 +406,28 @@ def harden(
             exemplars=s.metrics_exemplars,
             trace_id=_current_trace_id,
         )
+    rules = list(rate_limits)
+    global_rule = s.rate_limit_rule()
+    if global_rule is not None:
+        rules.append(global_rule)
+    if store is None and (rules or s.idempotency != "off" or s.idempotency_routes):
+        store = open_store(s.store_url)  # the URL is None: $BUTTRESS_STORE_URL, else memory
+    parts.store = store
     wrapped: ASGIApp = app
+    if s.idempotency != "off" or s.idempotency_routes:
+        parts.idempotency = IdempotencyMiddleware(
+            wrapped,
+            store=store,
+            routes=s.idempotency_routes,
+            default=s.idempotency,
+            ttl=s.idempotency_ttl,
+            lease=s.idempotency_lease,
+            max_request_body=s.max_body_bytes if s.max_body_bytes is not None else 1 << 20,
+            max_response_body=s.idempotency_max_response_bytes,
+            store_server_errors=s.idempotency_store_server_errors,
+            principal=principal,
+        )
+        wrapped = parts.idempotency
     if s.request_timeout is not None:
         wrapped = DeadlineMiddleware(wrapped, timeout=s.request_timeout, header=s.timeout_header)
     if s.max_body_bytes is not None:
@@ -283,6 +441,19 @@ def harden(
             on_shed=parts.metrics.shed if parts.metrics is not None else None,
         )
         wrapped = parts.shedding
+    if rules:
+        parts.rate_limits = RateLimitMiddleware(
+            wrapped,
+            rules,
+            store=store,
+            fail_mode=s.rate_limit_fail_mode,
+            legacy_headers=s.rate_limit_legacy_headers,
+            warn_ratio=s.rate_limit_warn_ratio,
+            trusted_proxies=s.trusted_proxies,
+            store_timeout=s.rate_limit_store_timeout,
+            on_limited=parts.metrics.limited if parts.metrics is not None else None,
+        )
+        wrapped = parts.rate_limits
     if s.health:
         parts.health = HealthMiddleware(
             wrapped,
@@ -302,6 +473,8 @@ def harden(
         )
         if parts.health is not None:
             parts.shutdown.on_drain.append(parts.health.mark_draining)
+        if store is not None:
+            parts.shutdown.add_close_hook(store.aclose, name="buttress store")
         wrapped = parts.shutdown
     metrics_layer = None
     if parts.metrics is not None:  # its counting and /metrics run inside the edge layer

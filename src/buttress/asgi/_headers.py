@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, TypeAlias
 
 from buttress.asgi._problem import send_problem
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
-__all__ = ["DEFAULT_CSP", "OWASP_HEADERS", "CORSMiddleware", "SecurityHeadersMiddleware"]
+__all__ = [
+    "API_CSP",
+    "API_HEADERS",
+    "DEFAULT_CSP",
+    "OWASP_HEADERS",
+    "SECURITY_PROFILES",
+    "CORSMiddleware",
+    "SecurityHeadersMiddleware",
+    "SecurityProfile",
+]
 
 
 DEFAULT_CSP = (
@@ -38,6 +48,23 @@ OWASP_HEADERS: dict[str, str] = {
     "x-dns-prefetch-control": "off",
     "cache-control": "no-store, max-age=0",
 }
+# OWASP's REST Security Cheat Sheet: the headers "to be included in all API responses"
+# (Content-Type is the application's). Its HTML-only CSP ``default-src 'none'`` rides in
+# the same header as ``frame-ancestors 'none'``, so a JSON API gets both for one header.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+API_HEADERS: dict[str, str] = {
+    "cache-control": "no-store",
+    "content-security-policy": API_CSP,
+    "strict-transport-security": OWASP_HEADERS["strict-transport-security"],
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "deny",
+}
+
+SecurityProfile: TypeAlias = Literal["api", "full"]
+"""A named header set: ``"api"`` (`API_HEADERS`) or ``"full"`` (`OWASP_HEADERS`)."""
+
+SECURITY_PROFILES: dict[str, dict[str, str]] = {"api": API_HEADERS, "full": OWASP_HEADERS}
+
 # Fingerprinting headers the OWASP project recommends removing.
 REMOVED_HEADERS = frozenset(
     {b"server", b"x-powered-by", b"x-aspnet-version", b"x-aspnetmvc-version", b"x-runtime"}

@@ -550,6 +550,7 @@ class _Run:
         "settled",
         "size",
         "start",
+        "start_headers",
         "state",
         "status",
         "task",
@@ -566,6 +567,7 @@ class _Run:
         self.state = 0
         self.status = 0
         self.start: Message = {}  # the http.response.start, once seen
+        self.start_headers: list[tuple[bytes, bytes]] = []  # its headers as the app sent them
         self.chunks: list[bytes] = []
         self.size = 0
         self.trailers = False
@@ -628,6 +630,7 @@ class _Run:
                 if length is None and not self.trailers:
                     self.state = _HOLD
                     self.start = message
+                    self.start_headers = list(headers)
                     return
                 if self.trailers or length is None or length > self.mw.max_response_body:
                     self.state = _UNSTORED
@@ -635,6 +638,10 @@ class _Run:
                 else:
                     self.state = _STORE
                     self.start = message
+                    # a copy now: the outer layers add their own headers to this same
+                    # message on its way out (request id, rate limits, security headers),
+                    # and a replay must not repeat the first request's
+                    self.start_headers = list(headers)
         elif kind == "http.response.trailers":
             if not message.get("more_trailers", False):
                 await self._finish()
@@ -662,7 +669,7 @@ class _Run:
             return
         if self.state == _STORE:
             body = b"".join(self.chunks)
-            headers = _kept_headers(self.start.get("headers", ()), len(body))
+            headers = _kept_headers(self.start_headers, len(body))
             await self._settle(StoredResponse(self.status, headers, body))
         else:
             await self._settle(StoredResponse(self.status, _NOT_STORED, b""))

@@ -269,6 +269,10 @@ class AccessLogMiddleware:
             )
 
 
+_NULL = "null"
+_QUOTE = '"%s"'
+
+
 def log_access(
     logger: Any,
     direct: bool,
@@ -288,16 +292,45 @@ def log_access(
     sink = _access_sink
     if sink is not None and direct and _access_json:
         duration = (time.perf_counter() - started) * 1000
-        sink.write(
-            f'{{"method":{_q(scope["method"])},"route":{_q(route_template(scope))},'
-            f'"path":{_q(scope["path"])},"status":{status or 500},'
-            f'"duration_ms":{duration:.3f},"bytes":{size},'
-            f'"request_id":{_q(_REQUEST_ID.get())},'
-            f'"trace_id":{_q(trace[0] if trace is not None else None)},'
-            f'"client":{_q(client)},"principal":{_q(principal)},"event":"request",'
-            f'"logger":"buttress.access","level":"info",'
-            f'"timestamp":"{_timestamp(time.time())}"}}\n'
-        )
+        now = time.time()
+        whole = int(now)
+        if whole != _second[0]:
+            _second[0] = whole
+            _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        method: str = scope["method"]
+        path: str = scope["path"]
+        route = route_template(scope)
+        request_id = _REQUEST_ID.get()
+        trace_id = trace[0] if trace is not None else None  # lowercase hex, or None
+        stamp = f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+        # every free-text field checked at once; the common case needs no escaping
+        text = f"{method}{route}{path}{request_id}{client}{principal}"
+        if (
+            text.isascii()
+            and text.isprintable()
+            and '"' not in text
+            and "\\" not in text
+            and request_id is not None
+            and trace_id is not None
+            and client is not None
+        ):
+            sink.write(
+                f'{{"method":"{method}","route":"{route}","path":"{path}",'
+                f'"status":{status or 500},"duration_ms":{duration:.3f},"bytes":{size},'
+                f'"request_id":"{request_id}","trace_id":"{trace_id}","client":"{client}",'
+                f'"principal":{_NULL if principal is None else _QUOTE % principal},'
+                f'"event":"request","logger":"buttress.access","level":"info",'
+                f'"timestamp":"{stamp}"}}\n'
+            )
+        else:
+            sink.write(
+                f'{{"method":{_q(method)},"route":{_q(route)},"path":{_q(path)},'
+                f'"status":{status or 500},"duration_ms":{duration:.3f},"bytes":{size},'
+                f'"request_id":{_q(request_id)},"trace_id":{_q(trace_id)},'
+                f'"client":{_q(client)},"principal":{_q(principal)},'
+                f'"event":"request","logger":"buttress.access","level":"info",'
+                f'"timestamp":"{stamp}"}}\n'
+            )
     else:
         logger.info(
             "request",

@@ -127,10 +127,15 @@ class Limit:
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "cost", cost)
-        window = max(1, math.ceil(rate.period - _SLACK))
-        quota = rate.limit
-        if window != rate.period:
-            quota = math.floor(rate.limit * window / rate.period + _SLACK)
+        # GCRA admits the burst at once and refills it at the rate: as a quota, that is
+        # "burst per the time the burst takes to refill". So q is the most a key can have
+        # (what r counts down from, and X-RateLimit-Limit) and q/w is the rate.
+        refill = rate.burst * rate.interval
+        window = max(1, math.ceil(refill - _SLACK))
+        quota = rate.burst
+        if window != refill:  # whole seconds only: scale the quota to the rounded window
+            quota = max(1, math.floor(rate.burst * window / refill + _SLACK))
+            quota = min(quota, rate.burst) if refill >= 1 else quota
         object.__setattr__(self, "policy_item", f'"{name}";q={quota};w={window}')
 
 
@@ -252,6 +257,8 @@ class RateLimitMiddleware:
         clock: time source of the default stores and breaker (tests pass a FakeClock).
         name: the name of this middleware in fallback events and metrics.
         hooks: event hooks besides the global ones.
+        on_limited: called with the policy name for every request refused with 429 (what
+            `harden` uses to count ``buttress_http_requests_limited_total``).
 
     Example::
 
@@ -279,6 +286,7 @@ class RateLimitMiddleware:
         clock: Clock | None = None,
         name: str = "ratelimit",
         hooks: Iterable[Hook] = (),
+        on_limited: Callable[[str], None] | None = None,
     ) -> None:
         owner = "RateLimitMiddleware"
         self.app = app
@@ -327,6 +335,7 @@ class RateLimitMiddleware:
             raise ConfigurationError(f"{owner}(name={name!r}): a non-empty string")
         self.name = name
         self.hooks = tuple(hooks)
+        self.on_limited = on_limited
         self.clock = clock or SYSTEM_CLOCK
         self.key_secret = _key_secret(key_secret)
 
@@ -597,6 +606,8 @@ class RateLimitMiddleware:
         method = scope["method"]
         for i in violated:
             limit, key, path = applied[i]
+            if self.on_limited is not None:
+                self.on_limited(limit.name)
             emit(
                 RateLimitedEvent(
                     policy=limit.name,

@@ -92,7 +92,9 @@ class Rate:
                 f"Rate.period must be a finite number of seconds > 0, got {self.period!r}"
             )
         if not isinstance(self.burst, int) or isinstance(self.burst, bool) or self.burst < 0:
-            raise ConfigurationError(f"Rate.burst must be an integer >= 1, got {self.burst!r}")
+            raise ConfigurationError(
+                f"Rate.burst must be an integer >= 1 (0: the same as limit), got {self.burst!r}"
+            )
         if self.burst == 0:
             object.__setattr__(self, "burst", self.limit)
         object.__setattr__(self, "period", float(self.period))

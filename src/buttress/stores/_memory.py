@@ -42,6 +42,8 @@ class MemoryStore:
         url: ``memory://`` (kept for symmetry with the other stores).
         clock: time source (default: the monotonic system clock; tests pass a FakeClock).
         max_keys: entries per table before expired ones are swept.
+        namespace: accepted for symmetry with the shared stores (one process's memory
+            needs no namespace).
 
     Example::
 
@@ -51,8 +53,17 @@ class MemoryStore:
     """
 
     def __init__(
-        self, url: str = "memory://", *, clock: Clock | None = None, max_keys: int = 100_000
+        self,
+        url: str = "memory://",
+        *,
+        clock: Clock | None = None,
+        max_keys: int = 100_000,
+        namespace: str = "buttress",
     ) -> None:
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(
+                f"MemoryStore namespace must be a non-empty string, got {namespace!r}"
+            )
         if not isinstance(max_keys, int) or max_keys < 1:
             raise ConfigurationError(f"MemoryStore max_keys must be >= 1, got {max_keys!r}")
         self.url = url
