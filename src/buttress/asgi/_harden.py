@@ -17,11 +17,19 @@ Order (outermost first) and why:
    edge layer, it adds the ``Connection: close`` of the drain to its problem+json itself;
 3. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
    limit or deadline applies;
-4. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
+4. `RateLimitMiddleware` (when limits are configured): 429 quota-exceeded before an
+   abusive client takes a shedding slot;
+5. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
    (Gradient2) answer 503 + ``Retry-After`` before the service tips over; its latency
    samples include the deadline's 504s;
-5. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
-   and the handler runs under the request deadline.
+6. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+   and the handler runs under the request deadline;
+7. `IdempotencyMiddleware`, innermost: its store calls run under the deadline, a
+   cancelled handler releases its key, and the stored response holds only the app's own
+   headers (a replay gets fresh ids and headers from the layers above).
+
+Rate limits and idempotency records live in one store (``store=``, else
+``settings.store_url``, else ``$BUTTRESS_STORE_URL``, else memory), closed at shutdown.
 """
 
 from __future__ import annotations
