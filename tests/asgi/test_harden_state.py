@@ -178,3 +178,29 @@ async def test_refusals_are_counted_in_http_metrics() -> None:
         await http.get("/x")
         metrics = (await http.get("/metrics")).text
     assert 'buttress_http_requests_limited_total{policy="burst"} 1.0' in metrics
+
+
+async def test_per_route_body_limits_and_deadline_exemptions() -> None:
+    settings = HardenSettings.from_env(
+        {
+            "BUTTRESS_MAX_BODY_BYTES": "10",
+            "BUTTRESS_BODY_LIMIT_ROUTES": "/uploads=100",
+            "BUTTRESS_DEADLINE_EXEMPT_PATHS": "/stream",
+            "BUTTRESS_IDEMPOTENCY": "off",
+            "BUTTRESS_CONFIGURE_LOGGING": "false",
+            "BUTTRESS_ACCESS_LOG": "false",
+            "BUTTRESS_METRICS": "false",
+        }
+    )
+    assert settings.body_limit_routes == {"/uploads": 100}
+    assert settings.deadline_exempt_paths == ("/stream",)
+    hardened = harden(app, settings)
+    async with client(hardened) as http:
+        small = await http.post("/orders", content=b"x" * 50)
+        upload = await http.post("/uploads/a", content=b"x" * 50)
+        huge = await http.post("/uploads/a", content=b"x" * 150)
+    assert [small.status_code, upload.status_code, huge.status_code] == [413, 201, 413]
+    with pytest.raises(ConfigurationError, match="BUTTRESS_BODY_LIMIT_ROUTES"):
+        HardenSettings.from_env({"BUTTRESS_BODY_LIMIT_ROUTES": "/uploads=lots"})
+    with pytest.raises(ConfigurationError, match="body_limit_routes"):
+        HardenSettings(body_limit_routes={"uploads": 5})

@@ -110,8 +110,10 @@ class HardenSettings:
     shed_adaptive: str | None = "gradient"
     shed_retry_after: float = 1.0
     max_body_bytes: int | None = 1 << 20
+    body_limit_routes: Mapping[str, int] = field(default_factory=dict)
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
+    deadline_exempt_paths: tuple[str, ...] = ()
     store_url: str | None = None
     rate_limits: tuple[str, ...] = ()
     rate_limit_key: Literal["ip", "api_key", "jwt", "tenant"] = "ip"
@@ -144,6 +146,16 @@ class HardenSettings:
             raise ConfigurationError(
                 f"HardenSettings(max_body_bytes={self.max_body_bytes!r}): bytes >= 0, or None"
             )
+        for prefix, limit in self.body_limit_routes.items():
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                raise ConfigurationError(
+                    f"HardenSettings(body_limit_routes={{{prefix!r}: ...}}): a path prefix "
+                    "starting with '/'"
+                )
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ConfigurationError(
+                    f"HardenSettings(body_limit_routes={{{prefix!r}: {limit!r}}}): bytes >= 0"
+                )
         if self.request_timeout is not None and (
             isinstance(self.request_timeout, bool)
             or not isinstance(self.request_timeout, int | float)
@@ -283,6 +295,9 @@ class HardenSettings:
             if f.name == "idempotency_routes":  # "POST /orders=required,/hooks/{x}=off"
                 values[f.name] = _parse_routes(name, raw)
                 continue
+            if f.name == "body_limit_routes":  # "/uploads=52428800,/avatars=2097152"
+                values[f.name] = _parse_sizes(name, raw)
+                continue
             values[f.name] = _parse(name, raw.strip(), cls.__dataclass_fields__[f.name].type)
         try:
             return cls(**values)
@@ -321,6 +336,19 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
         except ValueError:
             raise ConfigurationError(f"{name}={raw!r}: must be a number of seconds") from None
     return raw
+
+
+def _parse_sizes(name: str, raw: str) -> dict[str, int]:
+    sizes = {}
+    for item in filter(None, (i.strip() for i in raw.split(","))):
+        prefix, sep, size = item.rpartition("=")
+        if not sep or not size.strip().isdigit():
+            raise ConfigurationError(
+                f"{name}={raw!r}: comma-separated 'PREFIX=BYTES' items (for example "
+                "'/uploads=52428800')"
+            )
+        sizes[prefix.strip()] = int(size)
+    return sizes
 
 
 def _parse_routes(name: str, raw: str) -> dict[str, str]:
@@ -437,9 +465,16 @@ def harden(
         )
         wrapped = parts.idempotency
     if s.request_timeout is not None:
-        wrapped = DeadlineMiddleware(wrapped, timeout=s.request_timeout, header=s.timeout_header)
+        wrapped = DeadlineMiddleware(
+            wrapped,
+            timeout=s.request_timeout,
+            header=s.timeout_header,
+            exempt_paths=s.deadline_exempt_paths,
+        )
     if s.max_body_bytes is not None:
-        wrapped = BodyLimitMiddleware(wrapped, max_bytes=s.max_body_bytes)
+        wrapped = BodyLimitMiddleware(
+            wrapped, max_bytes=s.max_body_bytes, routes=dict(s.body_limit_routes) or None
+        )
     if s.shedding and (s.shed_max_in_flight is not None or s.shed_adaptive is not None):
         parts.shedding = LoadSheddingMiddleware(
             wrapped,

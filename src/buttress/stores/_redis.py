@@ -708,7 +708,7 @@ class RedisStore:
         return client
 
     def _run(self, op: str, command: tuple[Any, ...], script: _Script | None = None) -> Any:
-        """Send ``command`` on the sync client; reload ``script`` after NOSCRIPT."""
+        """Send ``command`` on the sync client (after NOSCRIPT, with a ``script``: reload)."""
         client = self._client
         try:
             if client is None:
