@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|asgi|all [ARGS...]``.
+"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|asgi|stores|all ...``.
 
 ``./dev bench NAME`` calls this. Extra arguments go to each script (see ``--help`` of
-``bench/outbound.py``, ``bench/ratelimit.py`` and ``bench/asgi.py``). With ``all`` the
-scripts run one after the other, never at once: on a 2-core machine two benchmarks ruin each
-other. Each script runs in a fresh interpreter of the same Python.
+``bench/outbound.py``, ``bench/ratelimit.py``, ``bench/asgi.py`` and ``bench/stores.py``).
+With ``all`` the scripts run one after the other, never at once: on a 2-core machine two
+benchmarks ruin each other. Each script runs in a fresh interpreter of the same Python.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"outbound": "outbound.py", "ratelimit": "ratelimit.py", "asgi": "asgi.py"}
+SCRIPTS = {
+    "outbound": "outbound.py",
+    "ratelimit": "ratelimit.py",
+    "asgi": "asgi.py",
+    "stores": "stores.py",
+}
 # module each benchmark needs beyond buttress (installed by the `bench` extra)
 NEEDS = {
     "outbound": [
@@ -37,6 +42,7 @@ NEEDS = {
         "prometheus_fastapi_instrumentator",
         "secure",
     ],
+    "stores": ["redis", "psycopg"],
 }
 
 

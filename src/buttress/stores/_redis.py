@@ -619,7 +619,8 @@ class RedisStore:
         url: the server, as redis-py's ``from_url`` reads it.
         clock: None (the default) uses the server's clock; a `Clock` sends its time.
         namespace: prefix of every key (tests use a fresh one each).
-        timeout: seconds for connecting and for each reply.
+        timeout: seconds for connecting and for each reply (default 1: a busy event loop
+            reads a reply late, and a false timeout costs more than a slow answer).
         local_denials: answer repeated requests for a denied key locally, without a
             round trip, until it could be admitted (see `LocalDenials`).
         max_connections: per connection pool (one sync, one per event loop); when all are
@@ -639,7 +640,7 @@ class RedisStore:
         *,
         clock: Clock | None = None,
         namespace: str = "buttress",
-        timeout: float = 0.5,
+        timeout: float = 1.0,
         local_denials: bool = True,
         max_connections: int = 64,
         **redis_options: Any,
