@@ -395,6 +395,21 @@ async def test_metrics_served_to_loopback(make):
     assert f"# TYPE {DURATION} histogram" in response.text
 
 
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        {"x-forwarded-for": "203.0.113.9"},
+        {"forwarded": "for=203.0.113.9"},
+        {"x-real-ip": "203.0.113.9"},
+    ],
+)
+async def test_a_proxied_loopback_request_is_not_local(make, forwarded):
+    """nginx on the same host forwards the internet's requests from 127.0.0.1."""
+    response = await _scrape(make(bare_app), headers=forwarded)
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize("peer", [("::1", 1), ("::ffff:127.0.0.1", 1), ("127.5.6.7", 1)])
 async def test_other_loopback_addresses(make, peer):
     assert (await _scrape(make(bare_app), peer=peer)).status_code == 200

@@ -28,7 +28,9 @@ the trace id appear only there). Like health details it is not public by default
 loopback client, or ``Authorization: Bearer <token>`` when a token is configured. Anyone
 else gets a problem+json answer: 401 with ``WWW-Authenticate: Bearer`` when a token would
 have been accepted, 403 otherwise (an operator probing from the wrong place learns why).
-Behind a reverse proxy on the same host every client looks like loopback: use a token,
+A loopback request that carries ``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP`` came
+through a proxy and is not treated as local (as for health details). A proxy on the same
+host that forwards none of those makes every client look local: use a token,
 ``expose="token"``, and block the path at the proxy.
 
 Several worker processes (gunicorn, ``uvicorn --workers``): set the environment variable
@@ -693,6 +695,9 @@ def _find_route(routes: Any, target: object, prefix: str, depth: int) -> str | N
 # --------------------------------------------------------------------------- the middleware
 
 
+_FORWARDED = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
+
+
 def _is_loopback(client: Any) -> bool:
     if not client:
         return False  # a Unix socket may be a local reverse proxy: not trusted by itself
@@ -937,7 +942,12 @@ class MetricsMiddleware:
                 credentials.strip(), self._token
             ):
                 return True
-        return self.expose == "loopback" and _is_loopback(scope.get("client"))
+        return (
+            self.expose == "loopback"
+            and _is_loopback(scope.get("client"))
+            # a local reverse proxy forwarding someone else's request is not a local scrape
+            and not any(name in _FORWARDED for name, _ in scope.get("headers", ()))
+        )
 
 
 def _route_path(scope: Scope) -> str:
