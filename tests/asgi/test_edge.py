@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import MetricsMiddleware
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import DeadlineExceeded, ErrorCode, RateLimited
+from buttress.resilience._deadline import _DEADLINE
 
 PROXIES = ("10.0.0.0/8", "fd00::/8")
 ORIGINS = ("https://shop.example.com",)
@@ -517,6 +519,24 @@ async def test_fused_inner_layers_equal_the_layers(log_stream: io.StringIO, drai
     assert samples(new_registry) == samples(old_registry)
     statuses = {dict(s[1])["status"] for s in samples(new_registry) if s[0].endswith("s_total")}
     assert {"200", "400", "413", "429", "500", "504"} <= statuses
+
+
+@pytest.mark.parametrize("outer", [0.01, 1.0, -1.0], ids=["shorter", "longer", "passed"])
+async def test_fused_deadline_takes_the_deadline_in_force_like_the_layer(
+    log_stream: io.StringIO, outer: float
+) -> None:
+    old, new = hardened(False, CollectorRegistry()), hardened(True, CollectorRegistry())
+    answers = []
+    for stack in (old, new):
+        token = _DEADLINE.set(time.monotonic() + outer)  # a server or test harness's own
+        try:
+            messages, exc = await call_layers(stack, "GET", "/slow", [], [b""], "1.1")
+        finally:
+            _DEADLINE.reset(token)
+        answers.append((untimed(messages), repr(exc)))
+        assert _DEADLINE.get() is None
+    assert answers[1] == answers[0]
+    assert "504" in answers[0][0]
 
 
 async def test_fused_shedding_samples_and_sheds_like_the_layer() -> None:

@@ -33,12 +33,15 @@ settings validation, header sets and preflight answer are reused as they are).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from random import getrandbits
 from typing import Any, Final
 
+from buttress import _clock
+from buttress._clock import SYSTEM_CLOCK, next_id, tick_width, wheel_for
 from buttress.asgi._context import (
     _REQUEST_ID,
     _TRACE,
@@ -66,6 +69,8 @@ from buttress.asgi._shutdown import GracefulShutdown, _answer_abandoned
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode
 from buttress.resilience import deadline
+from buttress.resilience._deadline import _DEADLINE
+from buttress.resilience._timeout import _expired
 
 __all__ = ["EdgeMiddleware"]
 
@@ -95,6 +100,8 @@ if sys.version_info < (3, 12):  # pragma: no cover - depends on the interpreter
 else:  # pragma: no cover - depends on the interpreter
     _task_of_loop = asyncio.current_task
 _running_loop = asyncio.get_running_loop
+_monotonic = time.monotonic
+_NO_BLOCK = contextlib.nullcontext()
 _NONZERO = 1 << 64 | 1  # the lowest bit of the trace id and of the span id
 _new_trace = tuple.__new__  # TraceContext(...) without the NamedTuple's Python __new__
 
@@ -264,9 +271,14 @@ class EdgeMiddleware:
         self._body: BodyLimitMiddleware | None = found.get(BodyLimitMiddleware)
         self._deadline: DeadlineMiddleware | None = found.get(DeadlineMiddleware)
         self._deadline_link = None
+        self._deadline_width = 0.0
+        self._inline = False
         if self._deadline is not None:
             pipeline = self._deadline.pipeline
             self._deadline_link = pipeline._async or pipeline._build_async()
+            self._deadline_width = tick_width(self._deadline.timeout)
+            # the link's work in-line: only on the clock whose timers the wheel coalesces
+            self._inline = self._deadline.policy.clock is SYSTEM_CLOCK
         # header name -> what it is, for the one pass over the request headers
         scan = {
             b"traceparent": _TRACEPARENT,
@@ -567,8 +579,7 @@ class EdgeMiddleware:
                                     if slow:  # a body to count or refuse: the layer itself
                                         await body(scope, receive, edge_send)
                                         return
-                                # -- request deadline: the request Timeout's link, called
-                                # directly (DeadlineMiddleware's own fast path)
+                                # -- request deadline: DeadlineMiddleware's Timeout
                                 link = self._deadline_link
                                 layer = self._deadline
                                 if link is None or layer is None or path in layer.exempt:
@@ -577,18 +588,67 @@ class EdgeMiddleware:
                                 asked = None
                                 if asked_raw is not None:
                                     asked = _asked(asked_raw, layer.timeout)
+                                loop = _running_loop()
+                                if task is None:
+                                    task = _task_of_loop(loop)
                                 try:
-                                    if asked is None:
-                                        await link(
-                                            self._inner, (scope, receive, edge_send), _NO_KWARGS
-                                        )
-                                    else:
-                                        with deadline(asked):
+                                    if asked is not None or task is None or not self._inline:
+                                        # the Timeout's own link (a client's shorter deadline)
+                                        with deadline(asked) if asked else _NO_BLOCK:
                                             await link(
                                                 self._inner,
                                                 (scope, receive, edge_send),
                                                 _NO_KWARGS,
                                             )
+                                    else:
+                                        # the link's work in-line (Timeout._awrap, system
+                                        # clock): the task goes into a bucket of the loop's
+                                        # timer wheel, which cancels it when the bucket is due
+                                        start = _monotonic()
+                                        at = start + layer.timeout
+                                        width = self._deadline_width
+                                        outer = _DEADLINE.get()
+                                        if outer is not None and outer < at:
+                                            if outer <= start:
+                                                raise _expired(layer.policy.name)
+                                            at = outer
+                                            width = tick_width(at - start)
+                                        wheel = _clock._last_wheel
+                                        if wheel is None or wheel.loop is not loop:
+                                            wheel = wheel_for(loop)
+                                        cancelling = task.cancelling()
+                                        ident = next_id()
+                                        if (
+                                            wheel._last_start < at <= wheel._last_end
+                                            and width == wheel._last_width
+                                            and wheel._last is not None
+                                        ):
+                                            bucket = wheel._last
+                                        else:
+                                            bucket = wheel.bucket(at, width)
+                                        bucket[ident] = task
+                                        token = _DEADLINE.set(at)
+                                        try:
+                                            await self._inner(scope, receive, edge_send)
+                                        except asyncio.CancelledError as exc:
+                                            fired = wheel.fired
+                                            if fired and ident in fired:
+                                                fired.discard(ident)
+                                                if task.uncancel() <= cancelling:
+                                                    raise layer.policy._timed_out(
+                                                        layer.pipeline._ctx,
+                                                        start,
+                                                        at,
+                                                        at == start + layer.timeout,
+                                                    ) from exc
+                                            raise
+                                        finally:
+                                            bucket.pop(ident, None)
+                                            _DEADLINE.reset(token)
+                                            fired = wheel.fired
+                                            if fired and ident in fired:  # swallowed: undo it
+                                                fired.discard(ident)
+                                                task.uncancel()
                                 except DeadlineExceeded as exc:
                                     if app_started:
                                         raise  # part of the response is out: drop it

@@ -28,6 +28,11 @@ Order (outermost first) and why:
    cancelled handler releases its key, and the stored response holds only the app's own
    headers (a replay gets fresh ids and headers from the layers above).
 
+The edge layer also does the HTTP work of 2, 3, 5 and 6 in its own frame when they sit
+directly below it in this order (see `buttress.asgi._edge`): one coroutine frame and one
+``send`` wrapper per request instead of one each per layer. A layer it does not know (the
+rate limits) ends the fused part; that layer and those below it run as they are.
+
 Rate limits and idempotency records live in one store (``store=``, else
 ``settings.store_url``, else ``$BUTTRESS_STORE_URL``, else memory), closed at shutdown.
 """

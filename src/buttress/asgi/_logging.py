@@ -166,15 +166,18 @@ class _Stdout:
 _access_sink: TextIO | None = None
 _access_json = True
 _access_level = [logging.INFO]
-_second = [0, ""]
+_stamp: list[Any] = [-1, ""]  # (UTC millisecond, its ISO 8601 text): lines in a burst share it
 
 
 def _timestamp(now: float) -> str:
-    whole = int(now)
-    if whole != _second[0]:
-        _second[0] = whole
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+    """``now`` (`time.time`) as ``2026-01-02T03:04:05.678Z``, cached per millisecond."""
+    ms = int(now * 1000)
+    if ms != _stamp[0]:
+        whole, frac = divmod(ms, 1000)
+        _stamp[0] = ms
+        _stamp[1] = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:03d}Z"
+    text: str = _stamp[1]
+    return text
 
 
 def _q(value: str | None) -> str:
@@ -293,17 +296,13 @@ def log_access(
     if sink is not None and direct and _access_json:
         duration = (time.perf_counter() - started) * 1000
         now = time.time()
-        whole = int(now)
-        if whole != _second[0]:
-            _second[0] = whole
-            _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        stamp = _stamp[1] if int(now * 1000) == _stamp[0] else _timestamp(now)
         method: str = scope["method"]
         path: str = scope["path"]
         route = route_template(scope)
         request_id = _REQUEST_ID.get()
         trace_id = trace[0] if trace is not None else None  # lowercase hex, or None
-        stamp = f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
-        # every free-text field checked at once; the common case needs no escaping
+        # the free-text fields checked at once; the common case needs no escaping
         text = f"{method}{route}{path}{request_id}{client}{principal}"
         if (
             text.isascii()
