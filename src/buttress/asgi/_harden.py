@@ -39,6 +39,7 @@ Rate limits and idempotency records live in one store (``store=``, else
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -67,7 +68,7 @@ __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_KEYS = ("ip", "api_key", "jwt", "tenant")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,14 +144,7 @@ class HardenSettings:
                 f"HardenSettings(security_headers={self.security_headers!r}): 'api', 'full', "
                 "True (api) or False (none)"
             )
-        if self.max_body_bytes is not None and (
-            isinstance(self.max_body_bytes, bool)
-            or not isinstance(self.max_body_bytes, int)
-            or self.max_body_bytes < 0
-        ):
-            raise ConfigurationError(
-                f"HardenSettings(max_body_bytes={self.max_body_bytes!r}): bytes >= 0, or None"
-            )
+        self._number("max_body_bytes", 0, integer=True, optional=True, allowed="bytes >= 0")
         for prefix, limit in self.body_limit_routes.items():
             if not isinstance(prefix, str) or not prefix.startswith("/"):
                 raise ConfigurationError(
@@ -161,50 +155,17 @@ class HardenSettings:
                 raise ConfigurationError(
                     f"HardenSettings(body_limit_routes={{{prefix!r}: {limit!r}}}): bytes >= 0"
                 )
-        if self.request_timeout is not None and (
-            isinstance(self.request_timeout, bool)
-            or not isinstance(self.request_timeout, int | float)
-            or not 0 < self.request_timeout <= 3600
-        ):
-            raise ConfigurationError(
-                f"HardenSettings(request_timeout={self.request_timeout!r}): seconds in "
-                "(0, 3600], or None"
-            )
+        self._number("request_timeout", 0, 3600, low_open=True, optional=True)
         for name in ("drain_delay", "shutdown_grace", "close_timeout", "health_cache_ttl"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (0 <= value <= 3600)
-            ):
-                raise ConfigurationError(f"HardenSettings({name}={value!r}): seconds in [0, 3600]")
-        if not 0 < self.health_check_timeout <= 60:
-            raise ConfigurationError(
-                f"HardenSettings(health_check_timeout={self.health_check_timeout!r}): "
-                "seconds in (0, 60]"
-            )
-        if self.shed_max_in_flight is not None and (
-            isinstance(self.shed_max_in_flight, bool)
-            or not isinstance(self.shed_max_in_flight, int)
-            or self.shed_max_in_flight < 1
-        ):
-            raise ConfigurationError(
-                f"HardenSettings(shed_max_in_flight={self.shed_max_in_flight!r}): an integer "
-                ">= 1, or None"
-            )
-        if self.shed_adaptive not in (None, "gradient", "aimd"):
-            raise ConfigurationError(
-                f"HardenSettings(shed_adaptive={self.shed_adaptive!r}): gradient, aimd or None"
-            )
-        if self.metrics_expose not in ("loopback", "token", "public"):
-            raise ConfigurationError(
-                f"HardenSettings(metrics_expose={self.metrics_expose!r}): loopback, token or public"
-            )
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigurationError(
-                f"HardenSettings(log_level={self.log_level!r}): DEBUG, INFO, WARNING, ERROR or "
-                "CRITICAL"
-            )
+            self._number(name, 0, 3600)
+        self._number("health_check_timeout", 0, 60, low_open=True)
+        self._number(
+            "shed_max_in_flight", 1, integer=True, optional=True, allowed="an integer >= 1"
+        )
+        self._choice("shed_adaptive", (None, "gradient", "aimd"))
+        self._choice("metrics_expose", ("loopback", "token", "public"))
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise self._bad("log_level", ", ".join(_LOG_LEVELS))
         self._check_shared_state()
         if "*" in self.cors_origins and self.cors_credentials:
             raise ConfigurationError(
@@ -221,31 +182,54 @@ class HardenSettings:
                     "memory://, sqlite:///path.db, redis://host:6379/0 or "
                     "postgresql://user@host/db"
                 )
-        if self.rate_limit_key not in _KEYS:
-            raise ConfigurationError(
-                f"HardenSettings(rate_limit_key={self.rate_limit_key!r}): ip, api_key, jwt or "
-                "tenant"
-            )
+        self._choice("rate_limit_key", ("ip", "api_key", "jwt", "tenant"))
         if self.rate_limit_key == "jwt" and not self.rate_limit_jwt_secret:
             raise ConfigurationError(
                 "HardenSettings(rate_limit_key='jwt'): set rate_limit_jwt_secret (the HMAC "
                 "key, >= 32 bytes) so that clients cannot choose their own key"
             )
-        if self.rate_limit_fail_mode not in ("open", "closed"):
-            raise ConfigurationError(
-                f"HardenSettings(rate_limit_fail_mode={self.rate_limit_fail_mode!r}): open or "
-                "closed"
-            )
+        self._choice("rate_limit_fail_mode", ("open", "closed"))
         if self.rate_limits:
             self.rate_limit_rule()  # parses every "name=rate" item
-        if self.idempotency not in ("required", "optional", "off"):
-            raise ConfigurationError(
-                f"HardenSettings(idempotency={self.idempotency!r}): required, optional or off"
-            )
+        self._choice("idempotency", ("required", "optional", "off"))
         for name in ("idempotency_ttl", "idempotency_lease"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(f"HardenSettings({name}={value!r}): seconds > 0")
+            self._number(name, 0, low_open=True, allowed="seconds > 0")
+
+    # ------------------------------------------------------------ validation helpers
+    def _bad(self, name: str, allowed: str) -> ConfigurationError:
+        return ConfigurationError(f"HardenSettings({name}={getattr(self, name)!r}): {allowed}")
+
+    def _number(
+        self,
+        name: str,
+        low: float,
+        high: float = math.inf,
+        *,
+        low_open: bool = False,
+        integer: bool = False,
+        optional: bool = False,
+        allowed: str | None = None,
+    ) -> None:
+        """Refuse a field that is not a number (an int if ``integer``) in its range."""
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        ok = (
+            not isinstance(value, bool)
+            and isinstance(value, int if integer else int | float)
+            and (low < value if low_open else low <= value)
+            and value <= high
+        )
+        if not ok:
+            if allowed is None:
+                allowed = f"seconds in {'(' if low_open else '['}{low:g}, {high:g}]"
+            raise self._bad(name, allowed + (", or None" if optional else ""))
+
+    def _choice(self, name: str, choices: tuple[str | None, ...]) -> None:
+        """Refuse a field that is not one of ``choices``."""
+        if getattr(self, name) not in choices:
+            names = [str(c) for c in choices]
+            raise self._bad(name, ", ".join(names[:-1]) + " or " + names[-1])
 
     def rate_limit_rule(self) -> RateLimitRule | None:
         """The global rule of ``rate_limits`` (``"name=rate"`` items), or None when empty.
