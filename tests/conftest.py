@@ -7,11 +7,14 @@ fail loudly when they do not answer: they never skip.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from buttress import telemetry
+from buttress.stores import Store, open_store
 from buttress.testing import FakeClock
 
 REDIS_URL = os.environ.get("BUTTRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -73,3 +76,46 @@ def postgres_url() -> str:
     except psycopg.Error as exc:  # pragma: no cover - environment failure
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({exc}); .ci/run starts it")
     return POSTGRES_URL
+
+
+# ---------------------------------------------------------------- every store
+StoreFactory = Callable[..., Store]
+
+KINDS = ["memory", "sqlite", "redis", "postgres"]
+
+
+@pytest.fixture(params=KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if store_kind == "memory":
+        return "memory://"
+    if store_kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'buttress.db'}"
+    if store_kind == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    pg_url: str = request.getfixturevalue("postgres_url")
+    return pg_url
+
+
+@pytest.fixture
+def make_store(store_kind: str, store_url: str) -> Iterator[StoreFactory]:
+    """Open stores of the parametrised kind (closed after the test)."""
+    opened: list[Store] = []
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+
+    def factory(**options: object) -> Store:
+        if store_kind != "memory":
+            options.setdefault("namespace", namespace)
+        store = open_store(store_url, **options)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()

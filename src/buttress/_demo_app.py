@@ -43,6 +43,7 @@ from buttress.asgi import (
     harden,
     propagate_context,
 )
+from buttress.asgi._idempotency import MAX_KEY_LENGTH
 from buttress.http import async_client
 
 __all__ = ["OrderIn", "create_app"]
@@ -154,7 +155,9 @@ def create_app(
     async def create_order(
         order: OrderIn,
         idempotency_key: str = Header(
-            max_length=257,  # 255 characters, or 255 in the draft's quoted form
+            # the middleware validates the key; this only documents it (a refusal here
+            # would be a 422 stored under the key): 255 characters, quoted and escaped
+            max_length=2 * MAX_KEY_LENGTH + 2,
             description="Required: a retry with the same key replays the first answer",
         ),
     ) -> dict[str, Any]:

@@ -600,20 +600,46 @@ async def test_handler_exception_releases_the_key(store: Any) -> None:
     assert handler.calls == 2
 
 
-async def test_cancelled_handler_releases_the_key(store: Any) -> None:
-    handler = Handler(gate=asyncio.Event())
+async def test_a_cancelled_request_leaves_its_handler_running_and_recorded(store: Any) -> None:
+    gate = asyncio.Event()
+    handler = Handler(gate=gate)
     app = IdempotencyMiddleware(handler, store=store)
+    task = asyncio.create_task(call(app, headers=[(b"idempotency-key", b"k")]))
+    await handler.entered.wait()
+    task.cancel()  # a deadline, or a server cancelling the request of a client that left
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    busy = await call(app, headers=[(b"idempotency-key", b"k")])
+    assert busy.status == 409
+    assert busy.json()["idempotency_error"] == "in_flight"
+    gate.set()
+    await app.adrain()
+    replay = await call(app, headers=[(b"idempotency-key", b"k")])
+    assert (replay.status, replay.header(b"idempotent-replayed")) == (201, b"true")
+    assert handler.calls == 1
+
+
+async def test_a_handler_past_abandon_after_is_cancelled_and_never_runs_again(
+    store: Any, clock: FakeClock
+) -> None:
+    handler = Handler(gate=asyncio.Event())
+    app = IdempotencyMiddleware(handler, store=store, clock=clock, abandon_after=30.0)
     task = asyncio.create_task(call(app, headers=[(b"idempotency-key", b"k")]))
     await handler.entered.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    handler.gate = None
-    assert (await call(app, headers=[(b"idempotency-key", b"k")])).status == 201
-    assert handler.calls == 2
+    clock.advance(31.0)
+    await app.adrain()
+    gone = await call(app, headers=[(b"idempotency-key", b"k")])
+    assert gone.status == 409
+    assert gone.header(b"idempotent-stored") == b"unknown"
+    assert gone.json()["idempotency_error"] == "outcome_unknown"
+    assert handler.calls == 1
+    assert clock.pending_timers == 0
 
 
-async def test_response_broken_off_midway_releases_the_key() -> None:
+async def test_response_broken_off_midway_never_runs_again() -> None:
     calls = 0
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -621,15 +647,16 @@ async def test_response_broken_off_midway_releases_the_key() -> None:
         calls += 1
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"part", "more_body": True})
-        if calls == 1:
-            raise RuntimeError("connection to the database lost")
-        await send({"type": "http.response.body", "body": b"rest"})
+        raise RuntimeError("connection to the database lost")
 
     mw = IdempotencyMiddleware(app)
     with pytest.raises(RuntimeError):
         await call(mw, headers=[(b"idempotency-key", b"k")])
-    assert (await call(mw, headers=[(b"idempotency-key", b"k")])).body == b"partrest"
-    assert calls == 2
+    again = await call(mw, headers=[(b"idempotency-key", b"k")])
+    assert again.status == 409
+    assert again.json()["idempotency_error"] == "outcome_unknown"
+    assert again.json()["original_status"] == 200
+    assert calls == 1
 
 
 async def test_no_response_at_all_releases_the_key() -> None:

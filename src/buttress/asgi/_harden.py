@@ -24,8 +24,9 @@ Order (outermost first) and why:
    samples include the deadline's 504s;
 6. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
    and the handler runs under the request deadline;
-7. `IdempotencyMiddleware`, innermost: its store calls run under the deadline, a
-   cancelled handler releases its key, and the stored response holds only the app's own
+7. `IdempotencyMiddleware`, innermost: the deadline stops the client's wait, not a keyed
+   handler that has started (it runs on, bounded by ``idempotency_abandon_after``, and its
+   response is recorded for the retry); the stored response holds only the app's own
    headers (a replay gets fresh ids and headers from the layers above).
 
 The edge layer also does the HTTP work of 2, 3, 5 and 6 in its own frame when they sit
@@ -132,6 +133,7 @@ class HardenSettings:
     idempotency_routes: Mapping[str, IdempotencyMode] = field(default_factory=dict)
     idempotency_ttl: float = 86400.0
     idempotency_lease: float = 60.0
+    idempotency_abandon_after: float = 60.0
     idempotency_max_response_bytes: int = 1 << 20
     idempotency_store_server_errors: bool = False
 
@@ -192,7 +194,7 @@ class HardenSettings:
         if self.rate_limits:
             self.rate_limit_rule()  # parses every "name=rate" item
         self._choice("idempotency", ("required", "optional", "off"))
-        for name in ("idempotency_ttl", "idempotency_lease"):
+        for name in ("idempotency_ttl", "idempotency_lease", "idempotency_abandon_after"):
             self._number(name, 0, low_open=True, allowed="seconds > 0")
 
     # ------------------------------------------------------------ validation helpers
@@ -447,6 +449,7 @@ def harden(
             default=s.idempotency,
             ttl=s.idempotency_ttl,
             lease=s.idempotency_lease,
+            abandon_after=s.idempotency_abandon_after,
             max_request_body=s.max_body_bytes if s.max_body_bytes is not None else 1 << 20,
             max_response_body=s.idempotency_max_response_bytes,
             store_server_errors=s.idempotency_store_server_errors,
@@ -507,6 +510,10 @@ def harden(
             parts.shutdown.on_drain.append(parts.health.mark_draining)
         if store is not None:
             parts.shutdown.add_close_hook(store.aclose, name="buttress store")
+        if parts.idempotency is not None:  # hooks run last-added first: before the store
+            parts.shutdown.add_close_hook(
+                parts.idempotency.adrain, name="idempotent handlers still running"
+            )
         wrapped = parts.shutdown
     metrics_layer = None
     if parts.metrics is not None:  # its counting and /metrics run inside the edge layer

@@ -34,8 +34,11 @@ a duplicate after it completed             the stored response, ``Idempotent-Rep
 the same key with another request          422: use a new key for a new request
 a duplicate after a 5xx, 408, 425 or 429   the handler runs again (nothing to replay;
                                            ``store_server_errors=True`` replays 5xx)
-a duplicate after the handler raised, was  the handler runs again (the key was released)
-cancelled, or broke off its response
+a duplicate after the handler raised       the handler runs again (the key was released)
+before it began to answer
+a duplicate after the handler began to     409, not retriable (``original_status``): what
+answer and then failed, or ran past        it did is unknown, so it never runs again
+``abandon_after`` with nobody waiting      under this key (``Idempotent-Stored: unknown``)
 a duplicate of a streamed or oversized     409, not retriable: the first request completed
 response (sent with                        (its status is in ``original_status``) but its
 ``Idempotent-Stored: false``)              response was not kept; it will not run twice,
@@ -45,6 +48,16 @@ a malformed key anywhere
 the idempotency store is down              503 with ``Retry-After`` (the handler never runs
                                            unprotected unless ``fail_open=True``)
 =========================================  ===============================================
+
+The client's wait and the handler's work are separate: the request deadline, a server that
+cancels the request of a client that left, or any other cancellation ends the *wait* (the
+client gets the deadline's 504, or nothing), never a handler that has started. That
+handler runs on, shielded, for at most ``abandon_after`` seconds with its lease renewed,
+and its response is recorded: the retry gets 409 while it runs and the replay afterwards.
+A cancellation that comes before the handler starts leaves the key free. A stored
+response is sent only once it is recorded, whole: a client never gets its headers and
+then an early end of the connection. The exact guarantees and their limits (a worker
+killed outright, a store outage longer than the lease) are in docs/shared-state.md.
 
 Replays carry the stored status, headers and body byte for byte, minus hop-by-hop
 headers, ``Set-Cookie`` and ``Date`` (which are never stored). The principal defaults to
@@ -56,13 +69,14 @@ pass ``principal=``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from buttress._clock import SYSTEM_CLOCK, Clock, Timer
 from buttress.asgi._logging import _state_principal
@@ -103,6 +117,9 @@ _DROPPED = frozenset(
 _ALWAYS_RELEASED = frozenset({408, 425, 429})
 # The record kept for a completed response that was not stored.
 _NOT_STORED = ((STORED_HEADER, b"false"),)
+# The record kept for a handler that started and did not finish cleanly (it failed after it
+# began to answer, or ran past ``abandon_after``): what it did is unknown.
+_UNKNOWN = ((STORED_HEADER, b"unknown"),)
 
 _BARE_KEY = re.compile(rb"[\x20-\x7e]+")
 _QUOTED_KEY = re.compile(rb'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
@@ -246,6 +263,10 @@ class IdempotencyMiddleware:
             principal, else a hash of ``Authorization``, else ``anonymous``).
         header: the request header (default ``idempotency-key``).
         fail_open: when the store is down, run the handler unprotected instead of 503.
+        abandon_after: seconds a handler that has started keeps running after its client
+            stopped waiting (the request deadline, a disconnect the server turns into a
+            cancellation); its response is recorded for the retry. Past this the handler
+            is cancelled and the key marked abandoned: never run again (default 60).
         clock: time source for the lease renewal (tests pass a `FakeClock`).
 
     Example::
@@ -273,12 +294,13 @@ class IdempotencyMiddleware:
         principal: Callable[[Scope], str | None] | None = None,
         header: str = "idempotency-key",
         fail_open: bool = False,
+        abandon_after: float = 60.0,
         clock: Clock | None = None,
     ) -> None:
         name = "IdempotencyMiddleware"
         if default not in _MODES:
             raise ConfigurationError(f"{name}(default={default!r}): required, optional or off")
-        for option, value in (("ttl", ttl), ("lease", lease)):
+        for option, value in (("ttl", ttl), ("lease", lease), ("abandon_after", abandon_after)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigurationError(f"{name}({option}={value!r}): must be seconds > 0")
             if not 0 < value < math.inf:
@@ -309,6 +331,9 @@ class IdempotencyMiddleware:
         self.principal = principal or _default_principal
         self.header = header.lower().encode("ascii")
         self.fail_open = fail_open
+        self.abandon_after = float(abandon_after)
+        # handlers running on after their clients stopped waiting, and record retries
+        self._detached: set[asyncio.Task[Any]] = set()
         compiled = [_compile_route(spec, mode) for spec, mode in (routes or {}).items()]
         self._exact = {(r.method, r.template): r for r in reversed(compiled) if r.regex is None}
         # method-qualified patterns first, then in the order given (sorted is stable)
@@ -426,47 +451,39 @@ class IdempotencyMiddleware:
         principal = self.principal(scope) or "anonymous"
         # the stores hash it (`buttress.stores.store_key`): never kept in clear outside memory
         scoped = f"{len(principal)}:{principal} {method} {len(template)}:{template} {key}"
+        run = _Run(self, scoped, fingerprint, send)
+        # The key's whole life runs in its own task: a deadline, a disconnect or a server
+        # that cancels this request stops the *waiting* here, never the work itself.
+        work = asyncio.get_running_loop().create_task(run.work(scope, body, receive))
         try:
-            begun = await self.store.abegin(scoped, fingerprint, self.lease)
-        except BackendError as exc:
-            _log.warning("idempotency store unavailable: %s", exc)
-            if self.fail_open:
-                await self.app(scope, _Replay(body, receive), send)
-                return
-            await _refuse(
-                send,
-                ErrorCode.BACKEND_ERROR,
-                "store_unavailable",
-                "the idempotency store is unavailable; retry with the same key",
-                retry_after=ErrorCode.BACKEND_ERROR.default_retry_after,
+            fail_open = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if not work.done():
+                await run.detach(work)
+            raise
+        if fail_open:
+            await self.app(scope, _Replay(body, receive), send)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.error(
+                "an idempotent handler failed after its client stopped waiting", exc_info=exc
             )
-            return
-        outcome = begun.outcome
-        if outcome is BeginOutcome.ACQUIRED:
-            run = _Run(self, scoped, begun.token, send)
-            try:
-                await self.app(scope, _Replay(body, receive), run.send)
-            finally:
-                await run.conclude()
-        elif outcome is BeginOutcome.REPLAY and begun.response is not None:
-            await _replay(send, begun.response)
-        elif outcome is BeginOutcome.MISMATCH:
-            await _refuse(
-                send,
-                ErrorCode.VALIDATION_FAILED,
-                "key_reused",
-                "this Idempotency-Key was used for a different request (method, path, query, "
-                "content type or body); use a new key for a new request",
-            )
-        else:  # IN_FLIGHT
-            await _refuse(
-                send,
-                ErrorCode.TRANSIENT_CONFLICT,
-                "in_flight",
-                "a request with this Idempotency-Key is still being processed; retry later "
-                "with the same key to get its response",
-                retry_after=1.0,
-            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._detached.add(task)
+        task.add_done_callback(self._forget)
+
+    async def adrain(self) -> None:
+        """Wait for the handlers still running after their clients stopped waiting.
+
+        `harden` runs it at shutdown, before the store closes, so that their responses
+        are recorded. Each is bounded by ``abandon_after``.
+        """
+        while self._detached:
+            await asyncio.wait(list(self._detached))
 
     async def _too_large(self, send: Send) -> None:
         await send_problem(
@@ -492,6 +509,18 @@ async def _refuse(
 
 
 async def _replay(send: Send, response: StoredResponse) -> None:
+    if response.headers == _UNKNOWN:
+        await send_problem(
+            send,
+            ErrorCode.CONFLICT,
+            detail="the first request with this Idempotency-Key started but did not finish "
+            "cleanly (it failed after it began to answer, or ran too long after its client "
+            "stopped waiting), so what it did is unknown; it will not run again: check the "
+            "state of the resource, then use a new key",
+            headers=_UNKNOWN,
+            extra={"idempotency_error": "outcome_unknown", "original_status": response.status},
+        )
+        return
     if response.headers == _NOT_STORED:
         await send_problem(
             send,
@@ -531,56 +560,181 @@ class _Replay:
 
 
 # what the run does with the response it sees
-_STORE = 1  # buffer it, store it at the last byte
+_STORE = 1  # buffer it whole (start and body), record it, then send it
 _HOLD = 2  # no Content-Length: the start is held until the first body chunk tells
-_UNSTORED = 3  # streamed or too large: sent as is, a marker is stored at the end
-_RELEASE = 4  # 5xx (or 408/425/429): the key is released at the end
+_UNSTORED = 3  # streamed or too large: sent as it comes, a marker is recorded at the end
+_RELEASE = 4  # 5xx (or 408/425/429): sent as it comes, the key is released at the end
+
+# record retries when the store fails: 0.1 s doubling to 2 s, for at most one lease
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 2.0
 
 
 class _Run:
-    """One acquired key: the wrapped ``send``, the lease renewal, and the final record."""
+    """One keyed request: begin, the handler, the record, and the client while it waits.
+
+    `work` runs in a task of its own. The request's coroutine only waits for it, so the
+    request deadline, a server that cancels a request whose client left, or any other
+    cancellation stops the waiting and never the work. What happens then (`detach`):
+
+    * before the handler started: it never starts, and the key is released (or never
+      taken);
+    * once it started: it runs on, shielded, for at most ``abandon_after`` seconds, its
+      lease renewed; its response is recorded as usual (a retry gets 409 while it runs,
+      the replay afterwards) and goes to nobody. Past the bound the handler is cancelled
+      and the key is marked *abandoned*: its outcome is unknown, so it is never run again
+      under that key;
+    * while a recorded response is being sent: the send finishes first, so a client never
+      gets a stored response cut short.
+
+    A stored response is buffered whole and sent only once it is recorded: the client sees
+    either all of it or, if the deadline fires first, the deadline's own problem+json.
+    """
 
     __slots__ = (
+        "abandon_timer",
         "chunks",
-        "done",
+        "client",
+        "delivering",
+        "fingerprint",
         "key",
-        "loop",
         "mw",
-        "send_",
+        "renewal",
         "settled",
         "size",
         "start",
         "start_headers",
+        "started",
         "state",
         "status",
-        "task",
         "timer",
         "token",
         "trailers",
+        "work_task",
     )
 
-    def __init__(self, mw: IdempotencyMiddleware, key: str, token: str, send: Send) -> None:
+    def __init__(self, mw: IdempotencyMiddleware, key: str, fingerprint: str, send: Send) -> None:
         self.mw = mw
         self.key = key
-        self.token = token
-        self.send_ = send
+        self.fingerprint = fingerprint
+        self.client: Send | None = send  # None once the client stopped waiting
+        self.token = ""
         self.state = 0
         self.status = 0
-        self.start: Message = {}  # the http.response.start, once seen
+        self.start: Message = {}  # the http.response.start, while it is held
         self.start_headers: list[tuple[bytes, bytes]] = []  # its headers as the app sent them
         self.chunks: list[bytes] = []
         self.size = 0
         self.trailers = False
-        self.done = False  # the whole response went out
-        self.settled = False  # the key was completed or released
-        self.task: asyncio.Task[None] | None = None
-        self.loop = asyncio.get_running_loop()
-        self.timer: Timer = mw.clock.call_later(mw.lease / 3, self._renew_due)
+        self.started = False  # the handler was called
+        self.settled = False  # the key was completed, marked or released
+        self.delivering: asyncio.Future[None] | None = None  # a whole answer being sent
+        self.renewal: asyncio.Task[None] | None = None
+        self.timer: Timer | None = None
+        self.abandon_timer: Timer | None = None
+        self.work_task: asyncio.Task[bool] | None = None
+
+    # ------------------------------------------------------------ the work
+    async def work(self, scope: Scope, body: bytes, receive: Receive) -> bool:
+        """Take the key and run the handler; True: the store is down, run it unprotected."""
+        mw = self.mw
+        try:
+            begun = await mw.store.abegin(self.key, self.fingerprint, mw.lease)
+        except BackendError as exc:
+            _log.warning("idempotency store unavailable: %s", exc)
+            if mw.fail_open:
+                return self.client is not None
+            await self._answer(
+                _refuse,
+                ErrorCode.BACKEND_ERROR,
+                "store_unavailable",
+                "the idempotency store is unavailable; retry with the same key",
+                ErrorCode.BACKEND_ERROR.default_retry_after,
+            )
+            return False
+        outcome = begun.outcome
+        if outcome is BeginOutcome.ACQUIRED:
+            self.token = begun.token
+            if self.client is None:  # nobody waits, and nothing ran: the key goes free
+                await self._settle(None)
+                return False
+            await self._handle(scope, body, receive)
+        elif outcome is BeginOutcome.REPLAY and begun.response is not None:
+            await self._answer(_replay, begun.response)
+        elif outcome is BeginOutcome.MISMATCH:
+            await self._answer(
+                _refuse,
+                ErrorCode.VALIDATION_FAILED,
+                "key_reused",
+                "this Idempotency-Key was used for a different request (method, path, query, "
+                "content type or body); use a new key for a new request",
+            )
+        else:  # IN_FLIGHT
+            await self._answer(
+                _refuse,
+                ErrorCode.TRANSIENT_CONFLICT,
+                "in_flight",
+                "a request with this Idempotency-Key is still being processed; retry later "
+                "with the same key to get its response",
+                1.0,
+            )
+        return False
+
+    async def _handle(self, scope: Scope, body: bytes, receive: Receive) -> None:
+        mw = self.mw
+        self.started = True
+        self.timer = mw.clock.call_later(mw.lease / 3, self._renew_due)
+        try:
+            await mw.app(scope, _Replay(body, receive), self.send)
+        except asyncio.CancelledError:
+            # only `abandon_after` cancels a started handler: whatever it did may stand
+            await self._settle(None if self.state == _RELEASE else self._unknown())
+            raise
+        except BaseException:
+            await self._conclude()
+            raise
+        await self._conclude()
+
+    async def detach(self, work: asyncio.Task[bool]) -> None:
+        """The client stopped waiting: let the work go on alone (see the class doc)."""
+        self.client = None
+        self.work_task = work
+        mw = self.mw
+        mw._detached.add(work)
+        work.add_done_callback(mw._forget)
+        if self.started and not self.settled:
+            self.abandon_timer = mw.clock.call_later(mw.abandon_after, self._abandon)
+        delivering = self.delivering
+        while delivering is not None and not delivering.done():
+            # a whole answer is on its way: finish it, then let the cancellation through
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(delivering)
+
+    def _abandon(self) -> None:
+        work = self.work_task
+        if not self.settled and work is not None and not work.done():
+            _log.warning(
+                "an idempotent handler ran %g s after its client stopped waiting: cancelled, "
+                "its key marked abandoned",
+                self.mw.abandon_after,
+            )
+            work.cancel()
+
+    async def _answer(self, answer: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Send a whole answer to the client, if it still waits; never cut in half."""
+        client = self.client
+        if client is None:
+            return
+        self.delivering = asyncio.get_running_loop().create_future()
+        try:
+            await answer(client, *args)
+        finally:
+            self.delivering.set_result(None)
 
     # ------------------------------------------------------------ lease renewal
     def _renew_due(self) -> None:
         if not self.settled:
-            self.task = self.loop.create_task(self._renew())
+            self.renewal = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
         mw = self.mw
@@ -595,7 +749,13 @@ class _Run:
             self.timer = mw.clock.call_later(mw.lease / 3, self._renew_due)
 
     # ------------------------------------------------------------ the response
+    async def _pass(self, message: Message) -> None:
+        client = self.client
+        if client is not None:
+            await client(message)
+
     async def send(self, message: Message) -> None:
+        """The handler's ``send``."""
         kind = message["type"]
         state = self.state
         if kind == "http.response.body":
@@ -605,20 +765,29 @@ class _Run:
                 if not message.get("more_body", False) and len(body) <= self.mw.max_response_body:
                     self.state = _STORE
                     self.chunks.append(body)
-                    self.size = len(body)
                     await self._finish()
-                    await self.send_(start)
-                    await self.send_(message)
                     return
                 self.state = state = _UNSTORED
-                await self.send_({**start, "headers": [*start.get("headers", ()), *_NOT_STORED]})
-            if not message.get("more_body", False):
-                if state == _STORE:
-                    self._buffer(message.get("body", b""))
-                if not self.trailers:
-                    await self._finish()
+                await self._pass({**start, "headers": [*self.start_headers, *_NOT_STORED]})
             elif state == _STORE:
                 self._buffer(message.get("body", b""))
+                more = message.get("more_body", False)
+                if self.state == _STORE:
+                    if not more:
+                        await self._finish()
+                    return
+                # Content-Length understated the body: too large after all, sent as it is
+                await self._pass({**self.start, "headers": [*self.start_headers, *_NOT_STORED]})
+                body = b"".join(self.chunks)
+                self.chunks = []
+                await self._pass({"type": "http.response.body", "body": body, "more_body": more})
+                if not more and not self.trailers:
+                    await self._finish()
+                return
+            if not message.get("more_body", False) and not self.trailers:
+                await self._pass(message)
+                await self._finish()
+                return
         elif kind == "http.response.start":
             self.status = status = message["status"]
             self.trailers = bool(message.get("trailers", False))
@@ -642,60 +811,102 @@ class _Run:
                     # message on its way out (request id, rate limits, security headers),
                     # and a replay must not repeat the first request's
                     self.start_headers = list(headers)
+                    return
         elif kind == "http.response.trailers":
             if not message.get("more_trailers", False):
+                await self._pass(message)
                 await self._finish()
+                return
         elif kind == "http.response.pathsend":  # a file sent by the server: not stored
+            if state in (_STORE, _HOLD):  # its start was held: it goes out first
+                await self._pass({**self.start, "headers": [*self.start_headers, *_NOT_STORED]})
             if state != _RELEASE:
                 self.state = _UNSTORED
+            await self._pass(message)
             await self._finish()
-        await self.send_(message)
+            return
+        await self._pass(message)
 
     def _buffer(self, chunk: bytes) -> None:
-        if self.state != _STORE:
-            return
+        self.chunks.append(chunk)
         self.size += len(chunk)
         if self.size > self.mw.max_response_body:  # Content-Length understated the body
             self.state = _UNSTORED
-            self.chunks = []
-        else:
-            self.chunks.append(chunk)
 
     async def _finish(self) -> None:
-        """The last byte of the response is about to go out: store it, or mark, or release."""
-        self.done = True
-        if self.state == _RELEASE:
+        """The response is complete: record it (then send it, if it was held), or release."""
+        state = self.state
+        if state == _RELEASE:
             await self._settle(None)
-            return
-        if self.state == _STORE:
+        elif state == _STORE:
             body = b"".join(self.chunks)
-            headers = _kept_headers(self.start_headers, len(body))
-            await self._settle(StoredResponse(self.status, headers, body))
+            self.chunks = []
+            await self._settle(
+                StoredResponse(self.status, _kept_headers(self.start_headers, len(body)), body)
+            )
+            await self._answer(_send_whole, self.start, body)
         else:
             await self._settle(StoredResponse(self.status, _NOT_STORED, b""))
 
-    async def conclude(self) -> None:
-        """The application returned or raised: release the key unless it was settled."""
+    async def _conclude(self) -> None:
+        """The handler returned or raised: record what it answered, or free the key."""
         if self.settled:
             return
-        if self.done and self.state in (_STORE, _UNSTORED):
-            await self._settle(StoredResponse(self.status, _NOT_STORED, b""))
-        else:  # no response, or a broken one: nothing to replay, the retry runs again
+        if self.state in (_STORE, _HOLD, _UNSTORED):
+            # it began to answer, then failed: whatever it did may stand, so the key is
+            # never run again (its outcome is unknown)
+            await self._settle(self._unknown())
+        else:  # no answer, or one that releases: nothing to replay, the retry runs again
             await self._settle(None)
+
+    def _unknown(self) -> StoredResponse:
+        return StoredResponse(self.status, _UNKNOWN, b"")
 
     async def _settle(self, response: StoredResponse | None) -> None:
         if self.settled:
             return
         self.settled = True
-        self.timer.cancel()
-        task = self.task
-        if task is not None and not task.done():
-            task.cancel()
+        for timer in (self.timer, self.abandon_timer):
+            if timer is not None:
+                timer.cancel()
+        renewal = self.renewal
+        if renewal is not None and not renewal.done():
+            renewal.cancel()
+        if not await self._record(response):
+            self.mw._spawn(self._record_later(response))
+
+    async def _record(self, response: StoredResponse | None) -> bool:
+        """One attempt to complete or release the key; False when the store failed."""
         mw = self.mw
         try:
             if response is None:
                 await mw.store.arelease(self.key, self.token)
             elif not await mw.store.acomplete(self.key, self.token, response, mw.ttl):
                 _log.warning("idempotency lease lost before the response could be stored")
-        except BackendError as exc:  # the lease expires on its own
+        except BackendError as exc:
             _log.warning("idempotency store failed to record a response: %s", exc)
+            return False
+        return True
+
+    async def _record_later(self, response: StoredResponse | None) -> None:
+        """Retry the record while the lease lasts; past it, a retry may run the handler again.
+
+        Meanwhile a duplicate gets 409 (the lease holds) or 503 (the store is down).
+        """
+        clock = self.mw.clock
+        give_up = clock.now() + self.mw.lease
+        delay = _RETRY_FIRST
+        while clock.now() + delay < give_up:
+            await clock.asleep(delay)
+            if await self._record(response):
+                return
+            delay = min(delay * 2, _RETRY_MAX)
+        _log.error(
+            "idempotency: the store stayed down for the whole lease; the response to this "
+            "key was not recorded, and a retry may run the handler again"
+        )
+
+
+async def _send_whole(send: Send, start: Message, body: bytes) -> None:
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

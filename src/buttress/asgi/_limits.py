@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import send_problem
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode
@@ -137,6 +138,7 @@ class DeadlineMiddleware:
         header: request header carrying a client deadline in seconds (default
             ``x-request-timeout``; None to ignore clients).
         exempt_paths: paths without a deadline (streaming endpoints, health).
+        clock: time source of the deadline (tests pass a `buttress.testing.FakeClock`).
 
     Example::
 
@@ -150,9 +152,10 @@ class DeadlineMiddleware:
         timeout: float = 30.0,
         header: str | None = "x-request-timeout",
         exempt_paths: tuple[str, ...] = (),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.app = app
-        self.policy = Timeout(timeout, name="request")
+        self.policy = Timeout(timeout, name="request", clock=clock)
         self.timeout = self.policy.seconds
         self.pipeline = Pipeline(self.policy, name=None)
         self.header = header.lower().encode("latin-1") if header else None

@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, NoScriptError
 from redis.retry import Retry
@@ -697,6 +698,8 @@ class RedisStore:
             client = self._aclients.get(loop)
             if client is None:
                 options = {**self._options, "socket_timeout": None}  # see `_AsyncClient`
+                if isinstance(options["retry"], Retry):  # the asyncio client has its own
+                    options["retry"] = AsyncRetry(NoBackoff(), 0)
                 pool = _AsyncWaitingPool.from_url(self.url, wait=self.timeout, **options)
                 timeout = self._options["socket_timeout"]
                 client = self._aclients[loop] = _AsyncClient(pool, timeout)
