@@ -254,11 +254,42 @@ def _shared_state_checks(
             f"replay {replay.status_code} (same order id), other payload "
             f"{other.status_code}, no key {missing.status_code}",
         )
+        _deadline_check(record, base, run, workers)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             record(f"{workers} workers stop on SIGTERM", False, "still running after 30 s")
+
+
+def _deadline_check(
+    record: Callable[[str, bool, str], None], base: str, run: str, workers: int
+) -> None:
+    """A client deadline that fires anywhere during a keyed POST still makes one order."""
+    keys, cut, duplicates, wedged = 10, 0, 0, 0
+    with httpx.Client(base_url=base, timeout=10.0) as http:
+        for i in range(keys):
+            sku, headers = f"dl-{run}-{i}", {"idempotency-key": f"dl-{run}-{i}"}
+            body = {"sku": sku, "quantity": 1}
+            timeout = f"{0.001 + 0.029 * i / (keys - 1):.4f}"  # 1 to 30 ms
+            first = http.post(
+                "/orders", json=body, headers={**headers, "x-request-timeout": timeout}
+            )
+            cut += first.status_code == 504
+            for _ in range(50):  # bounded: its handler may still be running
+                retry = http.post("/orders", json=body, headers=headers)
+                if retry.status_code != 409:
+                    break
+                time.sleep(0.05)
+            else:
+                wedged += 1
+            duplicates += len(http.get("/orders", params={"sku": sku}).json()) - 1
+    record(
+        f"Idempotency-Key under client deadlines of 1-30 ms ({workers} workers): one order each",
+        duplicates == 0 and wedged == 0,
+        f"{keys} keys, {cut} first attempts cut by the deadline (504); retries: "
+        f"{duplicates} second orders, {wedged} keys left in flight",
+    )
 
 
 def run_selfcheck(
