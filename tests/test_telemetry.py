@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from buttress import Backoff, CircuitBreaker, Pipeline, Retry
+from buttress.asgi import HardenSettings, _logging, configure_logging, harden
+from buttress.asgi._logging import format_traceback
 from buttress.errors import ErrorCode
 from buttress.telemetry import (
     CircuitStateChangedEvent,
@@ -173,3 +182,109 @@ def test_prometheus_hook_counts_events() -> None:
 
 def teardown_module() -> None:
     clear_hooks()
+
+
+# ------------------------------------------------------------------ console tracebacks
+SECRET = "tok-" + "S3CRET" * 3  # never written out in this file's source
+
+
+class _Outer:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        authorization = f"Bearer {SECRET}"  # a local the old console renderer printed
+        headers = [(b"authorization", authorization.encode())] * 20
+        scope = {**scope, "seen": len(headers)}
+        await self.app(scope, receive, send)
+
+
+class _Inner(_Outer):
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        api_key = SECRET
+        scope = {**scope, "key": len(api_key)}
+        await self.app(scope, receive, send)
+
+
+async def _failing_app(scope: Any, receive: Any, send: Any) -> None:
+    token = SECRET
+    raise RuntimeError(f"the handler failed ({len(token)})")
+
+
+def _deep_stack(layers: int = 60) -> Any:
+    app: Any = _failing_app
+    for i in range(layers):  # alternating classes: no "[Previous line repeated]" folding
+        app = (_Outer if i % 2 else _Inner)(app)
+    return app
+
+
+@pytest.fixture
+def console_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sink, as_json = _logging._access_sink, _logging._access_json
+    configure_logging(json=False, stream=stream)
+    try:
+        yield stream
+    finally:
+        structlog.reset_defaults()
+        root.handlers, root.level = handlers, level
+        _logging._access_sink, _logging._access_json = sink, as_json
+
+
+async def test_console_traceback_has_no_locals_is_bounded_and_fast(
+    console_stream: io.StringIO,
+) -> None:
+    try:
+        await _deep_stack()({"type": "http"}, None, None)
+    except RuntimeError as exc:
+        error = exc
+    started = time.perf_counter()
+    structlog.get_logger("t").error("unhandled_exception", exc_info=error)
+    elapsed = time.perf_counter() - started
+    text = console_stream.getvalue()
+    assert SECRET not in text  # no local variable values
+    assert len(text.splitlines()) <= 125
+    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"  # rich with locals: hundreds of ms
+    assert "RuntimeError: the handler failed (22)" in text
+    assert "_failing_app" in text  # the innermost frames are kept
+
+
+async def test_console_traceback_of_a_request_through_harden(
+    console_stream: io.StringIO,
+) -> None:
+    hardened = harden(_deep_stack(), HardenSettings(configure_logging=False, access_log=False))
+    transport = httpx.ASGITransport(app=hardened, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        started = time.perf_counter()
+        response = await client.get("/boom", headers={"authorization": f"Bearer {SECRET}"})
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 500
+    text = console_stream.getvalue()
+    assert "unhandled" in text
+    assert "RuntimeError" in text
+    assert SECRET not in text
+    assert len(text.splitlines()) <= 125
+    assert elapsed < 0.25, f"{elapsed * 1000:.1f} ms"
+
+
+def test_format_traceback_bounds_chains_and_long_lines() -> None:
+    def chain(depth: int) -> None:
+        try:
+            if depth == 0:
+                raise ValueError("x" * 5000)
+            chain(depth - 1)
+        except (ValueError, KeyError) as exc:
+            raise KeyError(depth) from exc
+
+    try:
+        chain(30)
+    except KeyError:
+        text = format_traceback(sys.exc_info())
+    lines = text.splitlines()
+    assert len(lines) <= 120
+    assert max(len(line) for line in lines) <= 330
+    assert "lines left out" in text
+    assert lines[-1].startswith("KeyError: 30")  # the outermost exception ends the text
+    assert format_traceback((None, None, None)) == ""

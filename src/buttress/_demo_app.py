@@ -122,7 +122,7 @@ def create_app(
 
     Example::
 
-        uvicorn --factory buttress._demo_app:create_app
+        uvicorn --factory buttress._demo_app:create_app --no-proxy-headers
     """
     path = (
         db_path

@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from buttress.cli import demo_server_options
+
 __all__ = ["Check", "run_selfcheck"]
 
 
@@ -48,23 +50,15 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _server(port: int, env: dict[str, str], workers: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+    # the demo's own server options (`buttress.cli.demo_server_options`), in a process of
+    # its own that can be stopped with its workers
+    options = demo_server_options("127.0.0.1", port, workers)
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [
             sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "buttress._demo_app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--no-server-header",  # the server adds it after the app: only it can drop it
-            "--log-level",
-            "warning",
-            "--workers",
-            str(workers),
+            "-c",
+            "import uvicorn; "
+            f"uvicorn.run('buttress._demo_app:create_app', factory=True, **{options!r})",
         ],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,

@@ -5,6 +5,11 @@
 on loopback, prints what it verified and exits non-zero if anything failed.
 ``buttress resilience-demo`` calls a deliberately flaky local dependency naively and through
 a `Pipeline`, side by side.
+
+The demo's uvicorn options live in `demo_server_options` (the tests serve with the same):
+no ``Server`` header, no access log of uvicorn's (buttress writes its own), and no proxy
+headers: uvicorn's default would take the client address from ``X-Forwarded-For`` for any
+request arriving through loopback, and the demo trusts no proxy.
 """
 
 from __future__ import annotations
@@ -15,10 +20,35 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from buttress import __version__
 
-__all__ = ["main"]
+__all__ = ["demo_server_options", "main"]
+
+
+def demo_server_options(host: str, port: int, workers: int = 1) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` or ``uvicorn.Config`` that serve the demo.
+
+    Example::
+
+        uvicorn.run("buttress._demo_app:create_app", factory=True,
+                    **demo_server_options("127.0.0.1", 8000))
+    """
+    return {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "access_log": False,  # buttress writes the access log
+        "server_header": False,  # added by the server after the app: only it can drop it
+        # uvicorn's default (proxy_headers=True, forwarded_allow_ips 127.0.0.1 and ::1)
+        # takes the client address from X-Forwarded-For for anything reaching the port
+        # through loopback (ssh -L, a TCP proxy, a sidecar): one forged header, one fresh
+        # rate-limit budget. The demo trusts no proxy, so no forwarding header is read.
+        "proxy_headers": False,
+        "forwarded_allow_ips": "",
+        "log_level": "warning",
+    }
 
 
 def _serve_demo(args: argparse.Namespace) -> int:
@@ -76,12 +106,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
     uvicorn.run(
         "buttress._demo_app:create_app",
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,
-        server_header=False,  # added by the server after the app: only it can drop it
-        log_level="warning",
+        **demo_server_options(args.host, args.port, args.workers),
     )
     return 0
 

@@ -148,6 +148,10 @@ REQUESTS: list[tuple[str, str, list[tuple[bytes, bytes]], tuple[str, int] | None
         ("10.0.0.1", 1),
     ),
     ("GET", "/ok", [(b"x-forwarded-for", b"garbage")], ("10.0.0.1", 1)),
+    # rewritten by the server (port 0) from a header: garbage never reaches the log
+    ("GET", "/ok", [(b"x-forwarded-for", b"garbage")], ("garbage", 0)),
+    ("GET", "/ok", [(b"forwarded", b"for=203.0.113.9")], ("203.0.113.9", 0)),
+    ("GET", "/ok", [(b"x-forwarded-for", b"x" * 3000)], ("x" * 3000, 0)),
 ]
 
 
@@ -302,9 +306,36 @@ def test_client_cache_matches_client_address() -> None:
     assert edge.client({"client": None, "headers": []}, None) is None
     cached = len(edge._clients)
     assert 0 < cached <= len(cases)
-    for i in range(5000):  # bounded: attacker-chosen X-Forwarded-For cannot grow it forever
-        edge.client({"client": ("10.0.0.1", 1)}, f"198.51.{i // 256}.{i % 256}".encode())
-    assert len(edge._clients) <= 4096
+    for i in range(4000):  # bounded: attacker-chosen X-Forwarded-For cannot grow it forever
+        xff = f"198.51.{i // 256}.{i % 256}".encode()
+        assert edge.client({"client": ("10.0.0.1", 1)}, xff) == xff.decode()
+    assert len(edge._clients) <= 1024
+    # a full table still answers right (computed, not cached)
+    assert edge.client({"client": ("10.0.0.1", 1)}, b"203.0.113.200") == "203.0.113.200"
+
+
+def test_long_forwarding_values_are_never_cached() -> None:
+    edge = EdgeMiddleware(app, trusted_proxies=PROXIES)
+    long = b"203.0.113.9, " + b"10.0.0.2, " * 300
+    assert edge.client({"client": ("10.0.0.1", 1)}, long) == "203.0.113.9"
+    assert not edge._clients
+
+
+def test_cors_cache_is_bounded() -> None:
+    edge = EdgeMiddleware(app, cors_origin_regex=r"https://.*\.example\.com")
+    cors = edge.cors
+    assert cors is not None
+    for i in range(4000):  # every distinct Origin a client sends
+        origin = f"https://h{i}.example.com".encode()
+        assert edge._cors_headers(cors, origin)[0] == (b"access-control-allow-origin", origin)
+    assert len(edge._cors) <= 1024
+    long = b"https://" + b"a" * 3000 + b".example.com"
+    before = len(edge._cors)
+    edge._cors.clear()
+    assert edge._cors_headers(cors, long)[0][1] == long
+    assert edge._cors_headers(cors, b"https://evil.test") == []
+    assert list(edge._cors) == [b"https://evil.test"]  # the long one was not kept
+    assert before <= 1024
 
 
 def test_client_without_trusted_proxies_is_the_peer() -> None:
@@ -312,6 +343,23 @@ def test_client_without_trusted_proxies_is_the_peer() -> None:
     scope = {"client": ("10.0.0.1", 1), "headers": [(b"x-forwarded-for", b"203.0.113.7")]}
     assert edge.client(scope, b"203.0.113.7") == "10.0.0.1"
     assert not edge._clients
+
+
+def test_client_rewritten_by_the_server_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from buttress.asgi import _context  # noqa: PLC0415
+
+    monkeypatch.setattr(_context, "_rewrite_reported", True)  # the error: test_client_address
+    edge = EdgeMiddleware(app)
+    for client, xff, forwarded in [
+        (("203.0.113.7", 0), b"203.0.113.7", False),
+        (("203.0.113.7", 0), None, True),  # Forwarded, X-Real-IP...
+        (("203.0.113.7", 4444), b"203.0.113.7:4444", False),
+        (("2001:db8::1", 80), b"[2001:db8::1]:80", False),
+    ]:
+        headers = [(b"x-forwarded-for", xff)] if xff else [(b"x-real-ip", b"203.0.113.7")]
+        scope = {"client": client, "headers": headers}
+        assert edge.client(scope, xff, forwarded) == "unknown"
+        assert client_address(scope) == "unknown"
 
 
 async def test_non_http_scopes_pass_through() -> None:

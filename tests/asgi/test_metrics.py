@@ -21,13 +21,13 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from buttress import telemetry
+from buttress.asgi._context import is_loopback
 from buttress.asgi._metrics import (
     DEFAULT_BUCKETS,
     UNMATCHED_ROUTE,
     HttpMetrics,
     MetricsMiddleware,
     RequestMetrics,
-    _is_loopback,
     _traceparent_trace_id,
 )
 from buttress.errors import ConfigurationError, ErrorCode
@@ -401,6 +401,14 @@ async def test_metrics_served_to_loopback(make):
         {"x-forwarded-for": "203.0.113.9"},
         {"forwarded": "for=203.0.113.9"},
         {"x-real-ip": "203.0.113.9"},
+        {"x-forwarded-host": "shop.example.com"},
+        {"x-forwarded-proto": "https"},
+        {"x-forwarded-port": "443"},
+        {"x-forwarded-anything-else": "1"},
+        {"via": "1.1 proxy"},
+        {"cf-connecting-ip": "203.0.113.9"},
+        {"true-client-ip": "203.0.113.9"},
+        {"x-client-ip": "203.0.113.9"},
     ],
 )
 async def test_a_proxied_loopback_request_is_not_local(make, forwarded):
@@ -462,8 +470,8 @@ async def test_no_client_address_is_not_loopback(make):
 
     await app({"type": "http", "method": "GET", "path": "/metrics", "headers": []}, _receive, send)
     assert sent[0]["status"] == 403
-    assert not _is_loopback(None)
-    assert not _is_loopback(("not-an-ip", 1))
+    assert not is_loopback(None)
+    assert not is_loopback(("not-an-ip", 1))
 
 
 async def test_metrics_methods_and_head(make):

@@ -8,30 +8,51 @@ included, since this is the outermost layer of `harden`).
 
 `client_address` finds the client behind proxies the right way: the right-most address in
 ``X-Forwarded-For`` that is not one of *your* trusted proxies, never the left-most (which
-any client can forge).
+any client can forge). It is the one place that decides who the client is: the rate-limit
+keys, the access log and the edge layer all go through `resolve_client`.
+
+A server can rewrite ``scope["client"]`` itself from ``X-Forwarded-For`` before buttress
+sees it (uvicorn does by default for peers in ``--forwarded-allow-ips``, 127.0.0.1 and ::1).
+That is detected per request: the proxy-header layers of uvicorn, Hypercorn and Granian set
+the client to ``(address, 0)``, and port 0 is never a TCP peer's; recent uvicorn releases
+keep a port written in the hop (``203.0.113.9:4444``), and then the client is exactly one
+of the hops of the header. When that happens and buttress trusts no proxy, the rewritten
+address is not believed: the client is `UNKNOWN_CLIENT`, and an error says so once per
+process, with the fix. `is_local_request` is the one test of "a local caller" that
+``/metrics`` and health details use: a loopback peer with no proxy header at all.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from random import getrandbits
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError
 
 __all__ = [
+    "PROXY_HEADERS",
+    "UNKNOWN_CLIENT",
     "RequestContextMiddleware",
     "TraceContext",
     "client_address",
     "current_request_id",
     "current_trace",
+    "is_local_request",
+    "is_loopback",
+    "is_proxy_header",
     "parse_traceparent",
+    "resolve_client",
     "trusted_networks",
 ]
 
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+"""An allow-list of proxies, as `trusted_networks` parses it."""
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("buttress_request_id", default=None)
 _TRACE: ContextVar[TraceContext | None] = ContextVar("buttress_trace", default=None)
@@ -117,9 +138,7 @@ def _valid_request_id(value: bytes, max_length: int) -> bool:
     return 0 < len(value) <= max_length and all(c in _ID_BYTES for c in value)
 
 
-def trusted_networks(
-    cidrs: Iterable[str],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def trusted_networks(cidrs: Iterable[str]) -> Networks:
     """Parse a CIDR allow-list of proxies, raising `ConfigurationError` on a bad entry."""
     networks = []
     for cidr in cidrs:
@@ -132,9 +151,40 @@ def trusted_networks(
     return tuple(networks)
 
 
-def _trusted(
-    address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
+#: what `client_address` answers when a client address exists but cannot be believed (the
+#: server rewrote it from a header buttress does not trust) or is not an IP address
+UNKNOWN_CLIENT: Final = "unknown"
+
+# headers through which a proxy passes the client's address on: what the proxy-header
+# layers of servers and frameworks read
+_ADDRESS_HEADERS: Final = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-real-ip",
+        b"cf-connecting-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+    }
+)
+#: request headers that show a request came through a proxy (with every ``X-Forwarded-*``)
+PROXY_HEADERS: Final = _ADDRESS_HEADERS | {b"via"}
+
+_CACHE_MAX = 1024  # distinct peers whose parsed form is kept (then parsed each time)
+_peers: dict[str, str] = {}
+_log = logging.getLogger("buttress.asgi.client")
+_rewrite_reported = False
+_REWRITE_MESSAGE = (
+    "the server rewrote the client address from a forwarding header (%s), but buttress "
+    "trusts no proxy: such requests count as client 'unknown' (one rate-limit bucket, "
+    "'unknown' in the access log). Fix: serve without proxy headers (uvicorn "
+    "--no-proxy-headers, or uvicorn.run(..., proxy_headers=False); gunicorn with a worker "
+    'class whose CONFIG_KWARGS set "proxy_headers": False), or, behind your own proxies, '
+    "list them in trusted_proxies (BUTTRESS_TRUSTED_PROXIES)"
+)
+
+
+def _trusted(address: str, networks: Networks) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -142,30 +192,103 @@ def _trusted(
     return any(ip in net for net in networks)
 
 
-def client_address(
-    scope: Scope,
-    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
-) -> str | None:
-    """The client's address, trusted-proxy aware.
+def is_proxy_header(name: bytes) -> bool:
+    """Whether request header ``name`` (lowercase) is one a proxy adds (`PROXY_HEADERS`)."""
+    return name in PROXY_HEADERS or name.startswith(b"x-forwarded-")
 
-    When the direct peer is a trusted proxy, walk ``X-Forwarded-For`` from the right and
-    return the first address that is not a trusted proxy; otherwise return the peer. An
-    empty allow-list trusts nobody: the peer address is the answer.
 
-    Example::
+def is_loopback(client: object) -> bool:
+    """Whether an ASGI ``client`` is a loopback address (127.0.0.0/8, ::1, mapped v4).
 
-        nets = trusted_networks(["10.0.0.0/8"])
-        client_address(scope, nets)   # "203.0.113.9" behind a 10.x load balancer
+    No client (a Unix socket, maybe a local reverse proxy) is not loopback.
     """
-    client = scope.get("client")
-    peer: str | None = str(client[0]) if client else None
-    if not trusted or peer is None or not _trusted(peer, trusted):
-        return peer
-    hops: list[str] = []
-    for name, value in scope.get("headers", ()):
-        if name == b"x-forwarded-for":
-            hops.extend(h.strip() for h in value.decode("latin-1").split(","))
-    for hop in reversed(hops):
+    if not isinstance(client, tuple | list) or not client or not isinstance(client[0], str):
+        return False
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def is_local_request(scope: Scope) -> bool:
+    """A loopback peer that is not a proxy forwarding someone else's request.
+
+    Any proxy header (`PROXY_HEADERS`, any ``X-Forwarded-*``) makes a request not local,
+    so a server's rewrite of the client address (which needs such a header) never makes
+    one local. A proxy on the same host that adds none of them looks local: protect what
+    this guards with a token there.
+    """
+    if not is_loopback(scope.get("client")):
+        return False
+    return not any(is_proxy_header(name) for name, _ in scope.get("headers", ()))
+
+
+def _host_port(hop: str) -> tuple[str, int]:
+    """``(host, port)`` of one ``X-Forwarded-For`` hop, as uvicorn's proxy layer reads it."""
+    if hop.startswith("["):
+        end = hop.find("]")
+        if end == -1:
+            return hop, 0
+        host, rest = hop[1:end], hop[end + 1 :]
+        if not rest:
+            return host, 0
+        if not rest.startswith(":"):
+            return hop, 0
+        try:
+            return host, int(rest[1:])
+        except ValueError:
+            return host, 0
+    if hop.count(":") == 1:
+        host, port = hop.rsplit(":", 1)
+        try:
+            return host, int(port)
+        except ValueError:
+            return hop, 0
+    return hop, 0
+
+
+def _rewritten(host: object, port: object, xff: bytes | None) -> bool:
+    """Whether a server set this client from a forwarding header (one is present).
+
+    Proxy-header layers set the port to 0, which no TCP peer has; uvicorn keeps a port
+    written in the hop, and then ``(host, port)`` is one of the hops.
+    """
+    if port == 0:
+        return True
+    if not isinstance(port, int) or xff is None or b":%d" % port not in xff:
+        return False
+    target = (host, port)
+    return any(_host_port(hop.strip()) == target for hop in xff.decode("latin-1").split(","))
+
+
+def _report_rewrite(xff: bytes | None) -> None:
+    global _rewrite_reported
+    if not _rewrite_reported:
+        _rewrite_reported = True
+        header = "X-Forwarded-For" if xff is not None else "Forwarded, X-Real-IP or the like"
+        _log.error(_REWRITE_MESSAGE, header)
+
+
+def _canonical(host: str) -> str:
+    """``host`` as an IP address in its normal form, or `UNKNOWN_CLIENT` (cached, bounded)."""
+    found = _peers.get(host)
+    if found is None:
+        try:
+            found = str(ipaddress.ip_address(host))
+        except ValueError:
+            found = UNKNOWN_CLIENT
+        if len(_peers) < _CACHE_MAX and len(host) <= 64:
+            _peers[host] = found
+    return found
+
+
+def _walk(peer: str, xff: bytes, trusted: Networks) -> str:
+    """The right-most ``X-Forwarded-For`` hop that is not a trusted proxy (peer: trusted)."""
+    for raw in reversed(xff.decode("latin-1").split(",")):
+        hop = raw.strip()
         if not hop:
             continue
         if not _trusted(hop, trusted):
@@ -174,6 +297,74 @@ def client_address(
             except ValueError:
                 return peer  # garbage in the chain: do not trust anything before it
     return peer
+
+
+def resolve_client(
+    client: Any,
+    xff: bytes | None,
+    forwarded: bool,
+    trusted: Networks,
+    cache: dict[tuple[str, bytes], str] | None = None,
+) -> str | None:
+    """Who the client is: the one decision behind `client_address` and the edge layer.
+
+    Args:
+        client: ``scope["client"]``.
+        xff: the request's ``X-Forwarded-For`` values, joined with ``,`` (None: absent).
+        forwarded: whether the request carries a header that passes an address on
+            (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP`` and the like).
+        trusted: your proxies (`trusted_networks`).
+        cache: (peer, X-Forwarded-For) -> client, filled while under 1,024 entries.
+
+    Returns an IP address in its normal form, `UNKNOWN_CLIENT`, or None (no client
+    address at all: a Unix socket).
+    """
+    if not client:
+        return None
+    host = client[0]
+    # rewritten by the server while we trust no proxy: not believed. (With proxies of
+    # ours, the server's answer is where our own walk starts.)
+    if not trusted and forwarded and _rewritten(host, client[1] if len(client) > 1 else None, xff):
+        _report_rewrite(xff)
+        return UNKNOWN_CLIENT
+    peer = _canonical(host) if isinstance(host, str) else UNKNOWN_CLIENT
+    if not trusted or xff is None or peer == UNKNOWN_CLIENT:
+        return peer
+    if cache is not None:
+        key = (peer, xff)
+        found = cache.get(key)
+        if found is not None:
+            return found
+    address = _walk(peer, xff, trusted) if _trusted(peer, trusted) else peer
+    if cache is not None and len(cache) < _CACHE_MAX and len(xff) <= 256:
+        cache[key] = address
+    return address
+
+
+def client_address(scope: Scope, trusted: Networks = ()) -> str | None:
+    """The client's address, trusted-proxy aware.
+
+    When the direct peer is a trusted proxy, walk ``X-Forwarded-For`` from the right and
+    return the first address that is not a trusted proxy; otherwise return the peer. An
+    empty allow-list trusts nobody: the peer address is the answer, whatever the headers
+    say. The answer is always an IP address (normal form), `UNKNOWN_CLIENT` (``"unknown"``:
+    the server rewrote the address from a header while buttress trusts no proxy, or the
+    peer is not an IP address), or None when the server gives no client address (a Unix
+    socket).
+
+    Example::
+
+        nets = trusted_networks(["10.0.0.0/8"])
+        client_address(scope, nets)   # "203.0.113.9" behind a 10.x load balancer
+    """
+    xff: bytes | None = None
+    forwarded = False
+    for name, value in scope.get("headers", ()):
+        if name in _ADDRESS_HEADERS:
+            forwarded = True
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b"," + value
+    return resolve_client(scope.get("client"), xff, forwarded, trusted)
 
 
 class RequestContextMiddleware:

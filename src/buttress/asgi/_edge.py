@@ -43,14 +43,15 @@ from typing import Any, Final
 from buttress import _clock
 from buttress._clock import SYSTEM_CLOCK, next_id, tick_width, wheel_for
 from buttress.asgi._context import (
+    _ADDRESS_HEADERS,
     _REQUEST_ID,
     _TRACE,
+    UNKNOWN_CLIENT,
     RequestContextMiddleware,
     TraceContext,
-    _trusted,
     _valid_request_id,
-    client_address,
     parse_traceparent,
+    resolve_client,
 )
 from buttress.asgi._errors import ErrorMiddleware
 from buttress.asgi._headers import (
@@ -76,7 +77,10 @@ __all__ = ["EdgeMiddleware"]
 
 
 _CLOSE = (b"connection", b"close")
-_CLIENT_CACHE_MAX = 4096
+# the per-origin CORS answers kept: inserted while under the cap, for origins up to 256
+# bytes (a real origin is short); others are computed each time, never an unbounded table
+_CORS_CACHE_MAX = 1024
+_CORS_KEY_MAX = 256
 _NO_EXTRA: list[tuple[bytes, bytes]] = []
 _NO_KWARGS: Final[dict[str, Any]] = {}
 _NOTHING: frozenset[Any] = frozenset()
@@ -90,7 +94,18 @@ _CORS_NAMES = frozenset(
 )
 
 # what the one pass over the request headers looks for
-_ID, _TRACEPARENT, _ORIGIN, _AC_METHOD, _AC_HEADERS, _XFF, _LENGTH, _CHUNKED, _TIMEOUT = range(9)
+(
+    _ID,
+    _TRACEPARENT,
+    _ORIGIN,
+    _AC_METHOD,
+    _AC_HEADERS,
+    _XFF,
+    _FORWARDED,
+    _LENGTH,
+    _CHUNKED,
+    _TIMEOUT,
+) = range(10)
 
 if sys.version_info < (3, 12):  # pragma: no cover - depends on the interpreter
     # 3.11's asyncio.current_task() is pure Python; the dict it reads is the C module's own
@@ -222,9 +237,10 @@ class EdgeMiddleware:
         self.errors = ErrorMiddleware(_unused_app, logger=error_logger)
         self._exclude = self.access.exclude if self.access is not None else frozenset()
         self._trusted = self.access.trusted if self.access is not None else ()
-        # (peer, x-forwarded-for) -> client address: ipaddress parsing once per pair
-        self._clients: dict[tuple[str | None, bytes | None], str | None] = {}
-        # origin -> the CORS headers of a simple request (empty: not allowed)
+        # (peer, x-forwarded-for) -> client address, behind trusted proxies: ipaddress
+        # parsing once per pair (bounded: see `resolve_client`)
+        self._clients: dict[tuple[str, bytes], str] = {}
+        # origin -> the CORS headers of a simple request (empty: not allowed); bounded
         self._cors: dict[bytes, list[tuple[bytes, bytes]]] = {}
         # whether a CORS header can stand in for one of the security headers (not with the
         # OWASP sets): only then must the CORS names count as present
@@ -280,13 +296,16 @@ class EdgeMiddleware:
             # the link's work in-line: only on the clock whose timers the wheel coalesces
             self._inline = self._deadline.policy.clock is SYSTEM_CLOCK
         # header name -> what it is, for the one pass over the request headers
-        scan = {
-            b"traceparent": _TRACEPARENT,
-            b"origin": _ORIGIN,
-            b"access-control-request-method": _AC_METHOD,
-            b"access-control-request-headers": _AC_HEADERS,
-            b"x-forwarded-for": _XFF,
-        }
+        scan = dict.fromkeys(_ADDRESS_HEADERS, _FORWARDED)
+        scan.update(
+            {
+                b"traceparent": _TRACEPARENT,
+                b"origin": _ORIGIN,
+                b"access-control-request-method": _AC_METHOD,
+                b"access-control-request-headers": _AC_HEADERS,
+                b"x-forwarded-for": _XFF,
+            }
+        )
         if self._body is not None:
             scan[b"content-length"] = _LENGTH
             scan[b"transfer-encoding"] = _CHUNKED
@@ -296,7 +315,11 @@ class EdgeMiddleware:
         self._scan = scan
 
     def _cors_headers(self, cors: CORSMiddleware, origin_raw: bytes) -> list[tuple[bytes, bytes]]:
-        """The CORS headers for a simple request from ``origin_raw`` (cached per origin)."""
+        """The CORS headers for a simple request from ``origin_raw`` (cached per origin).
+
+        The cache takes new origins while it holds fewer than 1,024 and only short ones:
+        distinct ``Origin`` values sent by a client cannot grow it without bound.
+        """
         cached = self._cors.get(origin_raw)
         if cached is not None:
             return cached
@@ -308,32 +331,23 @@ class EdgeMiddleware:
                 headers.append((b"access-control-allow-credentials", b"true"))
             if cors.expose:
                 headers.append((b"access-control-expose-headers", cors.expose))
-        if len(self._cors) >= _CLIENT_CACHE_MAX:
-            self._cors.clear()
-        self._cors[origin_raw] = headers
+        if len(self._cors) < _CORS_CACHE_MAX and len(origin_raw) <= _CORS_KEY_MAX:
+            self._cors[origin_raw] = headers
         return headers
 
-    def client(self, scope: Scope, xff: bytes | None) -> str | None:
-        """The client address for the access log (`client_address`, cached per peer + XFF)."""
-        client = scope.get("client")
-        peer: str | None = str(client[0]) if client else None
-        trusted = self._trusted
-        if not trusted or peer is None:
-            return peer
-        key = (peer, xff)
-        clients = self._clients
-        try:
-            return clients[key]
-        except KeyError:
-            pass
-        if xff is None and not _trusted(peer, trusted):
-            address: str | None = peer
-        else:
-            address = client_address(scope, trusted)
-        if len(clients) >= _CLIENT_CACHE_MAX:
-            clients.clear()
-        clients[key] = address
-        return address
+    def client(self, scope: Scope, xff: bytes | None, forwarded: bool = False) -> str | None:
+        """The client address for the access log: `resolve_client`, as `client_address`.
+
+        ``xff`` is the request's ``X-Forwarded-For`` (joined), ``forwarded`` whether it
+        carries any header that passes an address on (implied by ``xff``).
+        """
+        return resolve_client(
+            scope.get("client"),
+            xff,
+            forwarded or xff is not None,
+            self._trusted,
+            self._clients,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -347,6 +361,7 @@ class EdgeMiddleware:
         request_method: bytes | None = None
         request_headers: bytes | None = None
         xff: bytes | None = None
+        forwarded = False  # a header that passes a client address on
         declared: list[bytes] | None = None  # Content-Length values (fused body limit)
         chunked = False
         asked_raw: bytes | None = None  # the client's deadline header (fused deadline)
@@ -369,6 +384,8 @@ class EdgeMiddleware:
                 request_headers = value
             elif what == _XFF:
                 xff = value if xff is None else xff + b"," + value
+            elif what == _FORWARDED:
+                forwarded = True
             elif what == _LENGTH:
                 if declared is None:
                     declared = [value]
@@ -409,7 +426,7 @@ class EdgeMiddleware:
                     mpath = _route_path(scope)
                 if mpath in metrics._skip:
                     if mpath == metrics.path:
-                        await self._serve_metrics(scope, send, context_headers)
+                        await self._serve_metrics(scope, send, context_headers, xff, forwarded)
                         return
                     metrics = None
             access = self.access
@@ -719,11 +736,6 @@ class EdgeMiddleware:
                     else:
                         entry[1].record(elapsed)
                 if logged and access is not None:
-                    if self._trusted:
-                        client = self.client(scope, xff)
-                    else:  # the peer (EdgeMiddleware.client, in-line)
-                        peer = scope.get("client")
-                        client = str(peer[0]) if peer else None
                     log_access(
                         access.logger,
                         access.direct,
@@ -731,7 +743,7 @@ class EdgeMiddleware:
                         status,
                         size,
                         started_at,
-                        client,
+                        self.client(scope, xff, forwarded) or UNKNOWN_CLIENT,
                         access.principal(scope),
                     )
         finally:
@@ -739,7 +751,12 @@ class EdgeMiddleware:
             _REQUEST_ID.reset(id_token)
 
     async def _serve_metrics(
-        self, scope: Scope, send: Send, context_headers: list[tuple[bytes, bytes]]
+        self,
+        scope: Scope,
+        send: Send,
+        context_headers: list[tuple[bytes, bytes]],
+        xff: bytes | None,
+        forwarded: bool,
     ) -> None:
         logged = self.access is not None and scope["path"] not in self._exclude
         started = time.perf_counter()
@@ -763,7 +780,7 @@ class EdgeMiddleware:
             await metrics._serve(scope, send_context)
         finally:
             if logged:
-                self._write_access(scope, started, status, size, None)
+                self._write_access(scope, started, status, size, xff, forwarded)
 
     async def _error(self, scope: Scope, exc: Exception, started: bool, send: Send) -> None:
         code, retry_after, detail = problem_for_exception(exc)
@@ -795,7 +812,13 @@ class EdgeMiddleware:
         )
 
     def _write_access(
-        self, scope: Scope, started: float, status: int, size: int, xff: bytes | None
+        self,
+        scope: Scope,
+        started: float,
+        status: int,
+        size: int,
+        xff: bytes | None,
+        forwarded: bool,
     ) -> None:
         access = self.access
         if access is None:  # pragma: no cover - checked by the caller
@@ -807,6 +830,6 @@ class EdgeMiddleware:
             status,
             size,
             started,
-            self.client(scope, xff),
+            self.client(scope, xff, forwarded) or UNKNOWN_CLIENT,
             access.principal(scope),
         )

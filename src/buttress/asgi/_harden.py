@@ -420,7 +420,7 @@ def harden(
         from buttress.asgi import harden
 
         app = FastAPI()
-        app = harden(app)           # uvicorn main:app
+        app = harden(app)           # uvicorn main:app --no-proxy-headers
     """
     s = settings if settings is not None else HardenSettings.from_env()
     parts = HardenedParts()

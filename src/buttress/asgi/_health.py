@@ -21,9 +21,12 @@ Details (component names, observed values, outputs, version) describe internals.
 returned only to a request with ``Authorization: Bearer <token>`` matching ``token``
 (compared in constant time), or, with ``expose_details="loopback"`` (the default), to a
 loopback client that is not a proxy forwarding someone else's request (a request carrying
-``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP`` is not treated as loopback). Everyone
-else gets the aggregate ``status`` alone: no per-check list, since even component names
-map the service's architecture.
+any proxy header, ``Forwarded``, any ``X-Forwarded-*``, ``X-Real-IP``, ``Via``,
+``CF-Connecting-IP``, ``True-Client-IP`` or ``X-Client-IP``, is not treated as loopback:
+`buttress.asgi._context.is_local_request`). Everyone else gets the aggregate ``status``
+alone: no per-check list, since even component names map the service's architecture. A
+proxy on the same host that adds none of those headers makes every caller look local, and
+no header can reveal it: set ``token`` and ``expose_details="token"`` there.
 
 Built-in checks: `PostgresCheck`, `RedisCheck`, `HttpCheck`, `SQLiteCheck`, `DiskCheck`,
 `MemoryCheck`, and `BreakersCheck` (open circuit breakers from
@@ -47,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 from collections.abc import Iterable
@@ -56,7 +58,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock, Timer
-from buttress.asgi._context import current_request_id
+from buttress.asgi._context import current_request_id, is_local_request
 from buttress.asgi._health_checks import (
     BaseCheck,
     BreakersCheck,
@@ -98,7 +100,6 @@ HEALTH_CONTENT_TYPE: Final = b"application/health+json"
 _STATUSES: Final = frozenset({"pass", "warn", "fail"})
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what fits a Bearer header
-_FORWARDED_HEADERS: Final = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 _EXPOSE: Final = ("loopback", "token", "always")
 
 
@@ -257,18 +258,6 @@ def _checks_document(observations: Iterable[_Observation]) -> dict[str, list[dic
     for obs in observations:
         checks.setdefault(obs.key, []).append(_entry(obs))
     return checks
-
-
-def _is_loopback(client: object) -> bool:
-    if not isinstance(client, tuple | list) or not client or not isinstance(client[0], str):
-        return False
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def _check_path(option: str, value: object) -> str | None:
@@ -482,12 +471,9 @@ class HealthMiddleware:
         if expose == "always":
             return True
         authorization = None
-        forwarded = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
-            elif name in _FORWARDED_HEADERS:
-                forwarded = True
         digest = self._token_digest
         if digest is not None and authorization is not None:
             scheme, _, credentials = bytes(authorization).strip().partition(b" ")
@@ -495,7 +481,8 @@ class HealthMiddleware:
                 hashlib.sha256(credentials.strip()).digest(), digest
             ):
                 return True
-        return expose == "loopback" and not forwarded and _is_loopback(scope.get("client"))
+        # a local reverse proxy forwarding someone else's request is not a local caller
+        return expose == "loopback" and is_local_request(scope)
 
     def _live(self, details: bool) -> tuple[int, dict[str, Any]]:
         if self._dead is None:

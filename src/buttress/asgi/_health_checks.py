@@ -41,7 +41,6 @@ HEALTH_CONTENT_TYPE: Final = b"application/health+json"
 _STATUSES: Final = frozenset({"pass", "warn", "fail"})
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what fits a Bearer header
-_FORWARDED_HEADERS: Final = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 _EXPOSE: Final = ("loopback", "token", "always")
 _T = TypeVar("_T")
 

@@ -595,6 +595,7 @@ class _Run:
         "abandon_timer",
         "chunks",
         "client",
+        "delivered",
         "delivering",
         "fingerprint",
         "key",
@@ -628,7 +629,8 @@ class _Run:
         self.trailers = False
         self.started = False  # the handler was called
         self.settled = False  # the key was completed, marked or released
-        self.delivering: asyncio.Future[None] | None = None  # a whole answer being sent
+        self.delivering: Callable[..., Awaitable[None]] | None = None  # an answer being sent
+        self.delivered: asyncio.Future[None] | None = None  # set when it is, if awaited
         self.renewal: asyncio.Task[None] | None = None
         self.timer: Timer | None = None
         self.abandon_timer: Timer | None = None
@@ -704,11 +706,12 @@ class _Run:
         work.add_done_callback(mw._forget)
         if self.started and not self.settled:
             self.abandon_timer = mw.clock.call_later(mw.abandon_after, self._abandon)
-        delivering = self.delivering
-        while delivering is not None and not delivering.done():
+        if self.delivering is not None:
             # a whole answer is on its way: finish it, then let the cancellation through
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(delivering)
+            delivered = self.delivered = asyncio.get_running_loop().create_future()
+            while not delivered.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(delivered)
 
     def _abandon(self) -> None:
         work = self.work_task
@@ -725,11 +728,13 @@ class _Run:
         client = self.client
         if client is None:
             return
-        self.delivering = asyncio.get_running_loop().create_future()
+        self.delivering = answer
         try:
             await answer(client, *args)
         finally:
-            self.delivering.set_result(None)
+            self.delivering = None
+            if self.delivered is not None:  # the client stopped waiting meanwhile
+                self.delivered.set_result(None)
 
     # ------------------------------------------------------------ lease renewal
     def _renew_due(self) -> None:

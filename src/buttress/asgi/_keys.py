@@ -9,7 +9,10 @@ carry an HMAC of it).
 
 Untrusted input, and what it means for a limit:
 
-* `client_ip` only believes ``X-Forwarded-For`` hops added by *your* proxies.
+* `client_ip` only believes ``X-Forwarded-For`` hops added by *your* proxies. When the
+  server itself rewrote the client address from such a header (uvicorn's default for
+  loopback peers) and you listed no proxies, every such request counts against one key,
+  ``ip:unknown`` (see `buttress.asgi.client_address`).
 * `jwt_subject` verifies the token (HS256/384/512, ``exp``/``nbf``) before trusting its
   ``sub``: an unverified subject would let a client pick any key, spreading its traffic over
   fresh buckets or spending a victim's. An invalid token (forged, expired, ``alg: none``,
@@ -149,7 +152,10 @@ def client_ip(trusted_proxies: Iterable[str] = (), *, ipv6_prefix: int = 64) -> 
     """Key by the client's address, trusted-proxy aware (`buttress.asgi.client_address`).
 
     Behind your proxies (CIDRs in ``trusted_proxies``) the key is the right-most
-    ``X-Forwarded-For`` hop that is not one of them; with none trusted it is the peer.
+    ``X-Forwarded-For`` hop that is not one of them; with none trusted it is the peer,
+    whatever the headers say. A peer that is not an IP address, or one the server rewrote
+    from a forwarding header while you trust no proxy, is ``ip:unknown``: one shared key,
+    never a fresh one per forged address.
     IPv6 clients are grouped by their ``/64`` (one subscriber usually holds a whole /64 and
     could otherwise rotate addresses to dodge the limit); ``ipv6_prefix=128`` keys each
     address. None when the server gives no client address (a Unix socket).

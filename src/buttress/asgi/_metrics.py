@@ -28,9 +28,11 @@ the trace id appear only there). Like health details it is not public by default
 loopback client, or ``Authorization: Bearer <token>`` when a token is configured. Anyone
 else gets a problem+json answer: 401 with ``WWW-Authenticate: Bearer`` when a token would
 have been accepted, 403 otherwise (an operator probing from the wrong place learns why).
-A loopback request that carries ``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP`` came
-through a proxy and is not treated as local (as for health details). A proxy on the same
-host that forwards none of those makes every client look local: use a token,
+A loopback request that carries any proxy header (``Forwarded``, any ``X-Forwarded-*``,
+``X-Real-IP``, ``Via``, ``CF-Connecting-IP``, ``True-Client-IP``, ``X-Client-IP``: see
+`buttress.asgi._context.is_local_request`) came through a proxy and is not treated as local
+(as for health details). A proxy on the same host that adds none of those makes every
+client look local, and no header can reveal it: there, use a token with
 ``expose="token"``, and block the path at the proxy.
 
 Several worker processes (gunicorn, ``uvicorn --workers``): set the environment variable
@@ -59,7 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import itertools
 import logging
 import math
@@ -73,6 +74,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress.asgi._context import is_local_request
 from buttress.asgi._problem import send_problem
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
@@ -695,21 +697,6 @@ def _find_route(routes: Any, target: object, prefix: str, depth: int) -> str | N
 # --------------------------------------------------------------------------- the middleware
 
 
-_FORWARDED = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
-
-
-def _is_loopback(client: Any) -> bool:
-    if not client:
-        return False  # a Unix socket may be a local reverse proxy: not trusted by itself
-    try:
-        address = ipaddress.ip_address(client[0])
-    except (ValueError, TypeError, IndexError):
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
 class MetricsMiddleware:
     """Count and time every HTTP request; serve ``/metrics`` (see the module docstring).
 
@@ -942,12 +929,8 @@ class MetricsMiddleware:
                 credentials.strip(), self._token
             ):
                 return True
-        return (
-            self.expose == "loopback"
-            and _is_loopback(scope.get("client"))
-            # a local reverse proxy forwarding someone else's request is not a local scrape
-            and not any(name in _FORWARDED for name, _ in scope.get("headers", ()))
-        )
+        # a local reverse proxy forwarding someone else's request is not a local scrape
+        return self.expose == "loopback" and is_local_request(scope)
 
 
 def _route_path(scope: Scope) -> str:

@@ -318,7 +318,8 @@ class GracefulShutdown:
         shutdown.on_drain.append(health.mark_draining)
         shutdown.add_close_hook(pool.close)          # sync: runs in a worker thread
         shutdown.add_close_hook(http_client.aclose)  # async: runs on the event loop
-        # uvicorn main:app   (SIGTERM: 503 on /health/ready at once, stop 5 s later)
+        # uvicorn main:app --no-proxy-headers   (SIGTERM: 503 on /health/ready at once,
+        # stop 5 s later)
     """
 
     def __init__(
