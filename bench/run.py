@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|asgi|stores|all ...``.
+"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|asgi|stores|memory|all``.
 
 ``./dev bench NAME`` calls this. Extra arguments go to each script (see ``--help`` of
-``bench/outbound.py``, ``bench/ratelimit.py``, ``bench/asgi.py`` and ``bench/stores.py``).
+``bench/outbound.py``, ``bench/ratelimit.py``, ``bench/asgi.py``, ``bench/stores.py`` and
+``bench/memory.py``).
 With ``all`` the scripts run one after the other, never at once: on a 2-core machine two
 benchmarks ruin each other. Each script runs in a fresh interpreter of the same Python.
 """
@@ -20,6 +21,7 @@ SCRIPTS = {
     "ratelimit": "ratelimit.py",
     "asgi": "asgi.py",
     "stores": "stores.py",
+    "memory": "memory.py",
 }
 # module each benchmark needs beyond buttress (installed by the `bench` extra)
 NEEDS = {
@@ -43,6 +45,7 @@ NEEDS = {
         "secure",
     ],
     "stores": ["redis", "psycopg"],
+    "memory": ["limits"],
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from buttress import ConfigurationError, Pipeline, RateLimited, RateLimiter, deadline
+from buttress.resilience import RateDecision
 from buttress.testing import FakeClock
 
 
@@ -109,12 +110,45 @@ def test_idle_keys_are_swept(clock: FakeClock) -> None:
     assert len(limiter) <= 10
 
 
-def test_live_keys_beyond_the_cap_are_dropped_oldest_first(clock: FakeClock) -> None:
+def test_live_keys_are_never_dropped_new_keys_wait(clock: FakeClock) -> None:
     limiter = RateLimiter(1, per=100.0, burst=1, max_keys=4, clock=clock)
-    for i in range(12):
-        limiter.allow(i)
-    assert len(limiter) <= 6
-    assert not limiter.allow(11)  # the newest keys are kept
+    assert [limiter.allow(i) for i in range(12)] == [True] * 4 + [False] * 8
+    assert len(limiter) == 4
+    assert limiter.try_acquire(11) == pytest.approx(100.0)  # until key 0 expires
+    assert not any(limiter.allow(i) for i in range(4))  # their state is intact
+    clock.advance(100.0)
+    assert limiter.allow(11)
+
+
+def test_a_flood_of_new_keys_never_resets_an_exhausted_one(clock: FakeClock) -> None:
+    """Issue 8: 10x ``max_keys`` attacker keys leave an exhausted victim denied."""
+    limiter = RateLimiter(10, per=3600, max_keys=1000, clock=clock)
+    assert all(limiter.allow("victim") for _ in range(10))
+    assert not limiter.allow("victim")
+    admitted = [limiter.allow(f"attacker-{i}") for i in range(10_000)]
+    assert sum(admitted) == 999  # every slot but the victim's
+    assert not limiter.allow("victim")
+    # a refused key waits until the earliest live key (an attacker's, 360 s) expires
+    assert limiter.try_acquire("attacker-9999") == pytest.approx(360.0)
+    assert limiter.decide("attacker-9999") == RateDecision(False, 10, 0, 360.0, 0.0)
+    assert limiter.reserve("attacker-9999", max_wait=1000.0) is None
+    clock.advance(359.0)
+    assert not limiter.allow("victim")
+    assert limiter.try_acquire("attacker-9999") == pytest.approx(1.0)
+    clock.advance(1.0)
+    assert limiter.allow("attacker-9999")  # room again: the expired attackers are dropped
+    # 360 s earned the victim one request back, as GCRA says; a reset would give it 10
+    assert [limiter.allow("victim") for _ in range(10)] == [True] + [False] * 9
+    clock.advance(3600.0)
+    assert all(limiter.allow("victim") for _ in range(10))  # its TAT passed: a full burst
+    assert len(limiter) <= 1000
+
+
+def test_the_bytes_budget_bounds_long_keys(clock: FakeClock) -> None:
+    limiter = RateLimiter(1, per=100.0, burst=1, max_bytes=64 * 1024, clock=clock)
+    admitted = sum(limiter.allow("k" * 1000 + str(i)) for i in range(1000))
+    assert 40 < admitted < 64  # ~1.2 kB each
+    assert limiter.try_acquire("k" * 1000 + "x") == pytest.approx(100.0)
 
 
 def test_reset(clock: FakeClock) -> None:
@@ -138,6 +172,8 @@ def test_default_burst_is_the_rate() -> None:
         ({"rate": 1, "max_wait": -1}, "max_wait"),
         ({"rate": 1, "key": "ip"}, "key"),
         ({"rate": 1, "max_keys": 0}, "max_keys"),
+        ({"rate": 1, "max_bytes": 100}, "max_bytes"),
+        ({"rate": 1, "max_keys": 2**32}, "max_keys"),
     ],
 )
 def test_invalid_limiter_options(kwargs: dict[str, object], match: str) -> None:

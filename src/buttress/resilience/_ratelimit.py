@@ -7,17 +7,24 @@ of length ``t`` at most ``B + t / T`` requests are admitted, the answer needs no
 and ``Retry-After`` is exact: the state only moves forward, so a denied key stays denied
 until exactly ``retry_after`` has passed. The shared stores run the same algorithm (in Redis,
 as one Lua script).
+
+Keys live in a bounded `buttress._expiry.ExpiryTable`: a key whose TAT has passed is the
+same as a fresh key and may be dropped, a key whose TAT is ahead is never dropped, and a new
+key that finds the table full of live keys is denied until one expires (never admitted by
+forgetting someone else's state: a flood of new keys cannot reset an exhausted one).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress._expiry import ENTRY_BYTES, MAX_KEYS, ExpiryTable
 from buttress.errors import ConfigurationError, RateLimited
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
@@ -44,6 +51,11 @@ _SCALE = 1.0 + _ULPS  # now * _SCALE + _EPSILON == now + _slack(now)
 
 def _slack(now: float) -> float:
     return now * _ULPS + _EPSILON
+
+
+def _entry_size(key: Hashable, tat: float) -> int:
+    """Bytes one key holds: its (shallow) size plus a slot of the table."""
+    return ENTRY_BYTES + sys.getsizeof(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +89,13 @@ class RateLimiter(Policy):
         max_wait: in a pipeline, wait up to this long for a permit instead of raising
             `RateLimited` (default 0: never wait). Waiting reserves the slot, so waiters
             are served in order and the limit holds.
-        max_keys: keys kept in memory before expired ones are swept (default 100,000);
-            past that, the least recently created keys are dropped.
+        max_keys: keys held in memory at most (default 100,000). A key whose TAT has
+            passed is idle (the same as a fresh key) and is dropped as needed; a key that
+            still carries state is never dropped. A *new* key that finds ``max_keys`` live
+            keys is denied, with ``retry_after`` the time until the earliest one expires.
+        max_bytes: memory budget of the keys (default 64 MiB), approximate: each key counts
+            its shallow ``sys.getsizeof`` plus ~170 bytes of bookkeeping. Full, it refuses
+            new keys like ``max_keys``.
         name: label for events and metrics.
         clock: time source.
 
@@ -91,16 +108,20 @@ class RateLimiter(Policy):
     """
 
     __slots__ = (
+        "_get",
         "_interval",
         "_lock",
+        "_mask",
         "_now",
         "_offset",
-        "_sweep_at",
+        "_put",
+        "_shards",
         "_tats",
         "_tau",
         "burst",
         "clock",
         "key",
+        "max_bytes",
         "max_keys",
         "max_wait",
         "per",
@@ -117,6 +138,7 @@ class RateLimiter(Policy):
         key: Callable[..., Hashable] | None = None,
         max_wait: float = 0.0,
         max_keys: int = 100_000,
+        max_bytes: int = 64 << 20,
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -130,14 +152,23 @@ class RateLimiter(Policy):
         self.key = key
         self.max_wait = check_positive("RateLimiter", "max_wait", max_wait, allow_zero=True)
         self.max_keys = check_int("RateLimiter", "max_keys", max_keys, minimum=1)
+        if self.max_keys > MAX_KEYS:
+            raise ConfigurationError(f"RateLimiter(max_keys={max_keys!r}): must be below 2**32")
+        self.max_bytes = check_int("RateLimiter", "max_bytes", max_bytes, minimum=1024)
         self.clock = clock
         self._interval = self.per / self.rate
         self._tau = self._interval * self.burst
         self._offset = self._tau + _EPSILON
         self._now = clock.now
         self._lock = threading.Lock()
-        self._tats: dict[Hashable, float] = {}
-        self._sweep_at = self.max_keys
+        self._tats: ExpiryTable[Hashable, float] = ExpiryTable(
+            self.max_keys, self.max_bytes, expiry=float, size=_entry_size
+        )
+        # the hot paths read and update a key's shard dict in place (see ExpiryTable.shards)
+        self._shards = self._tats.shards
+        self._mask = self._tats.mask
+        self._get = self._tats.get
+        self._put = self._tats.put
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self.rate!r}, per={self.per!r}, burst={self.burst})"
@@ -146,31 +177,34 @@ class RateLimiter(Policy):
     def try_acquire(self, key: Hashable = None, cost: int = 1, now: float | None = None) -> float:
         """Admit one request of ``cost``: 0.0 when admitted, else seconds to wait.
 
-        The fastest form: one lock, one dict lookup, no allocation. A ``cost`` above the
-        burst can never be admitted: the answer is ``math.inf``.
+        The fastest form: one lock, one table lookup, no allocation. A ``cost`` above the
+        burst can never be admitted: the answer is ``math.inf``. A new key that finds the
+        table full of live keys waits for the earliest one to expire.
         """
         if now is None:
             now = self.clock.now()
         if cost > self.burst:
             return math.inf  # larger than the burst: can never be admitted
         increment = self._interval * cost
-        tats = self._tats
+        shard = self._shards[hash(key) & self._mask]  # the dict holding key (see ExpiryTable)
         limit = now * _SCALE + self._offset  # now + slack(now) + tau
         # A key's TAT only moves forward, so a denial read without the lock is as exact as
         # one read with it: an over-limit key costs no lock at all (cheaper under abuse).
-        tat = tats.get(key, now)
-        if tat + increment > limit and tat > now:
+        tat = shard.get(key)
+        if tat is not None and tat + increment > limit and tat > now:
             return tat + increment - self._tau - now
         lock = self._lock
         lock.acquire()
-        old = tats.get(key)
+        old = shard.get(key)
         new_tat = (now if old is None or old < now else old) + increment
         if new_tat > limit:
             lock.release()
             return new_tat - self._tau - now
-        tats[key] = new_tat
-        if old is None and len(tats) > self._sweep_at:  # only a new key can grow the dict
-            self._sweep(now)
+        if old is None:  # a new key needs room: refused while every slot is live
+            wait = self._put(key, new_tat, now)
+            lock.release()
+            return wait
+        shard[key] = new_tat  # a present key, same size: the table's in-place update
         lock.release()
         return 0.0
 
@@ -187,21 +221,23 @@ class RateLimiter(Policy):
             return False
         else:
             increment = self._interval * cost
-        tats = self._tats
+        shard = self._shards[hash(key) & self._mask]
         limit = now * _SCALE + self._offset  # now + slack(now) + tau
-        tat = tats.get(key, now)
-        if tat + increment > limit and tat > now:
+        tat = shard.get(key)
+        if tat is not None and tat + increment > limit and tat > now:
             return False
         lock = self._lock
         lock.acquire()
-        old = tats.get(key)
+        old = shard.get(key)
         new_tat = (now if old is None or old < now else old) + increment
         if new_tat > limit:
             lock.release()
             return False
-        tats[key] = new_tat
-        if old is None and len(tats) > self._sweep_at:  # only a new key can grow the dict
-            self._sweep(now)
+        if old is None:  # a new key needs room: refused while every slot is live
+            admitted = not self._put(key, new_tat, now)
+            lock.release()
+            return admitted
+        shard[key] = new_tat  # a present key, same size: the table's in-place update
         lock.release()
         return True
 
@@ -216,15 +252,19 @@ class RateLimiter(Policy):
             now = self.clock.now()
         interval = self._interval
         with self._lock:
-            tat = max(self._tats.get(key, now), now)
+            old = self._get(key)
+            tat = now if old is None or old < now else old
             new_tat = tat + interval * cost
             allow_at = new_tat - self._tau
             allowed = allow_at <= now + _slack(now)
-            if allowed:
-                self._tats[key] = new_tat
+            if allowed and old is None:
+                wait = self._put(key, new_tat, now)
+                if wait:  # no room for a new key: denied until the earliest one expires
+                    return RateDecision(False, self.burst, 0, wait, 0.0)
                 tat = new_tat
-                if len(self._tats) > self._sweep_at:
-                    self._sweep(now)
+            elif allowed:
+                self._tats.update(key, new_tat)
+                tat = new_tat
         remaining = max(0, math.floor((self._tau - (tat - now) + _slack(now)) / interval))
         return RateDecision(
             allowed=allowed,
@@ -241,34 +281,29 @@ class RateLimiter(Policy):
         """
         now = self.clock.now()
         with self._lock:
-            tat = max(self._tats.get(key, now), now)
-            new_tat = tat + self._interval * cost
+            old = self._get(key)
+            new_tat = (now if old is None or old < now else old) + self._interval * cost
             wait = new_tat - self._tau - now
             if wait > max_wait:
                 return None
-            self._tats[key] = new_tat
-            if len(self._tats) > self._sweep_at:
-                self._sweep(now)
+            if old is None:
+                if self._put(key, new_tat, now):
+                    return None  # no room for a new key
+            else:
+                self._tats.update(key, new_tat)
         return max(wait, 0.0)
 
     def reset(self, key: Hashable = None) -> None:
-        """Forget ``key``: its next request starts from a full burst."""
+        """Forget ``key``: its next request starts from a full burst.
+
+        Its slot in the table comes back when its TAT passes (see `buttress._expiry`).
+        """
         with self._lock:
-            self._tats.pop(key, None)
+            self._tats.delete(key)
 
     def __len__(self) -> int:
+        """Keys held (at most ``max_keys``), idle ones not dropped yet included."""
         return len(self._tats)
-
-    def _sweep(self, now: float) -> None:
-        # lock held. Keys whose TAT has passed are idle: dropping them changes nothing.
-        tats = self._tats
-        for k in [k for k, tat in tats.items() if tat <= now]:
-            del tats[k]
-        if len(tats) > self.max_keys:  # still too many live keys: drop the oldest created
-            for k in list(tats)[: len(tats) - self.max_keys]:
-                del tats[k]
-        # next sweep when we grow by half again (amortised O(1) per decision)
-        self._sweep_at = max(self.max_keys, len(tats) + self.max_keys // 2)
 
     # ------------------------------------------------------------ drivers
     def _rejected(self, ctx: BuildContext, retry_after: float) -> RateLimited:

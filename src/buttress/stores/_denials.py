@@ -18,6 +18,10 @@ exactly 0 and the local answers equal the store's, number for number.
 Store-agnostic: it knows `RateRequest`, `RateDecision` and `gcra`, nothing about Redis or
 SQL; a store only has to return the TATs it read and its own time.
 
+Bounded in entries and bytes with least-recently-recorded eviction, O(1) per entry (an
+`OrderedDict` per shard, as in `buttress._expiry`, so no dict rebuild copies more than ~16k
+entries): dropping an entry only loses a shortcut, the store still decides.
+
 Example::
 
     denials = LocalDenials()
@@ -32,15 +36,25 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
+from buttress._expiry import SHARD_KEYS
 from buttress.errors import ConfigurationError
 from buttress.stores._base import RateDecision, RateRequest, gcra
 
 __all__ = ["LocalDenials"]
 
 _EPSILON = 1e-6  # as in `gcra`
+# Bytes one entry costs besides its key: an OrderedDict entry and its (TAT, offset) tuple
+# (tracemalloc, CPython 3.11, 64-bit).
+_ENTRY_BYTES = 200
+
+
+def _entry_size(key: str) -> int:
+    return _ENTRY_BYTES + sys.getsizeof(key)
 
 
 def _deny_one(stored: float, now: float, req: RateRequest) -> list[RateDecision] | None:
@@ -64,8 +78,10 @@ class LocalDenials:
     """A bounded, thread-safe map of key -> (TAT, clock offset) (see the module doc).
 
     Args:
-        max_entries: keys remembered at most; when full, the entries whose TAT has passed
-            are dropped, then the least recently recorded ones.
+        max_entries: keys remembered at most (default 10,000); when full, the least
+            recently recorded ones are forgotten (per shard of ~16k keys above that size).
+        max_bytes: memory budget (default 8 MiB): each key counts its ``sys.getsizeof``
+            plus ~200 bytes; evicts like ``max_entries``.
 
     Example::
 
@@ -74,38 +90,64 @@ class LocalDenials:
         denials.check([request], sent_at + 0.01)    # [RateDecision(allowed=False, ...)]
     """
 
-    __slots__ = ("_entries", "_lock", "max_entries")
+    __slots__ = (
+        "_count",
+        "_lock",
+        "_mask",
+        "_nbytes",
+        "_shard_bytes",
+        "_shard_entries",
+        "_shards",
+        "max_bytes",
+        "max_entries",
+    )
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 8 << 20) -> None:
         if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1:
             raise ConfigurationError(
                 f"LocalDenials max_entries must be an integer >= 1, got {max_entries!r}"
             )
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1024:
+            raise ConfigurationError(
+                f"LocalDenials max_bytes must be an integer >= 1024, got {max_bytes!r}"
+            )
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, float]] = {}
+        self.max_bytes = max_bytes
+        shards = 1
+        while shards * SHARD_KEYS < max_entries:
+            shards *= 2
+        self._mask = shards - 1
+        self._shards: list[OrderedDict[str, tuple[float, float]]] = [
+            OrderedDict() for _ in range(shards)
+        ]
+        self._shard_entries = max_entries // shards
+        self._shard_bytes = max_bytes // shards
+        self._nbytes = [0] * shards
+        self._count = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def check(self, requests: Sequence[RateRequest], now: float) -> list[RateDecision] | None:
         """The store's decisions, when the cached TATs already deny; else None (ask it).
 
         ``now`` is the local time (the clock whose readings were passed to `record`).
         """
-        entries = self._entries
-        if not entries:  # the common case: nothing is over its limit
+        if not self._count:  # the common case: nothing is over its limit
             return None
+        shards = self._shards
+        mask = self._mask
         if len(requests) == 1:
             req = requests[0]
-            entry = entries.get(req.key)
+            entry = shards[hash(req.key) & mask].get(req.key)
             if entry is None:
                 return None
             return _deny_one(entry[0], now + entry[1], req)
         tats = []
         offset = -math.inf
         for req in requests:
-            entry = entries.get(req.key)
+            entry = shards[hash(req.key) & mask].get(req.key)
             if entry is None:
                 return None
             tats.append(entry[0])
@@ -127,12 +169,20 @@ class LocalDenials:
         """
         offset = server_now - sent_at
         with self._lock:
-            entries = self._entries
             for req, tat in zip(requests, tats, strict=True):
-                entries.pop(req.key, None)  # re-inserting makes it the youngest
-                entries[req.key] = (server_now if tat is None else tat, offset)
-            if len(entries) > self.max_entries:
-                self._evict(sent_at)
+                key = req.key
+                i = hash(key) & self._mask
+                shard = self._shards[i]
+                if key in shard:
+                    shard.move_to_end(key)  # the youngest now
+                else:
+                    self._nbytes[i] += _entry_size(key)
+                    self._count += 1
+                shard[key] = (server_now if tat is None else tat, offset)
+                while len(shard) > self._shard_entries or self._nbytes[i] > self._shard_bytes:
+                    old, _ = shard.popitem(last=False)  # the least recently recorded
+                    self._nbytes[i] -= _entry_size(old)
+                    self._count -= 1
 
     def refresh(
         self,
@@ -142,26 +192,21 @@ class LocalDenials:
         sent_at: float,
     ) -> None:
         """Update the keys already remembered with the TATs an admitted decision wrote."""
-        entries = self._entries
-        if not entries:
+        if not self._count:
             return
         offset = server_now - sent_at
+        shards = self._shards
+        mask = self._mask
         with self._lock:
             for req, tat in zip(requests, tats, strict=True):
-                if req.key in entries:
-                    entries[req.key] = (tat, offset)
+                shard = shards[hash(req.key) & mask]
+                if req.key in shard:
+                    shard[req.key] = (tat, offset)
 
     def clear(self) -> None:
         """Forget every key."""
         with self._lock:
-            self._entries.clear()
-
-    def _evict(self, now: float) -> None:
-        # lock held: drop the entries back at full burst, then the oldest down to 3/4 full
-        entries = self._entries
-        for key in [k for k, (tat, offset) in entries.items() if tat <= now + offset]:
-            del entries[key]
-        excess = len(entries) - max(1, self.max_entries * 3 // 4)
-        if excess > 0:
-            for key in list(entries)[:excess]:
-                del entries[key]
+            for shard in self._shards:
+                shard.clear()
+            self._nbytes = [0] * len(self._shards)
+            self._count = 0
