@@ -4,11 +4,13 @@
 Three configurations serve ``GET /hello`` -> ``JSONResponse({"message": "hello"})``:
 
   bare      plain Starlette, built exactly like the shared peer harness's bare app
-  buttress  ``harden(bare, HardenSettings(...))`` with every feature on: request id and trace
-            context, JSON access log (buttress's direct writer, to /dev/null), security
-            headers (the default "api" set: OWASP's REST cheat sheet), CORS (the origin
-            allowed, credentials), problem+json errors, health endpoints, 1 MiB body limit,
-            30 s request deadline (and metrics / load shedding when HardenSettings has them)
+  buttress  ``harden(bare, HardenSettings(...))`` in the production configuration: request
+            id and trace context, JSON access log (buttress's direct writer, to
+            /dev/null), metrics, security headers (the default "api" set: OWASP's REST
+            cheat sheet), CORS (the origin allowed, credentials), graceful shutdown,
+            problem+json errors, health endpoints, a global rate limit on the in-memory
+            store (100000000/minute, never refuses: as the peer's slowapi), adaptive load
+            shedding, 1 MiB body limit, 30 s request deadline, idempotency keys (optional)
   peer      the harness's peer stack, outermost first: prometheus-fastapi-instrumentator (own
             CollectorRegistry, /metrics), asgi-correlation-id, a BaseHTTPMiddleware timing
             logger (one INFO line per request to /dev/null), secure, Starlette
@@ -29,8 +31,12 @@ Every request carries ``Origin: https://example.com`` (allowed by both stacks).
     the buttress stack with the full OWASP header set (``security_headers="full"``).
     Skipped with a message when wrk is not installed (``apt-get install -y wrk``).
 
-Targets (issue 3): in-process the whole buttress stack adds at most 15 µs/request over bare;
-under uvicorn buttress reaches at least 0.85x bare's requests/s and at least 8x the peer's.
+The same pair on FastAPI: ``fastapi`` (``@app.get("/hello")`` returning the dict) and
+``fastapi + buttress`` (the same settings), in-process and under uvicorn.
+
+Targets (issues 3 and 9): in-process the whole buttress stack adds at most 15 µs/request
+over bare Starlette and over bare FastAPI; under uvicorn buttress reaches at least 0.85x
+bare's requests/s and at least 8x the peer's.
 
 Run:  .venv/bin/python bench/asgi.py [--markdown] [--skip-server] [--profile 20000]
 Also the uvicorn factory: ``BENCH_APP=buttress uvicorn asgi:create_from_env --factory``
@@ -71,6 +77,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 DISTS = [
     "buttress",
     "starlette",
+    "fastapi",
     "uvicorn",
     "httptools",
     "structlog",
@@ -85,6 +92,7 @@ PEER_MODULES = ["slowapi", "asgi_correlation_id", "prometheus_fastapi_instrument
 ORIGIN = "https://example.com"
 HIGH_LIMIT = "100000000/minute"
 BARE, BUTTRESS, PEER = "bare", "buttress", "peer"
+FASTAPI, FASTAPI_BUTTRESS = "fastapi", "fastapi + buttress"
 
 # --------------------------------------------------------------------------- the apps
 
@@ -101,14 +109,30 @@ def create_bare() -> Starlette:
     return Starlette(routes=_routes())
 
 
+def create_fastapi() -> Any:
+    from fastapi import FastAPI  # noqa: PLC0415 - only for the FastAPI rows
+
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello_fastapi() -> dict[str, str]:
+        return {"message": "hello"}
+
+    return app
+
+
 # ---- buttress: harden(bare) with everything on
 
-# "everything on": the production defaults (access log, security headers, health, metrics,
-# 1 MiB body limit, 30 s deadline) plus CORS for the benchmark's origin with credentials (as
+# "everything on", the production configuration: the defaults (access log, security
+# headers, health, metrics, graceful shutdown, load shedding, 1 MiB body limit, 30 s
+# deadline, idempotency keys) plus a global rate limit on the in-memory store that never
+# refuses (as the peer's slowapi) and CORS for the benchmark's origin with credentials (as
 # the peer's CORSMiddleware).
+RATE_LIMITS = ("global=100000000/minute",)
 ON_SETTINGS: dict[str, Any] = {
     "cors_origins": (ORIGIN,),
     "cors_credentials": True,
+    "rate_limits": RATE_LIMITS,
     "configure_logging": False,  # configured once below: JSON lines to /dev/null
 }
 # opt-in settings measured as extra rows on top of "everything on" (cost = row - full)
@@ -126,6 +150,8 @@ FEATURES: list[tuple[str, str, Any]] = [
     ("request deadline", "request_timeout", None),
     ("body limit", "max_body_bytes", None),
     ("health endpoints", "health", False),
+    ("rate limits", "rate_limits", ()),
+    ("idempotency", "idempotency", "off"),
 ]
 # features harden() may grow: the first of these fields HardenSettings has is switched
 OPTIONAL_FEATURES: dict[str, tuple[str, ...]] = {
@@ -187,6 +213,14 @@ def create_buttress(**overrides: Any) -> Any:
         use_devnull_logging()
     on, _ = feature_table()
     return harden(create_bare(), HardenSettings(**{**on, **overrides}))
+
+
+def create_fastapi_buttress(**overrides: Any) -> Any:
+    """harden() around the bare FastAPI app, with the same settings as `create_buttress`."""
+    if not _logging_ready[0]:
+        use_devnull_logging()
+    on, _ = feature_table()
+    return harden(create_fastapi(), HardenSettings(**{**on, **overrides}))
 
 
 def create_buttress_minimal() -> Any:
@@ -360,6 +394,8 @@ MAIN_APPS: dict[str, Callable[[], Any]] = {
     BUTTRESS: create_buttress,
     PEER: create_peer,
     HEADERS_CONTROL: create_headers_control,
+    FASTAPI: create_fastapi,
+    FASTAPI_BUTTRESS: create_fastapi_buttress,
 }
 
 
@@ -470,7 +506,7 @@ def _check_shape(name: str, shape: dict[str, Any]) -> None:
     if name == PEER:
         assert "access-control-allow-origin" in hdrs, (name, hdrs)
         assert "x-request-id" in hdrs, (name, hdrs)
-    if name == BUTTRESS:
+    if name in (BUTTRESS, FASTAPI_BUTTRESS):
         for h in ("access-control-allow-origin", "x-request-id", "content-security-policy"):
             assert h in hdrs, (name, h, hdrs)
 
@@ -780,17 +816,30 @@ def targets(inproc: list[dict] | None, server: list[dict] | None) -> list[dict[s
         out.append({"target": label, "pass": ok, "detail": detail})
 
     if inproc:
-        r = {x["config"]: x for x in inproc}[BUTTRESS]
+        rows = {x["config"]: x for x in inproc}
+        r = rows[BUTTRESS]
         o = r["overhead_us_vs_bare"]
         add(
             f"in-process: the whole buttress stack adds <= {INPROC_LIMIT_US:.0f} µs/request "
-            "over bare",
+            "over bare Starlette",
             o <= INPROC_LIMIT_US,
             f"{o:.1f} µs ({o / INPROC_LIMIT_US:.0%} of the limit, paired "
             f"{r['overhead_us_vs_bare_paired']:.1f} µs; bare "
             f"{r['us_per_request_median'] - o:.1f} µs, "
             f"buttress {r['us_per_request_median']:.1f} µs)",
         )
+        if FASTAPI in rows and FASTAPI_BUTTRESS in rows:
+            f, fb = rows[FASTAPI], rows[FASTAPI_BUTTRESS]
+            o = fb["us_per_request_median"] - f["us_per_request_median"]
+            paired = cm.paired_median(fb["samples_us"], f["samples_us"], ratio=False)
+            add(
+                f"in-process: the whole buttress stack adds <= {INPROC_LIMIT_US:.0f} µs/request "
+                "over bare FastAPI",
+                o <= INPROC_LIMIT_US,
+                f"{o:.1f} µs ({o / INPROC_LIMIT_US:.0%} of the limit, paired {paired:.1f} µs; "
+                f"fastapi {f['us_per_request_median']:.1f} µs, "
+                f"fastapi + buttress {fb['us_per_request_median']:.1f} µs)",
+            )
     if server:
         r = {x["config"]: x for x in server}[BUTTRESS]
         if "rps_ratio_vs_bare" in r:
@@ -808,6 +857,24 @@ def targets(inproc: list[dict] | None, server: list[dict] | None) -> list[dict[s
                 x >= VS_PEER_MIN,
                 f"{x:.1f}x (paired {r['rps_ratio_vs_peer_paired']:.1f}x; by server CPU per "
                 f"request {r['cpu_ratio_vs_peer']:.1f}x)",
+            )
+        rows = {x["config"]: x for x in server}
+        if PEER in rows:
+            p99, peer_p99 = r["p99_ms_median"], rows[PEER]["p99_ms_median"]
+            add(
+                "uvicorn: buttress p99 below the peer stack's",
+                p99 < peer_p99,
+                f"{p99:.2f} ms vs {peer_p99:.2f} ms",
+            )
+        if FASTAPI in rows and FASTAPI_BUTTRESS in rows:
+            fx = (
+                rows[FASTAPI_BUTTRESS]["requests_per_s_median"]
+                / rows[FASTAPI]["requests_per_s_median"]
+            )
+            add(
+                f"uvicorn: fastapi + buttress >= {VS_BARE_MIN}x bare FastAPI's requests/s",
+                fx >= VS_BARE_MIN,
+                f"{fx:.2f}x",
             )
     return out
 
@@ -947,6 +1014,8 @@ def main() -> None:
             BUTTRESS: (create_buttress, args.n),
             PEER: (create_peer, args.peer_n),
             HEADERS_CONTROL: (create_headers_control, args.feature_n),
+            FASTAPI: (create_fastapi, args.n),
+            FASTAPI_BUTTRESS: (create_fastapi_buttress, args.n),
         }
         if not args.no_features:
             apps.update({k: (f, args.feature_n) for k, f in feature_apps().items()})

@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from buttress.asgi import GracefulShutdown, _shutdown
-from buttress.asgi._edge import EdgeMiddleware
+from buttress.asgi import ErrorMiddleware, GracefulShutdown, RequestContextMiddleware, _shutdown
+from buttress.asgi._runner import Runner
 from buttress.errors import ConfigurationError
 from buttress.testing import FakeClock
 
@@ -111,12 +111,15 @@ def client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
-@pytest.fixture(params=["alone", "edge"])
+@pytest.fixture(params=["alone", "composed"])
 def front(request: pytest.FixtureRequest) -> Callable[[GracefulShutdown], Any]:
-    """The shutdown layer itself, or the edge layer in front doing its HTTP work in-line."""
+    """The shutdown stage alone, or composed with other stages in one runner (as harden)."""
     if request.param == "alone":
         return lambda shutdown: shutdown
-    return lambda shutdown: EdgeMiddleware(shutdown, access_log=False, security_headers=False)
+    return lambda shutdown: Runner(
+        [RequestContextMiddleware(shutdown.app), shutdown, ErrorMiddleware(shutdown.app)],
+        shutdown.app,
+    )
 
 
 @pytest.fixture

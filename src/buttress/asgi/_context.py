@@ -9,7 +9,7 @@ included, since this is the outermost layer of `harden`).
 `client_address` finds the client behind proxies the right way: the right-most address in
 ``X-Forwarded-For`` that is not one of *your* trusted proxies, never the left-most (which
 any client can forge). It is the one place that decides who the client is: the rate-limit
-keys, the access log and the edge layer all go through `resolve_client`.
+keys and the access log both go through `resolve_client`.
 
 A server can rewrite ``scope["client"]`` itself from ``X-Forwarded-For`` before buttress
 sees it (uvicorn does by default for peers in ``--forwarded-allow-ips``, 127.0.0.1 and ::1).
@@ -31,10 +31,12 @@ from contextvars import ContextVar
 from random import getrandbits
 from typing import Any, Final, NamedTuple
 
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope
 from buttress.errors import ConfigurationError
 
 __all__ = [
+    "ADDRESS_HEADERS",
     "PROXY_HEADERS",
     "UNKNOWN_CLIENT",
     "RequestContextMiddleware",
@@ -42,6 +44,7 @@ __all__ = [
     "client_address",
     "current_request_id",
     "current_trace",
+    "found_client",
     "is_local_request",
     "is_loopback",
     "is_proxy_header",
@@ -58,6 +61,8 @@ _REQUEST_ID: ContextVar[str | None] = ContextVar("buttress_request_id", default=
 _TRACE: ContextVar[TraceContext | None] = ContextVar("buttress_trace", default=None)
 
 _HEX = frozenset(b"0123456789abcdef")
+_NONZERO = 1 << 64 | 1  # the lowest bit of the trace id and of the span id, in one draw
+_new_trace = tuple.__new__  # TraceContext(...) without the NamedTuple's Python __new__
 # RFC 3986 unreserved plus a few separators ids commonly use; no spaces, quotes or controls
 _ID_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/+=")
 
@@ -155,9 +160,9 @@ def trusted_networks(cidrs: Iterable[str]) -> Networks:
 #: server rewrote it from a header buttress does not trust) or is not an IP address
 UNKNOWN_CLIENT: Final = "unknown"
 
-# headers through which a proxy passes the client's address on: what the proxy-header
-# layers of servers and frameworks read
-_ADDRESS_HEADERS: Final = frozenset(
+#: headers through which a proxy passes the client's address on: what the proxy-header
+#: layers of servers and frameworks read
+ADDRESS_HEADERS: Final = frozenset(
     {
         b"forwarded",
         b"x-forwarded-for",
@@ -168,7 +173,7 @@ _ADDRESS_HEADERS: Final = frozenset(
     }
 )
 #: request headers that show a request came through a proxy (with every ``X-Forwarded-*``)
-PROXY_HEADERS: Final = _ADDRESS_HEADERS | {b"via"}
+PROXY_HEADERS: Final = ADDRESS_HEADERS | {b"via"}
 
 _CACHE_MAX = 1024  # distinct peers whose parsed form is kept (then parsed each time)
 _peers: dict[str, str] = {}
@@ -299,6 +304,23 @@ def _walk(peer: str, xff: bytes, trusted: Networks) -> str:
     return peer
 
 
+def found_client(
+    scope: Scope,
+    found: dict[bytes, list[bytes]],
+    trusted: Networks,
+    cache: dict[tuple[str, bytes], str] | None = None,
+) -> str | None:
+    """`client_address` from headers already scanned (``found``: name -> values in order).
+
+    ``found`` must hold every header of `PROXY_HEADERS` but ``via`` that the request has
+    (the runner's ``ex.found`` does, for a stage that reads them).
+    """
+    values = found.get(b"x-forwarded-for")
+    xff = b",".join(values) if values else None
+    forwarded = xff is not None or not ADDRESS_HEADERS.isdisjoint(found)
+    return resolve_client(scope.get("client"), xff, forwarded, trusted, cache)
+
+
 def resolve_client(
     client: Any,
     xff: bytes | None,
@@ -306,7 +328,7 @@ def resolve_client(
     trusted: Networks,
     cache: dict[tuple[str, bytes], str] | None = None,
 ) -> str | None:
-    """Who the client is: the one decision behind `client_address` and the edge layer.
+    """Who the client is: the one decision behind `client_address` and `found_client`.
 
     Args:
         client: ``scope["client"]``.
@@ -360,14 +382,14 @@ def client_address(scope: Scope, trusted: Networks = ()) -> str | None:
     xff: bytes | None = None
     forwarded = False
     for name, value in scope.get("headers", ()):
-        if name in _ADDRESS_HEADERS:
+        if name in ADDRESS_HEADERS:
             forwarded = True
             if name == b"x-forwarded-for":
                 xff = value if xff is None else xff + b"," + value
     return resolve_client(scope.get("client"), xff, forwarded, trusted)
 
 
-class RequestContextMiddleware:
+class RequestContextMiddleware(Stage):
     """Request id and trace context for every request, bound to context variables.
 
     Args:
@@ -422,51 +444,70 @@ class RequestContextMiddleware:
         self.generator = generator or _new_id
         self.custom_ids = generator is not None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def stage_hooks(self) -> Hooks:
+        """Arrive: ids and trace context bound; start: both echoed; finish: unbound."""
+        reads = {self.header} if self.trust_incoming else set()
+        if self.trace:
+            reads.add(b"traceparent")
+        return Hooks(
+            arrive=self.arrive,
+            start=self.start,
+            finish=self.finish,
+            reads=frozenset(reads),
+            fields=("context_headers", "context_tokens"),
+        )
+
+    def arrive(self, ex: Any) -> None:
+        """Take or make the request id and the trace context; bind them."""
+        found = ex.found
         request_id: str | None = None
-        parsed = None
-        want = self.header
-        for name, value in scope["headers"]:
-            if name == want and request_id is None and self.trust_incoming:
+        if self.trust_incoming:
+            for value in found.get(self.header, ()):
                 if _valid_request_id(value, self.max_length):
                     request_id = value.decode("ascii")
-            elif name == b"traceparent" and self.trace and parsed is None:
-                parsed = parse_traceparent(value)
+                    break
         trace: TraceContext | None = None
-        extra: list[tuple[bytes, bytes]] = []
         if self.trace:
-            span = f"{getrandbits(64) | 1:016x}"  # never all zeros
+            parsed = None
+            for value in found.get(b"traceparent", ()):
+                parsed = parse_traceparent(value)
+                if parsed is not None:
+                    break
             if parsed is not None:
-                trace = TraceContext(parsed[0], span, parsed[1], parsed[2])
-            else:
-                trace = TraceContext(f"{getrandbits(128) | 1:032x}", span, None, 1)
-            extra.append((b"traceresponse", f"00-{trace[0]}-{span}-{trace[3]:02x}".encode("ascii")))
+                span = (getrandbits(64) | 1).to_bytes(8, "big").hex()  # never all zeros
+                trace = _new_trace(TraceContext, (parsed[0], span, parsed[1], parsed[2]))
+                response = f"00-{parsed[0]}-{span}-{parsed[2]:02x}".encode("ascii")
+            else:  # a new trace: its id and our span from one draw, neither all zeros
+                ids = (getrandbits(192) | _NONZERO).to_bytes(24, "big").hex()
+                trace = _new_trace(TraceContext, (ids[:32], ids[32:], None, 1))
+                response = b"00-%s-%s-01" % (ids[:32].encode("ascii"), ids[32:].encode("ascii"))
+            if request_id is None and not self.custom_ids:
+                request_id = trace[0]  # a fresh id: the trace id (one id to grep for)
+            headers = [(b"traceresponse", response)]
+        else:
+            headers = []
         if request_id is None:
-            # a fresh id: the trace id when there is one (one id to grep for), else random
-            request_id = self.generator() if self.custom_ids or trace is None else trace[0]
-        extra.append((self.header, request_id.encode("ascii")))
+            request_id = self.generator()
+        headers.append((self.header, request_id.encode("ascii")))
+        scope = ex.scope
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state["request_id"] = request_id
         if trace is not None:
             state["trace"] = trace
+        ex.context_headers = headers
+        ex.context_tokens = (_REQUEST_ID.set(request_id), _TRACE.set(trace))
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
+    def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """Echo the id and the trace context (``traceresponse``)."""
+        headers.extend(ex.context_headers)
 
-        id_token = _REQUEST_ID.set(request_id)
-        trace_token = _TRACE.set(trace)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            _TRACE.reset(trace_token)
-            _REQUEST_ID.reset(id_token)
+    def finish(self, ex: Any) -> None:
+        """Unbind the request's id and trace context."""
+        id_token, trace_token = ex.context_tokens
+        _TRACE.reset(trace_token)
+        _REQUEST_ID.reset(id_token)
 
 
 def _new_id() -> str:

@@ -10,12 +10,14 @@ request validation) in the same format.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from buttress._classify import classify_status
 from buttress.asgi._context import current_request_id
 from buttress.asgi._problem import problem_body, problem_for_exception, send_problem
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope
 from buttress.errors import ButtressError, ErrorCode
 
 __all__ = ["ErrorMiddleware", "install_exception_handlers"]
@@ -33,7 +35,7 @@ def _logger() -> Any:
         return None
 
 
-class ErrorMiddleware:
+class ErrorMiddleware(Stage):
     """Turn exceptions that escape the application into problem+json responses.
 
     Args:
@@ -52,33 +54,31 @@ class ErrorMiddleware:
         self.app = app
         self.logger = logger if logger is not None else (_logger() or _log)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
+    def stage_hooks(self) -> Hooks:
+        """Fail: an exception becomes problem+json (or is logged, once answering began)."""
+        return Hooks(fail=self.fail)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+    def fail(self, ex: Any, exc: BaseException) -> Awaitable[bool] | None:
+        """Take every `Exception` (cancellations go on): log it, answer it if still possible."""
+        if not isinstance(exc, Exception):
+            return None
+        return self._answer(ex, exc)
 
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            code, retry_after, detail = problem_for_exception(exc)
-            self._log(scope, exc, code, started)
-            if started:
-                return
+    async def _answer(self, ex: Any, exc: Exception) -> bool:
+        scope = ex.scope
+        code, retry_after, detail = problem_for_exception(exc)
+        started = ex.status != 0
+        self._log(scope, exc, code, started)
+        if not started:
             await send_problem(
-                send,
+                ex.send,
                 code,
                 detail=detail,
                 request_id=current_request_id(),
                 retry_after=retry_after,
                 head=scope.get("method") == "HEAD",
             )
+        return True
 
     def _log(self, scope: Scope, exc: Exception, code: ErrorCode, started: bool) -> None:
         fields = {

@@ -1,38 +1,36 @@
-"""`harden(app, settings)`: the inbound features composed, outermost first.
+"""`harden(app, settings)`: every inbound feature, composed as stages of one runner.
 
-Order (outermost first) and why:
+The stages, outermost first (each is also its own middleware class), and why this order:
 
-1. `EdgeMiddleware`, one layer doing, in this order, what these did as separate layers:
-   request context (ids and trace context exist before anything can fail, and the id
-   header reaches every response, 500s included); the access log and then metrics
-   (``/metrics``; counts, latency, in-flight), one line and one count per request with
-   the final status (500s included); security headers and CORS (they also decorate error
-   responses); and the error edge (whatever escapes below becomes problem+json, which the
-   log, metrics and headers above then see). `RequestContextMiddleware`,
-   `AccessLogMiddleware`, `MetricsMiddleware`, `SecurityHeadersMiddleware`,
-   `CORSMiddleware` and `ErrorMiddleware` remain for standalone use;
-2. `GracefulShutdown`: SIGTERM turns readiness 503 at once, serves on for the drain delay,
-   lets in-flight requests finish, then runs close hooks (its 503s still carry ids and
-   security headers, and are counted). The error edge used to sit inside it; now in the
-   edge layer, it adds the ``Connection: close`` of the drain to its problem+json itself;
-3. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before any
-   limit or deadline applies;
-4. `RateLimitMiddleware` (when limits are configured): 429 quota-exceeded before an
+1. `RequestContextMiddleware`: ids and trace context exist before anything can fail, and
+   the id header reaches every response, 500s included;
+2. `AccessLogMiddleware`, then `MetricsMiddleware` (``/metrics``; counts, latency, in
+   flight): one line and one count per request with the final status, 500s and the
+   answers of every stage below included;
+3. `SecurityHeadersMiddleware`, `CORSMiddleware`: they decorate every answer below them,
+   errors included (a preflight is answered by CORS itself);
+4. `GracefulShutdown`: SIGTERM turns readiness 503 at once, serves on for the drain delay,
+   lets in-flight requests finish, then runs close hooks; a request arriving while it
+   drains gets ``Connection: close``, whoever answers it;
+5. `ErrorMiddleware`: whatever escapes below becomes problem+json, which the stages above
+   then log, count and decorate;
+6. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before
+   any limit or deadline applies;
+7. `RateLimitMiddleware` (when limits are configured): 429 quota-exceeded before an
    abusive client takes a shedding slot;
-5. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
+8. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
    (Gradient2) answer 503 + ``Retry-After`` before the service tips over; its latency
    samples include the deadline's 504s;
-6. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
-   and the handler runs under the request deadline;
-7. `IdempotencyMiddleware`, innermost: the deadline stops the client's wait, not a keyed
-   handler that has started (it runs on, bounded by ``idempotency_abandon_after``, and its
-   response is recorded for the retry); the stored response holds only the app's own
-   headers (a replay gets fresh ids and headers from the layers above).
+9. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
+   and the handler runs under the request deadline (the one stage "around" it);
+10. `IdempotencyMiddleware`, innermost, as the handler the deadline runs: the deadline
+    stops the client's wait, not a keyed handler that has started (it runs on, bounded by
+    ``idempotency_abandon_after``, and its response is recorded for the retry); the stored
+    response holds only the app's own headers (a replay gets fresh ids and headers).
 
-The edge layer also does the HTTP work of 2, 3, 5 and 6 in its own frame when they sit
-directly below it in this order (see `buttress.asgi._edge`): one coroutine frame and one
-``send`` wrapper per request instead of one each per layer. A layer it does not know (the
-rate limits) ends the fused part; that layer and those below it run as they are.
+`HardenedApp` runs them in one coroutine frame per request with one ``send`` wrapper (see
+`buttress.asgi._runner`); each stage also wraps the next as a middleware, so
+``hardened.stages[0]`` is the same features stacked as separate layers.
 
 Rate limits and idempotency records live in one store (``store=``, else
 ``settings.store_url``, else ``$BUTTRESS_STORE_URL``, else memory), closed at shutdown.
@@ -46,18 +44,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from buttress.asgi._context import current_trace, trusted_networks
-from buttress.asgi._edge import EdgeMiddleware
-from buttress.asgi._errors import install_exception_handlers
-from buttress.asgi._headers import SECURITY_PROFILES, SecurityProfile
+from buttress.asgi._context import RequestContextMiddleware, current_trace, trusted_networks
+from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
+from buttress.asgi._headers import (
+    SECURITY_PROFILES,
+    CORSMiddleware,
+    SecurityHeadersMiddleware,
+    SecurityProfile,
+)
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
 from buttress.asgi._idempotency import IdempotencyMiddleware, IdempotencyMode
 from buttress.asgi._keys import KeyFunc, api_key, client_ip, jwt_subject, tenant
 from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
-from buttress.asgi._logging import configure_logging
+from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
+from buttress.asgi._runner import Runner, Stage
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
 from buttress.asgi._types import ASGIApp, Scope
@@ -385,8 +388,12 @@ class HardenedParts:
     idempotency: IdempotencyMiddleware | None = None
 
 
-class HardenedApp(EdgeMiddleware):
-    """The app `harden` returns: the outermost layer, with ``parts`` to reach features."""
+class HardenedApp(Runner):
+    """The app `harden` returns: a `Runner` of the stages, with ``parts`` to reach features.
+
+    ``stages`` holds the stage objects, outermost first; each also wraps the next as a
+    middleware, so ``stages[0]`` called as an app runs the same features stacked.
+    """
 
     parts: HardenedParts
 
@@ -427,7 +434,7 @@ def harden(
     if s.configure_logging:
         configure_logging(json=s.log_json, level=s.log_level)
     install_exception_handlers(app)
-    if s.metrics:  # built first: inner layers report to it (shedding counts its 503s)
+    if s.metrics:  # built first: inner stages report to it (shedding counts its 503s)
         parts.metrics = HttpMetrics(
             registry=registry,
             exemplars=s.metrics_exemplars,
@@ -440,10 +447,10 @@ def harden(
     if store is None and (rules or s.idempotency != "off" or s.idempotency_routes):
         store = open_store(s.store_url)  # the URL is None: $BUTTRESS_STORE_URL, else memory
     parts.store = store
-    wrapped: ASGIApp = app
+    handler: ASGIApp = app
     if s.idempotency != "off" or s.idempotency_routes:
         parts.idempotency = IdempotencyMiddleware(
-            wrapped,
+            app,
             store=store,
             routes=s.idempotency_routes,
             default=s.idempotency,
@@ -455,30 +462,40 @@ def harden(
             store_server_errors=s.idempotency_store_server_errors,
             principal=principal,
         )
-        wrapped = parts.idempotency
+        handler = parts.idempotency
+    # the stages, innermost first: each wraps the next (see HardenedApp)
+    stages: list[Stage] = []
+
+    def wrapped() -> ASGIApp:
+        return stages[-1] if stages else handler
+
     if s.request_timeout is not None:
-        wrapped = DeadlineMiddleware(
-            wrapped,
-            timeout=s.request_timeout,
-            header=s.timeout_header,
-            exempt_paths=s.deadline_exempt_paths,
+        stages.append(
+            DeadlineMiddleware(
+                wrapped(),
+                timeout=s.request_timeout,
+                header=s.timeout_header,
+                exempt_paths=s.deadline_exempt_paths,
+            )
         )
     if s.max_body_bytes is not None:
-        wrapped = BodyLimitMiddleware(
-            wrapped, max_bytes=s.max_body_bytes, routes=dict(s.body_limit_routes) or None
+        stages.append(
+            BodyLimitMiddleware(
+                wrapped(), max_bytes=s.max_body_bytes, routes=dict(s.body_limit_routes) or None
+            )
         )
     if s.shedding and (s.shed_max_in_flight is not None or s.shed_adaptive is not None):
         parts.shedding = LoadSheddingMiddleware(
-            wrapped,
+            wrapped(),
             max_in_flight=s.shed_max_in_flight,
             adaptive=s.shed_adaptive,  # type: ignore[arg-type] # validated by the middleware
             retry_after=s.shed_retry_after,
             on_shed=parts.metrics.shed if parts.metrics is not None else None,
         )
-        wrapped = parts.shedding
+        stages.append(parts.shedding)
     if rules:
         parts.rate_limits = RateLimitMiddleware(
-            wrapped,
+            wrapped(),
             rules,
             store=store,
             fail_mode=s.rate_limit_fail_mode,
@@ -488,20 +505,21 @@ def harden(
             store_timeout=s.rate_limit_store_timeout,
             on_limited=parts.metrics.limited if parts.metrics is not None else None,
         )
-        wrapped = parts.rate_limits
+        stages.append(parts.rate_limits)
     if s.health:
         parts.health = HealthMiddleware(
-            wrapped,
+            wrapped(),
             checks=checks,
             token=s.health_token,
             cache_ttl=s.health_cache_ttl,
             check_timeout=s.health_check_timeout,
             version=s.service_version,
         )
-        wrapped = parts.health
+        stages.append(parts.health)
+    stages.append(ErrorMiddleware(wrapped()))
     if s.graceful_shutdown:
         parts.shutdown = GracefulShutdown(
-            wrapped,
+            wrapped(),
             drain_delay=s.drain_delay,
             grace=s.shutdown_grace,
             close_timeout=s.close_timeout,
@@ -514,26 +532,36 @@ def harden(
             parts.shutdown.add_close_hook(
                 parts.idempotency.adrain, name="idempotent handlers still running"
             )
-        wrapped = parts.shutdown
-    metrics_layer = None
-    if parts.metrics is not None:  # its counting and /metrics run inside the edge layer
-        metrics_layer = MetricsMiddleware(
-            wrapped, metrics=parts.metrics, token=s.metrics_token, expose=s.metrics_expose
+        stages.append(parts.shutdown)
+    if s.cors_origins or s.cors_origin_regex:
+        stages.append(
+            CORSMiddleware(
+                wrapped(),
+                allow_origins=s.cors_origins,
+                allow_origin_regex=s.cors_origin_regex,
+                allow_methods=s.cors_methods,
+                allow_headers=s.cors_headers,
+                allow_credentials=s.cors_credentials,
+            )
         )
-    hardened = HardenedApp(
-        wrapped,
-        request_id_header=s.request_id_header,
-        access_log=s.access_log,
-        trusted_proxies=s.trusted_proxies,
-        security_headers=s.security_headers,
-        csp_routes=s.csp_routes or None,
-        cors_origins=s.cors_origins,
-        cors_origin_regex=s.cors_origin_regex,
-        cors_methods=s.cors_methods,
-        cors_headers=s.cors_headers,
-        cors_credentials=s.cors_credentials,
-        metrics=metrics_layer,
-        shutdown=parts.shutdown,
-    )
+    if s.security_headers is not False:
+        profile = "api" if s.security_headers is True else s.security_headers
+        stages.append(
+            SecurityHeadersMiddleware(
+                wrapped(),
+                headers=SECURITY_PROFILES[profile],
+                csp_routes=s.csp_routes or None,
+            )
+        )
+    if parts.metrics is not None:
+        stages.append(
+            MetricsMiddleware(
+                wrapped(), metrics=parts.metrics, token=s.metrics_token, expose=s.metrics_expose
+            )
+        )
+    if s.access_log:
+        stages.append(AccessLogMiddleware(wrapped(), trusted_proxies=s.trusted_proxies))
+    stages.append(RequestContextMiddleware(wrapped(), header=s.request_id_header))
+    hardened = HardenedApp(stages[::-1], handler)
     hardened.parts = parts
     return hardened

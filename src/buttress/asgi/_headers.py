@@ -1,13 +1,19 @@
-"""Security headers (the OWASP Secure Headers Project set) and CORS with an allow-list."""
+"""Security headers (the OWASP Secure Headers Project set) and CORS with an allow-list.
+
+Two stages (see `buttress.asgi._runner`): `SecurityHeadersMiddleware` edits the headers of
+every response that starts through it; `CORSMiddleware` answers preflights when the request
+arrives and adds the CORS headers of an allowed origin when the response starts.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, TypeAlias
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
 
 from buttress.asgi._problem import send_problem
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = [
@@ -71,7 +77,7 @@ REMOVED_HEADERS = frozenset(
 )
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(Stage):
     """Add the OWASP recommended response headers; remove ``Server`` and friends.
 
     Headers the application sets itself are kept (a route that sets its own
@@ -107,6 +113,8 @@ class SecurityHeadersMiddleware:
         self.base = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in chosen.items()]
         self.base_names = frozenset(k for k, _ in self.base)
         self.remove = frozenset(h.lower() for h in remove)
+        # response header names that need the careful merge: removed, or set by the app
+        self._special = self.remove | self.base_names
         routes = sorted((csp_routes or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
         self.routes: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         for prefix, csp in routes:
@@ -126,37 +134,44 @@ class SecurityHeadersMiddleware:
                 return headers
         return self.base
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def stage_hooks(self) -> Hooks:
+        """Start: the headers added, fingerprinting headers removed."""
+        return Hooks(start=self.start)
+
+    def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """Add the set (what the response sets itself wins); remove ``Server`` and friends."""
+        add = self._headers_for(ex.scope["path"]) if self.routes else self.base
+        special = self._special
+        for header in headers:
+            if header[0].lower() in special:
+                break
+        else:  # the common case: nothing to remove, none of ours set
+            headers.extend(add)
             return
-        add = self._headers_for(scope["path"]) if self.routes else self.base
         remove = self.remove
-        names = self.base_names
-
-        async def send_secure(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                kept = []
-                present = set()
-                for header in message.get("headers", ()):
-                    name = header[0].lower()
-                    if name not in remove:
-                        kept.append(header)
-                        present.add(name)
-                if present.isdisjoint(names):
-                    kept.extend(add)  # the common case: the app set none of ours
-                else:
-                    kept.extend(h for h in add if h[0] not in present)
-                message["headers"] = kept
-            await send(message)
-
-        await self.app(scope, receive, send_secure)
+        kept = []
+        present = set()
+        for header in headers:
+            name = header[0].lower()
+            if name not in remove:
+                kept.append(header)
+                present.add(name)
+        if present.isdisjoint(self.base_names):
+            kept.extend(add)
+        else:
+            kept.extend(h for h in add if h[0] not in present)
+        headers[:] = kept
 
 
 _SAFE_METHODS = ("GET", "HEAD", "POST")
+_CORS_REQUEST_HEADERS = frozenset(
+    {b"origin", b"access-control-request-method", b"access-control-request-headers"}
+)
+_CORS_CACHE_MAX = 1024  # origins whose answer is kept
+_CORS_KEY_MAX = 256  # bytes: a real origin is short
 
 
-class CORSMiddleware:
+class CORSMiddleware(Stage):
     """CORS with an explicit allow-list (a settings mistake fails at start-up).
 
     Args:
@@ -231,6 +246,7 @@ class CORSMiddleware:
         ]
         if allow_credentials:
             self.preflight_common.append((b"access-control-allow-credentials", b"true"))
+        self._simple: dict[bytes, list[tuple[bytes, bytes]]] = {}  # origin -> its headers
 
     def allowed(self, origin: str) -> bool:
         """Whether ``origin`` may make cross-origin requests."""
@@ -238,47 +254,63 @@ class CORSMiddleware:
             return True
         return bool(self.origin_regex and self.origin_regex.fullmatch(origin))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        origin_raw = None
-        request_method = None
-        request_headers = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin_raw = value
-            elif name == b"access-control-request-method":
-                request_method = value
-            elif name == b"access-control-request-headers":
-                request_headers = value
-        if origin_raw is None:
-            await self.app(scope, receive, send)
-            return
-        origin = origin_raw.decode("latin-1")
-        if scope["method"] == "OPTIONS" and request_method is not None:
-            await self._preflight(send, origin, request_method, request_headers)
-            return
-        if not self.allowed(origin):
-            await self.app(scope, receive, send)  # no CORS headers: the browser blocks it
-            return
-        allow = b"*" if self.any_origin and not self.credentials else origin_raw
-        extra = [(b"access-control-allow-origin", allow), (b"vary", b"Origin")]
-        if self.credentials:
-            extra.append((b"access-control-allow-credentials", b"true"))
-        if self.expose:
-            extra.append((b"access-control-expose-headers", self.expose))
+    def stage_hooks(self) -> Hooks:
+        """Arrive: a preflight answered, or the origin checked; start: the CORS headers."""
+        return Hooks(
+            arrive=self.arrive,
+            start=self.start,
+            reads=_CORS_REQUEST_HEADERS,
+            fields=("cors_headers",),
+        )
 
-        async def send_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Answer a preflight; find the CORS headers of a request from an allowed origin."""
+        found = ex.found
+        ex.cors_headers = None
+        origins = found.get(b"origin")
+        if origins is None:
+            return None
+        origin_raw = origins[-1]
+        methods = found.get(b"access-control-request-method")
+        if methods is not None and ex.scope["method"] == "OPTIONS":
+            asked = found.get(b"access-control-request-headers")
+            return self._preflight(
+                ex.send, origin_raw.decode("latin-1"), methods[-1], asked[-1] if asked else None
+            )
+        headers = self._simple.get(origin_raw)
+        if headers is None:
+            headers = self._simple_headers(origin_raw)
+        ex.cors_headers = headers
+        return None
 
-        await self.app(scope, receive, send_cors)
+    def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """Add the CORS headers of an allowed origin."""
+        extra = ex.cors_headers
+        if extra:
+            headers.extend(extra)
+
+    def _simple_headers(self, origin_raw: bytes) -> list[tuple[bytes, bytes]]:
+        """The CORS headers for a request (not a preflight) from ``origin_raw``.
+
+        Empty when the origin is not allowed (the browser then blocks the response). Kept
+        per origin while fewer than 1,024 are kept and for origins up to 256 bytes: the
+        distinct ``Origin`` values a client sends cannot grow the table without bound.
+        """
+        headers: list[tuple[bytes, bytes]] = []
+        if self.allowed(origin_raw.decode("latin-1")):
+            allow = b"*" if self.any_origin and not self.credentials else origin_raw
+            headers = [(b"access-control-allow-origin", allow), (b"vary", b"Origin")]
+            if self.credentials:
+                headers.append((b"access-control-allow-credentials", b"true"))
+            if self.expose:
+                headers.append((b"access-control-expose-headers", self.expose))
+        if len(self._simple) < _CORS_CACHE_MAX and len(origin_raw) <= _CORS_KEY_MAX:
+            self._simple[origin_raw] = headers
+        return headers
 
     async def _preflight(
         self, send: Send, origin: str, method: bytes, headers: bytes | None
-    ) -> None:
+    ) -> bool:
         problems = []
         if not self.allowed(origin):
             problems.append("origin")
@@ -294,7 +326,7 @@ class CORSMiddleware:
                 ErrorCode.FORBIDDEN,
                 detail=f"CORS preflight refused: {', '.join(problems)} not allowed",
             )
-            return
+            return True
         allow_origin = b"*" if self.any_origin and not self.credentials else origin.encode()
         response = [
             (b"access-control-allow-origin", allow_origin),
@@ -305,3 +337,4 @@ class CORSMiddleware:
             response.append((b"access-control-allow-headers", ", ".join(asked).encode()))
         await send({"type": "http.response.start", "status": 204, "headers": response})
         await send({"type": "http.response.body", "body": b""})
+        return True

@@ -52,7 +52,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -74,7 +74,8 @@ from buttress.asgi._health_checks import (
     _StillRunning,
 )
 from buttress.asgi._problem import send_problem
-from buttress.asgi._types import ASGIApp, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 from buttress.resilience._policy import check_positive
 
@@ -276,7 +277,7 @@ _LIVE, _READY, _HEALTH = 0, 1, 2
 _ALLOW = ((b"allow", b"GET, HEAD"),)
 
 
-class HealthMiddleware:
+class HealthMiddleware(Stage):
     """Answer ``/health/live``, ``/health/ready`` and ``/health``; pass the rest through.
 
     Args:
@@ -429,12 +430,20 @@ class HealthMiddleware:
         """
         self._dead = reason or "marked dead"
 
-    # -------------------------------------------------------------- ASGI
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve a health path, or call the wrapped app."""
-        if scope["type"] != "http" or (kind := self._routes.get(scope["path"])) is None:
-            await self.app(scope, receive, send)
-            return
+    # -------------------------------------------------------------- the stage
+    def stage_hooks(self) -> Hooks:
+        """Arrive: the health paths answered."""
+        return Hooks(arrive=self.arrive)
+
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Answer a health path; pass anything else on."""
+        scope = ex.scope
+        kind = self._routes.get(scope["path"])
+        if kind is None:
+            return None
+        return self._answer(scope, ex.send, kind)
+
+    async def _answer(self, scope: Scope, send: Send, kind: int) -> bool:
         method = scope["method"]
         if method not in {"GET", "HEAD"}:
             await send_problem(
@@ -444,7 +453,7 @@ class HealthMiddleware:
                 request_id=current_request_id(),
                 headers=_ALLOW,
             )
-            return
+            return True
         details = self._details_allowed(scope)
         if kind == _LIVE:
             status, body = self._live(details)
@@ -465,6 +474,7 @@ class HealthMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
+        return True
 
     def _details_allowed(self, scope: Scope) -> bool:
         expose = self._expose

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, Literal
 
-from buttress.asgi._context import client_address, trusted_networks
+from buttress.asgi._context import client_address, found_client, trusted_networks
 from buttress.asgi._logging import _state_principal
 from buttress.asgi._types import Scope
 from buttress.errors import ConfigurationError
@@ -116,7 +116,7 @@ def _check_header_name(owner: str, option: str, name: str) -> bytes:
 
 
 class _ClientIP:
-    __slots__ = ("ipv6_prefix", "trusted")
+    __slots__ = ("ipv6_prefix", "trusted", "walks")
 
     def __init__(self, trusted_proxies: Iterable[str], ipv6_prefix: int) -> None:
         if isinstance(trusted_proxies, str):
@@ -131,6 +131,7 @@ class _ClientIP:
                 f"client_ip(ipv6_prefix={ipv6_prefix!r}): must be an integer in [32, 128]"
             )
         self.ipv6_prefix = ipv6_prefix
+        self.walks: dict[tuple[str, bytes], str] = {}  # behind proxies: see resolve_client
 
     def address(self, scope: Scope) -> str | None:
         address = client_address(scope, self.trusted)
@@ -139,6 +140,15 @@ class _ClientIP:
         if ":" in address:
             return _group_ipv6(address, self.ipv6_prefix)
         return address
+
+    def from_found(self, scope: Scope, found: dict[bytes, list[bytes]]) -> str | None:
+        """The key from headers already scanned (`buttress.asgi._context.found_client`)."""
+        address = found_client(scope, found, self.trusted, self.walks)
+        if address is None:
+            return None
+        if ":" in address:
+            address = _group_ipv6(address, self.ipv6_prefix)
+        return "ip:" + address
 
     def __call__(self, scope: Scope) -> str | None:
         address = self.address(scope)

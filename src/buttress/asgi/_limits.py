@@ -1,23 +1,46 @@
-"""Request body size limits (on the stream, chunked bodies included) and request deadlines."""
+"""Request body size limits (on the stream, chunked bodies included) and request deadlines.
+
+Two stages (see `buttress.asgi._runner`): `BodyLimitMiddleware` refuses a declared body over
+the limit when the request arrives and counts a streamed one as the handler reads it;
+`DeadlineMiddleware` owns the "around the handler" position: the handler runs under the
+public `buttress.resilience.Timeout`, and a timeout becomes a 504.
+"""
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Awaitable
+from typing import Any
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import send_problem
+from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode
 from buttress.resilience import Pipeline, Timeout, deadline
 
 __all__ = ["BodyLimitMiddleware", "DeadlineMiddleware"]
 
+_CLOSE = (b"connection", b"close")
+
+
+def _asked(raw: bytes, timeout: float) -> float | None:
+    """A client's deadline in seconds, when it is a number shorter than ``timeout``."""
+    try:
+        asked = float(raw)
+    except ValueError:
+        return None
+    return asked if 0 < asked < timeout else None  # nonsense or longer: ours applies
+
 
 class _BodyTooLargeError(Exception):
     """Raised into the application when the body passes the limit."""
 
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
 
-class BodyLimitMiddleware:
+
+class BodyLimitMiddleware(Stage):
     """Refuse request bodies over ``max_bytes`` with 413 problem+json.
 
     A ``Content-Length`` over the limit is refused before the application runs. A body
@@ -61,71 +84,81 @@ class BodyLimitMiddleware:
                 return limit
         return self.max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def stage_hooks(self) -> Hooks:
+        """Arrive: a declared body over the limit refused, a streamed one counted."""
+        return Hooks(
+            arrive=self.arrive,
+            fail=self.fail,
+            reads=frozenset({b"content-length", b"transfer-encoding"}),
+        )
+
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Refuse a ``Content-Length`` over the limit; count a body that has none."""
+        scope = ex.scope
         limit = self.limit_for(scope["path"]) if self.routes else self.max_bytes
-        declared = None
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await send_problem(
-                        send, ErrorCode.BAD_REQUEST, detail="Content-Length is not a number"
-                    )
-                    return
-                if declared > limit:
-                    await self._refuse(send, limit)
-                    return
-            elif name == b"transfer-encoding":
-                chunked = True
-        if not chunked and scope.get("http_version", "1.1").startswith("1"):
+        found = ex.found
+        for value in found.get(b"content-length", ()):
+            try:
+                declared = int(value)
+            except ValueError:
+                return self._malformed(ex.send)
+            if declared > limit:
+                return self._refuse(ex.send, limit)
+        if b"transfer-encoding" not in found and scope.get("http_version", "1.1").startswith("1"):
             # HTTP/1.x frames the body by Content-Length (checked above) or chunked encoding;
             # with neither there is no body. The server enforces the framing, so there is
             # nothing left to count: no wrappers on the common path.
-            await self.app(scope, receive, send)
-            return
+            return None
+        return self._count(ex, limit)
+
+    async def _count(self, ex: Any, limit: int) -> bool:
+        """Count the body as the application reads it; past the limit, refuse it."""
+        receive = ex.receive
+        level = ex.depth  # this stage's place: what is sent from inside it is dropped
         received = 0
-        exceeded = False
-        started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received
+            message: Message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    exceeded = True
-                    raise _BodyTooLargeError
+                    # the application's answer to a body it could not read is dropped
+                    ex.silence(level, _BodyTooLargeError(limit))
+                    raise _BodyTooLargeError(limit)
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if exceeded:
-                return  # the application's answer to a body it could not read is dropped
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        ex.receive = limited_receive
+        return False
 
-        with contextlib.suppress(_BodyTooLargeError):
-            await self.app(scope, limited_receive, guarded_send)
-        if exceeded and not started:
-            await self._refuse(send, limit)
+    def fail(self, ex: Any, exc: BaseException) -> Awaitable[bool] | None:
+        """The body passed the limit while the application read it: 413 if still possible."""
+        if not isinstance(exc, _BodyTooLargeError):
+            return None
+        return self._too_large(ex, exc.limit)
+
+    async def _too_large(self, ex: Any, limit: int) -> bool:
+        if not ex.status:
+            await self._refuse(ex.send, limit)
+        return True
 
     @staticmethod
-    async def _refuse(send: Send, limit: int) -> None:
+    async def _malformed(send: Send) -> bool:
+        await send_problem(send, ErrorCode.BAD_REQUEST, detail="Content-Length is not a number")
+        return True
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> bool:
         await send_problem(
             send,
             ErrorCode.PAYLOAD_TOO_LARGE,
             detail=f"the request body is larger than {limit} bytes",
-            headers=[(b"connection", b"close")],
+            headers=[_CLOSE],
         )
+        return True
 
 
-class DeadlineMiddleware:
+class DeadlineMiddleware(Stage):
     """A server-side deadline per request: 504 problem+json, handler cancelled.
 
     The deadline is also the `buttress.deadline` of everything the handler does: every
@@ -161,43 +194,44 @@ class DeadlineMiddleware:
         self.header = header.lower().encode("latin-1") if header else None
         self.exempt = frozenset(exempt_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
-            return
+    def stage_hooks(self) -> Hooks:
+        """Around: the handler runs under the deadline; fail: a timeout answers 504."""
+        return Hooks(
+            around=self.around,
+            fail=self.fail,
+            reads=frozenset() if self.header is None else frozenset({self.header}),
+        )
+
+    def around(self, ex: Any, app: ASGIApp) -> Awaitable[None]:
+        """Run ``app`` under the request's deadline (a client's shorter one if it asks)."""
+        scope = ex.scope
+        if scope["path"] in self.exempt:
+            return app(scope, ex.receive, ex.send)
         asked = None
         if self.header is not None:
-            for name, value in scope["headers"]:
-                if name == self.header:
-                    try:
-                        asked = float(value)
-                    except ValueError:
-                        asked = None
-                    if asked is not None and not 0 < asked < self.timeout:
-                        asked = None  # nonsense or longer than ours: ours applies
-                    break
-        started = False
+            values = ex.found.get(self.header)
+            if values:  # the first one counts
+                asked = _asked(values[0], self.timeout)
+        if asked is None:
+            return self.pipeline.acall(app, scope, ex.receive, ex.send)
+        return self._within(asked, app, scope, ex.receive, ex.send)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+    async def _within(
+        self, asked: float, app: ASGIApp, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        with deadline(asked):
+            await self.pipeline.acall(app, scope, receive, send)
 
-        # the pipeline's compiled link, called directly: one coroutine frame fewer than acall
-        link = self.pipeline._async or self.pipeline._build_async()
-        try:
-            if asked is None:
-                await link(self.app, (scope, receive, tracking_send), {})
-            else:
-                with deadline(asked):
-                    await link(self.app, (scope, receive, tracking_send), {})
-        except DeadlineExceeded as exc:
-            if started:
-                raise  # part of the response is out: the server must drop the connection
-            await send_problem(
-                send,
-                ErrorCode.DEADLINE_EXCEEDED,
-                detail=str(exc),
-                headers=[(b"connection", b"close")],
-            )
+    def fail(self, ex: Any, exc: BaseException) -> Awaitable[bool] | None:
+        """The deadline passed: 504, unless part of the response is out.
+
+        (Then the server must drop the connection.)
+        """
+        if not isinstance(exc, DeadlineExceeded) or ex.scope["path"] in self.exempt or ex.status:
+            return None
+        return self._timed_out(ex.send, exc)
+
+    @staticmethod
+    async def _timed_out(send: Send, exc: DeadlineExceeded) -> bool:
+        await send_problem(send, ErrorCode.DEADLINE_EXCEEDED, detail=str(exc), headers=[_CLOSE])
+        return True

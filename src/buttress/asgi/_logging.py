@@ -31,11 +31,13 @@ from typing import Any, TextIO
 from buttress.asgi._context import (
     _REQUEST_ID,
     _TRACE,
+    ADDRESS_HEADERS,
     UNKNOWN_CLIENT,
-    client_address,
+    found_client,
     trusted_networks,
 )
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope
 
 __all__ = [
     "REDACTED",
@@ -267,7 +269,7 @@ def route_template(scope: Scope) -> str:
     return str(scope.get("root_path", "")) + template
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware(Stage):
     """One structured log line per request.
 
     Args:
@@ -303,37 +305,39 @@ class AccessLogMiddleware:
         self.trusted = trusted_networks(trusted_proxies)
         self.exclude = frozenset(exclude_paths)
         self.principal = principal or _state_principal
+        # (peer, X-Forwarded-For) -> client, behind trusted proxies: ipaddress parsing once
+        # per pair (bounded: see `resolve_client`)
+        self.clients: dict[tuple[str, bytes], str] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exclude:
-            await self.app(scope, receive, send)
+    def stage_hooks(self) -> Hooks:
+        """Arrive: the clock starts; finish: the line, with the final status and size."""
+        return Hooks(
+            arrive=self.arrive,
+            finish=self.finish,
+            reads=ADDRESS_HEADERS,
+            fields=("access_started",),
+        )
+
+    def arrive(self, ex: Any) -> None:
+        """Start the request's clock (None: an excluded path, not logged)."""
+        ex.access_started = None if ex.scope["path"] in self.exclude else time.perf_counter()
+
+    def finish(self, ex: Any) -> None:
+        """Write the line."""
+        started = ex.access_started
+        if started is None:
             return
-        started = time.perf_counter()
-        status = 0
-        size = 0
-
-        async def measuring_send(message: Message) -> None:
-            nonlocal status, size
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif kind == "http.response.body":
-                size += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, measuring_send)
-        finally:
-            log_access(
-                self.logger,
-                self.direct,
-                scope,
-                status,
-                size,
-                started,
-                client_address(scope, self.trusted) or UNKNOWN_CLIENT,
-                self.principal(scope),
-            )
+        scope = ex.scope
+        log_access(
+            self.logger,
+            self.direct,
+            scope,
+            ex.status,
+            ex.size,
+            started,
+            found_client(scope, ex.found, self.trusted, self.clients) or UNKNOWN_CLIENT,
+            self.principal(scope),
+        )
 
 
 _NULL = "null"

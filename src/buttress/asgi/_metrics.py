@@ -70,13 +70,14 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, Protocol
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._context import is_local_request
 from buttress.asgi._problem import send_problem
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = [
@@ -577,6 +578,7 @@ class HttpMetrics:
             prom, registry, namespace, bounds, resilience, self.multiprocess
         )
         self._closed = False
+        self._active = self._families.active  # an object with an int ``active``
         # (id(route), method label, status) -> (route, recorder); route guards against id reuse
         self._children: dict[tuple[int, str, int], tuple[object, _Series | _PromSeries]] = {}
         self._templates: dict[int, tuple[object, str]] = {}
@@ -640,7 +642,35 @@ class HttpMetrics:
     @property
     def in_flight(self) -> int:
         """Requests being served right now (by this process)."""
-        return int(self._families.active.active)
+        return int(self._active.active)
+
+    def begin(self) -> None:
+        """Count one more request in flight; `end` counts it out.
+
+        Example::
+
+            metrics.begin()
+            ...  # serve it
+            metrics.end(scope, 200, elapsed=0.012)
+        """
+        self._active.active += 1
+
+    def end(self, scope: Scope, status: int, elapsed: float, trace: object = None) -> None:
+        """One request over: out of flight, counted and timed under its route and status.
+
+        ``trace`` (a trace id string) becomes the exemplar of the sample when it is a
+        non-empty string of at most 64 characters.
+        """
+        self._active.active -= 1
+        route = scope.get("route")
+        method = _METHOD_LABELS.get(scope["method"], "OTHER")
+        entry = self._children.get((id(route), method, status))
+        if entry is None or entry[0] is not route:
+            entry = self._resolve(scope, route, method, status)
+        if isinstance(trace, str) and 0 < len(trace) <= _MAX_TRACE_ID:
+            entry[1].record_exemplar(elapsed, trace)
+        else:
+            entry[1].record(elapsed)
 
     def _resolve(
         self, scope: Scope, route: object, method: str, status: int
@@ -697,7 +727,7 @@ def _find_route(routes: Any, target: object, prefix: str, depth: int) -> str | N
 # --------------------------------------------------------------------------- the middleware
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(Stage):
     """Count and time every HTTP request; serve ``/metrics`` (see the module docstring).
 
     Args:
@@ -794,9 +824,8 @@ class MetricsMiddleware:
         self._token = token.encode("ascii") if token is not None else None
         self._skip = exempt | {path} if path is not None else exempt
         self._now = clock.now
-        self._children = metrics._children  # the hot path reads these directly
-        self._resolve = metrics._resolve
-        self._active = metrics._families.active  # an object with an int `active`
+        self._begin = metrics.begin
+        self._end = metrics.end
         self._exemplars = metrics.exemplars
         self._trace_id = metrics.trace_id
 
@@ -813,72 +842,69 @@ class MetricsMiddleware:
         if self._owns_metrics:
             self.metrics.close()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def stage_hooks(self) -> Hooks:
+        """Arrive: ``/metrics`` answered, or the clock starts; finish: count and time."""
+        return Hooks(
+            arrive=self.arrive,
+            start=self.start if self._exemplars else None,
+            fail=self.fail,
+            finish=self.finish,
+            fields=("metrics_started", "metrics_status", "metrics_trace"),
+        )
+
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Serve ``/metrics``; skip the exempt paths; count the request in flight."""
+        scope = ex.scope
         path = scope["path"]
         if scope.get("root_path"):
             path = _route_path(scope)
         if path in self._skip:
+            ex.metrics_started = None
             if path == self.path:
-                await self._serve(scope, send)
-            else:
-                await self.app(scope, receive, send)
+                return self._serve(scope, ex.send)
+            return None
+        self._begin()
+        ex.metrics_started = self._now()
+        ex.metrics_status = 0
+        ex.metrics_trace = None
+        return None
+
+    def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """The exemplar's trace id, read when the response starts."""
+        if ex.metrics_started is not None:
+            ex.metrics_trace = self._trace_id(ex.scope)
+
+    def fail(self, ex: Any, exc: BaseException) -> None:
+        """An exception counts as a 500; a cancellation before an answer as a 499."""
+        if ex.metrics_started is not None:
+            if isinstance(exc, Exception):
+                ex.metrics_status = 500
+            elif not ex.status:
+                ex.metrics_status = 499
+
+    def finish(self, ex: Any) -> None:
+        """Count and time the request under its route, method and status."""
+        start = ex.metrics_started
+        if start is None:
             return
+        elapsed = self._now() - start
+        scope = ex.scope
+        trace = None
+        if self._exemplars:
+            trace = ex.metrics_trace
+            if trace is None:
+                trace = self._trace_id(scope)
+        # returned without answering: the server sends a 500
+        self._end(scope, ex.metrics_status or ex.status or 500, elapsed, trace)
 
-        status = 0
-        trace: str | None = None
-        exemplars = self._exemplars
-
-        async def send_status(message: Message) -> None:
-            nonlocal status, trace
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if exemplars:
-                    trace = self._trace_id(scope)
-            await send(message)
-
-        active = self._active
-        active.active += 1
-        start = self._now()
-        try:
-            await self.app(scope, receive, send_status)
-        except Exception:
-            status = 500
-            raise
-        except BaseException:  # cancelled: the client went away or a deadline cut it
-            if not status:
-                status = 499
-            raise
-        finally:
-            elapsed = self._now() - start
-            active.active -= 1
-            if not status:
-                status = 500  # returned without answering: the server sends a 500
-            route = scope.get("route")
-            method = _METHOD_LABELS.get(scope["method"], "OTHER")
-            entry = self._children.get((id(route), method, status))
-            if entry is None or entry[0] is not route:
-                entry = self._resolve(scope, route, method, status)
-            if exemplars:
-                if trace is None:
-                    trace = self._trace_id(scope)
-                if isinstance(trace, str) and 0 < len(trace) <= _MAX_TRACE_ID:
-                    entry[1].record_exemplar(elapsed, trace)
-                else:
-                    entry[1].record(elapsed)
-            else:
-                entry[1].record(elapsed)
-
-    async def _serve(self, scope: Scope, send: Send) -> None:
+    async def _serve(self, scope: Scope, send: Send) -> bool:
         method = scope["method"]
         head = method == "HEAD"
         if method != "GET" and not head:
             await send_problem(
                 send, ErrorCode.METHOD_NOT_ALLOWED, headers=[(b"allow", b"GET, HEAD")]
             )
-            return
+            return True
         authorization = b""
         accept: list[bytes] = []
         for name, value in scope.get("headers", ()):
@@ -905,7 +931,7 @@ class MetricsMiddleware:
                     detail="Metrics are served to loopback clients only.",
                     head=head,
                 )
-            return
+            return True
         body, content_type = self.metrics.render(b",".join(accept).decode("latin-1"))
         await send(
             {
@@ -919,6 +945,7 @@ class MetricsMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": b"" if head else body})
+        return True
 
     def _allowed(self, scope: Scope, authorization: bytes) -> bool:
         if self.expose == "public":

@@ -36,14 +36,16 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress.asgi._context import ADDRESS_HEADERS
 from buttress.asgi._keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
 from buttress.asgi._problem import send_problem
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope, Send
 from buttress.errors import BackendError, CircuitOpen, ConfigurationError, ErrorCode
 from buttress.resilience import CircuitBreaker
 from buttress.stores import MemoryStore, Rate, RateDecision, RateLimitStore, RateRequest
@@ -228,9 +230,31 @@ class RateLimitRule:
 # one limit that applies to one request: the limit, the key, the rule's path (a tuple: this
 # is built per request and limit on the hot path)
 _Applied = tuple[Limit, str, "str | None"]
+_REQUESTS_KEPT = 4096  # per limit: the store requests of the keys seen last
 
 
-class RateLimitMiddleware:
+class _Spec:
+    """One limit, prepared: its resolver, stored-key prefix, warning level, header parts."""
+
+    __slots__ = ("by_found", "name", "policy", "prefix", "requests", "resolver", "warn_at")
+
+    def __init__(self, limit: Limit, resolver: KeyFunc, warn_ratio: float | None) -> None:
+        self.resolver = resolver
+        # a resolver that can read the headers the runner scanned already (client_ip)
+        self.by_found: Callable[[Scope, dict[bytes, list[bytes]]], str | None] | None = getattr(
+            resolver, "from_found", None
+        )
+        self.prefix = f"rl:{limit.name}:"
+        # the ``remaining`` at or below which a key has used ``warn_ratio`` of the policy
+        self.warn_at = -1.0 if warn_ratio is None else limit.rate.burst * (1.0 - warn_ratio) + 1e-9
+        self.name = limit.name.encode("ascii")
+        self.policy = limit.policy_item.encode("ascii")
+        # key -> its RateRequest, bounded (cleared when full): one object per client, not
+        # one per request
+        self.requests: dict[str, RateRequest] = {}
+
+
+class RateLimitMiddleware(Stage):
     """Rate limits and quotas for any ASGI application (pure ASGI).
 
     Args:
@@ -369,14 +393,8 @@ class RateLimitMiddleware:
         self.engaged = False  # deciding without the shared store right now
 
         default_key = client_ip(trusted_proxies)
-        # per limit, precomputed: the key resolver, the stored key's prefix, and the
-        # ``remaining`` at or below which a key has used ``warn_ratio`` of the policy
-        self._specs: dict[str, tuple[KeyFunc, str, float]] = {
-            limit.name: (
-                limit.key or default_key,
-                f"rl:{limit.name}:",
-                -1.0 if warn_ratio is None else limit.rate.burst * (1.0 - warn_ratio) + 1e-9,
-            )
+        self._specs: dict[str, _Spec] = {
+            limit.name: _Spec(limit, limit.key or default_key, warn_ratio)
             for rule in built
             for limit in rule.limits
         }
@@ -408,9 +426,15 @@ class RateLimitMiddleware:
         return digest.hexdigest()[:16]
 
     def _resolve(
-        self, scope: Scope, rules: Sequence[RateLimitRule]
+        self,
+        scope: Scope,
+        rules: Sequence[RateLimitRule],
+        found: dict[bytes, list[bytes]] | None = None,
     ) -> tuple[list[_Applied], list[RateRequest]]:
-        """The limits that apply to this request with their keys, and the store requests."""
+        """The limits that apply to this request with their keys, and the store requests.
+
+        ``found``: the request headers the runner scanned (lets `client_ip` keys skip a scan).
+        """
         applied: list[_Applied] = []
         requests: list[RateRequest] = []
         path = scope["path"]
@@ -424,9 +448,15 @@ class RateLimitMiddleware:
             last: KeyFunc | None = None  # limits of a rule often share a resolver (burst+daily)
             resolved: str | None = None
             for limit in rule.limits:
-                resolver, prefix, _ = specs[limit.name]
+                spec = specs[limit.name]
+                resolver = spec.resolver
                 try:
-                    key = resolved if resolver is last else resolver(scope)
+                    if resolver is last:
+                        key = resolved
+                    elif found is not None and spec.by_found is not None:
+                        key = spec.by_found(scope, found)
+                    else:
+                        key = resolver(scope)
                     last, resolved = resolver, key
                 except Exception:
                     key = None
@@ -442,61 +472,103 @@ class RateLimitMiddleware:
                 if type(key) is not str:
                     key = str(key)
                 applied.append((limit, key, rule.path))
-                if len(key) > _MAX_KEY:  # huge or hostile values: store a digest
-                    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
-                    key = "#" + digest.hexdigest()
-                requests.append(RateRequest(prefix + key, limit.rate, limit.cost))
+                kept = spec.requests
+                request = kept.get(key)
+                if request is None:
+                    stored = key
+                    if len(key) > _MAX_KEY:  # huge or hostile values: store a digest
+                        digest = hashlib.blake2b(
+                            key.encode("utf-8", "surrogatepass"), digest_size=16
+                        )
+                        stored = "#" + digest.hexdigest()
+                    request = RateRequest(spec.prefix + stored, limit.rate, limit.cost)
+                    if len(kept) >= _REQUESTS_KEPT:
+                        kept.clear()
+                    kept[key] = request
+                requests.append(request)
         return applied, requests
 
-    # ------------------------------------------------------------ ASGI
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    # ------------------------------------------------------------ the stage
+    def stage_hooks(self) -> Hooks:
+        """Arrive: decided (429 when refused); start: the RateLimit fields."""
+        return Hooks(
+            arrive=self.arrive,
+            start=self.start,
+            reads=ADDRESS_HEADERS,
+            fields=("ratelimit_headers",),
+        )
+
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Decide the limits that apply, in one store call; refuse with 429, or pass on."""
+        ex.ratelimit_headers = None
+        scope = ex.scope
         rules = self._by_method.get(scope["method"], self._other)
         path = scope["path"]
         if not rules or path in self._exempt or path.startswith(self._exempt_below):
-            await self.app(scope, receive, send)
-            return
-        applied, requests = self._resolve(scope, rules)
+            return None
+        applied, requests = self._resolve(scope, rules, ex.found)
         if not applied:
-            await self.app(scope, receive, send)
-            return
+            return None
+        if self.direct:  # in process: decided here, no I/O (and no coroutine)
+            return self._decided(ex, applied, self.store.acquire(requests))
+        return self._decide_then(ex, applied, requests)
+
+    def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """The ``RateLimit-Policy`` and ``RateLimit`` fields (and the legacy ones)."""
+        extra = ex.ratelimit_headers
+        if extra:
+            headers.extend(extra)
+
+    async def _decide_then(
+        self, ex: Any, applied: list[_Applied], requests: list[RateRequest]
+    ) -> bool:
         decisions = await self._decide(requests)
         if decisions is None:  # fail-closed and the store is unavailable
-            await self._unavailable(scope, send)
-            return
+            await self._unavailable(ex.scope, ex.send)
+            return True
+        answer = self._decided(ex, applied, decisions)
+        return False if answer is None else await answer
+
+    def _decided(
+        self, ex: Any, applied: list[_Applied], decisions: list[RateDecision]
+    ) -> Awaitable[bool] | None:
+        """The answer to a refusal, or None with the response fields kept for ``start``."""
+        specs = self._specs
+        if len(applied) == 1 and self.ietf and not self.legacy:  # the common case
+            d = decisions[0]
+            if not d.allowed:
+                return self._refuse(ex.scope, ex.send, applied, decisions)
+            spec = specs[applied[0][0].name]
+            if d.remaining <= spec.warn_at:
+                self._check_warnings(ex.scope, applied, decisions)
+            ex.ratelimit_headers = [
+                (b"ratelimit-policy", spec.policy),
+                (
+                    b"ratelimit",
+                    b'"%s";r=%d;t=%d' % (spec.name, d.remaining, math.ceil(d.reset_after - _SLACK)),
+                ),
+            ]
+            return None
         # one pass: refused?, the RateLimit items, and whether a key reached warn_ratio
         items = []
         warn = False
-        specs = self._specs
         for (limit, _, _), d in zip(applied, decisions, strict=True):
             if not d.allowed:
-                await self._refuse(scope, send, applied, decisions)
-                return
+                return self._refuse(ex.scope, ex.send, applied, decisions)
             remaining = d.remaining
             items.append(f'"{limit.name}";r={remaining};t={math.ceil(d.reset_after - _SLACK)}')
-            if remaining <= specs[limit.name][2]:
+            if remaining <= specs[limit.name].warn_at:
                 warn = True
         if warn:
-            self._check_warnings(scope, applied, decisions)
+            self._check_warnings(ex.scope, applied, decisions)
         if self.legacy or not self.ietf:
-            extra = self._headers(applied, decisions, None, items)
+            ex.ratelimit_headers = self._headers(applied, decisions, None, items)
         else:  # the common case, inline
-            extra = [
+            ex.ratelimit_headers = [
                 (b"ratelimit-policy", ", ".join([a[0].policy_item for a in applied]).encode()),
                 (b"ratelimit", ", ".join(items).encode()),
             ]
-        if extra:
-
-            async def send_with_headers(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                await send(message)
-
-            await self.app(scope, receive, send_with_headers)
-            return
-        await self.app(scope, receive, send)
+        return None
 
     # ------------------------------------------------------------ deciding
     async def _decide(self, requests: list[RateRequest]) -> list[RateDecision] | None:
@@ -591,7 +663,7 @@ class RateLimitMiddleware:
         send: Send,
         applied: list[_Applied],
         decisions: list[RateDecision],
-    ) -> None:
+    ) -> bool:
         violated = [i for i, d in enumerate(decisions) if not d.allowed and d.retry_after > 0]
         if not violated:  # a store that did not say which: every refusing limit, 1 s
             violated = [i for i, d in enumerate(decisions) if not d.allowed]
@@ -631,6 +703,7 @@ class RateLimitMiddleware:
             },
             head=method == "HEAD",
         )
+        return True
 
     async def _unavailable(self, scope: Scope, send: Send) -> None:
         snapshot = self.breaker.snapshot()
@@ -649,7 +722,7 @@ class RateLimitMiddleware:
         """Warn once when a key's use of a policy crosses ``warn_ratio``."""
         specs = self._specs
         for (limit, key, path), d in zip(applied, decisions, strict=True):
-            threshold = specs[limit.name][2]
+            threshold = specs[limit.name].warn_at
             if d.remaining > threshold:
                 continue
             before = min(d.limit, d.remaining + limit.cost)

@@ -10,10 +10,10 @@ Three layers, after Netflix's `concurrency-limits`_:
   and hands out a `ConcurrencyToken` per admitted request; the token's ``release(rtt)``
   feeds the algorithm (optionally averaged over a time window, Netflix's
   ``WindowedLimit``), ``ignore()`` frees the slot without a sample (cancellation);
-* `LoadSheddingMiddleware`: the pure-ASGI driver. It refuses a request with 503
-  problem+json (type ``temporary-reduced-capacity``) and ``Retry-After`` *before* the
-  application runs, and samples each admitted request from its start to the last byte of
-  its response body.
+* `LoadSheddingMiddleware`: the stage (`buttress.asgi._runner`) that drives it. It
+  refuses a request with 503 problem+json (type ``temporary-reduced-capacity``) and
+  ``Retry-After`` *before* the application runs, and samples each admitted request from
+  its start to the last byte of its response body.
 
 Nothing here sleeps or awaits while holding a lock: the limiter's `threading.Lock` guards a
 counter and one call into the algorithm, so one limiter can be shared by threads and event
@@ -34,12 +34,13 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterable
-from typing import Final, Literal, Protocol, TypeAlias, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import problem_for_exception, send_problem
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._runner import Hooks, Stage
+from buttress.asgi._types import ASGIApp, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = [
@@ -374,14 +375,14 @@ class ConcurrencyToken:
         if limiter is not None:
             self._limiter = None
             rtt = rtt if rtt > 0.0 else 0.0  # noqa: FURB136 - hot path, no call
-            limiter._release(self.in_flight, rtt, dropped, self.started + rtt)
+            limiter.release(self.in_flight, rtt, dropped, self.started + rtt)
 
     def ignore(self) -> None:
         """Free the slot without a sample (cancelled, or says nothing about capacity)."""
         limiter = self._limiter
         if limiter is not None:
             self._limiter = None
-            limiter._ignore()
+            limiter.ignore()
 
     def __repr__(self) -> str:
         state = "done" if self._limiter is None else "held"
@@ -507,7 +508,7 @@ class ConcurrencyLimiter:
     # ------------------------------------------------------------------ permission protocol
     def try_acquire(self, now: float) -> ConcurrencyToken | None:
         """A token if a slot is free under the current limit, else None (shed)."""
-        in_flight = self._admit(now)
+        in_flight = self.admit()
         return ConcurrencyToken(self, now, in_flight) if in_flight > 0 else None
 
     def decide(self, now: float) -> ConcurrencyToken | ShedReason:
@@ -515,14 +516,19 @@ class ConcurrencyLimiter:
 
         The hard cap wins when both are reached.
         """
-        in_flight = self._admit(now)
+        in_flight = self.admit()
         if in_flight > 0:
             return ConcurrencyToken(self, now, in_flight)
         return "max_in_flight" if in_flight == 0 else "adaptive"
 
-    # ------------------------------------------------------------------ hot path (drivers)
-    def _admit(self, now: float) -> int:
-        """In flight after admission (> 0), or 0 (hard cap) / -1 (adaptive limit) refused."""
+    # ------------------------------------------------------------------ without tokens
+    # What `try_acquire` / `ConcurrencyToken` do, for a driver that keeps the count itself
+    # (the middleware: no token object per request).
+    def admit(self) -> int:
+        """Take a slot: in flight after admission (> 0), or 0 (hard cap) / -1 (adaptive) refused.
+
+        End an admitted request with `release` or `ignore`.
+        """
         lock = self._lock
         lock.acquire()
         n = self._in_flight
@@ -533,13 +539,19 @@ class ConcurrencyLimiter:
         lock.release()
         return 0 if n >= self._hard else -1
 
-    def _ignore(self) -> None:
+    def ignore(self) -> None:
+        """Free an admitted request's slot without a sample."""
         lock = self._lock
         lock.acquire()
         self._in_flight -= 1
         lock.release()
 
-    def _release(self, in_flight: int, rtt: float, dropped: bool, now: float) -> None:
+    def release(self, in_flight: int, rtt: float, dropped: bool, now: float) -> None:
+        """Free an admitted request's slot and feed its sample to the algorithm.
+
+        ``in_flight`` is what `admit` returned, ``rtt`` the request's seconds, ``now`` the
+        clock at its end.
+        """
         lock = self._lock
         lock.acquire()
         try:
@@ -594,7 +606,7 @@ def _client_gone(exc: Exception) -> bool:
     )
 
 
-class LoadSheddingMiddleware:
+class LoadSheddingMiddleware(Stage):
     """Answer 503 + ``Retry-After`` before the application runs when the service is full.
 
     A request is shed (problem+json, code ``overloaded``, type
@@ -649,17 +661,6 @@ class LoadSheddingMiddleware:
                                      on_shed=lambda reason: SHED.labels(reason).inc())
         # or: app.add_middleware(LoadSheddingMiddleware, max_in_flight=500)
     """
-
-    __slots__ = (
-        "_now",
-        "app",
-        "clock",
-        "drop_statuses",
-        "exempt_paths",
-        "limiter",
-        "on_shed",
-        "retry_after",
-    )
 
     def __init__(
         self,
@@ -739,66 +740,67 @@ class LoadSheddingMiddleware:
     def __repr__(self) -> str:
         return f"LoadSheddingMiddleware(limiter={self.limiter!r})"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def stage_hooks(self) -> Hooks:
+        """Arrive: admitted or shed; end and fail: the sample; finish: the slot freed."""
+        if self.limiter is None:  # switched off
+            return Hooks()
+        sampled = self.limiter.algorithm is not None
+        return Hooks(
+            arrive=self.arrive,
+            end=self.end if sampled else None,
+            fail=self.fail if sampled else None,
+            finish=self.finish,
+            fields=("shed_in_flight", "shed_started", "shed_end", "shed_dropped"),
+        )
+
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Admit the request, or shed it (503) when the service is at its limit."""
         limiter = self.limiter
-        if limiter is None or scope["type"] != "http" or scope["path"] in self.exempt_paths:
-            await self.app(scope, receive, send)
-            return
-        # ConcurrencyLimiter._admit, inlined: this is the hot path of every request
-        lock = limiter._lock
-        lock.acquire()
-        in_flight = limiter._in_flight
-        if in_flight >= limiter._cap:
-            lock.release()
-            reason: ShedReason = "max_in_flight" if in_flight >= limiter._hard else "adaptive"
-            await self._shed(scope, send, reason)
-            return
-        limiter._in_flight = in_flight = in_flight + 1
-        lock.release()
-        if limiter._algorithm is None:  # a fixed cap: nothing to sample
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                limiter._ignore()
-            return
-        now = self._now
-        started = now()
-        drop_statuses = self.drop_statuses
-        status = 0
-        ended = dropped = False
-        end = 0.0
+        if limiter is None or ex.scope["path"] in self.exempt_paths:
+            ex.shed_in_flight = 0
+            return None
+        in_flight = limiter.admit()
+        if in_flight <= 0:
+            ex.shed_in_flight = 0
+            reason: ShedReason = "max_in_flight" if in_flight == 0 else "adaptive"
+            return self._shed(ex.scope, ex.send, reason)
+        ex.shed_in_flight = in_flight
+        ex.shed_started = self._now()
+        ex.shed_end = None
+        return None
 
-        async def sampled_send(message: Message) -> None:
-            nonlocal status, ended, end, dropped
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif not ended and (
-                (kind == "http.response.body" and not message.get("more_body", False))
-                or kind == "http.response.pathsend"
-            ):
-                ended = True
-                end = now()
-                dropped = status in drop_statuses
-            await send(message)
+    def end(self, ex: Any) -> None:
+        """The response ended: the sample's end, dropped when its status says so."""
+        if ex.shed_in_flight:
+            ex.shed_end = self._now()
+            ex.shed_dropped = ex.status in self.drop_statuses
 
-        try:
-            await self.app(scope, receive, sampled_send)
-        except Exception as exc:
-            if not ended and not _client_gone(exc):
-                ended = True
-                end = now()
-                dropped = problem_for_exception(exc)[0].http_status in drop_statuses
-            raise
-        finally:
-            # the slot is held until the application returns (background tasks included);
-            # no end means cancelled, client gone, or no response: no sample
-            if ended:
-                limiter._release(in_flight, end - started, dropped, end)
+    def fail(self, ex: Any, exc: BaseException) -> None:
+        """An exception before the end: the sample ends, dropped if it means a timeout."""
+        if (
+            ex.shed_in_flight
+            and ex.shed_end is None
+            and isinstance(exc, Exception)
+            and not _client_gone(exc)
+        ):
+            ex.shed_end = self._now()
+            ex.shed_dropped = problem_for_exception(exc)[0].http_status in self.drop_statuses
+
+    def finish(self, ex: Any) -> None:
+        """Free the slot, with the sample or without one (cancelled, client gone, no end).
+
+        The slot is held until the application returned (background tasks included).
+        """
+        in_flight = ex.shed_in_flight
+        limiter = self.limiter
+        if in_flight and limiter is not None:
+            end = ex.shed_end  # None with a fixed cap: nothing is sampled
+            if end is None:
+                limiter.ignore()
             else:
-                limiter._ignore()
+                limiter.release(in_flight, end - ex.shed_started, ex.shed_dropped, end)
 
-    async def _shed(self, scope: Scope, send: Send, reason: ShedReason) -> None:
+    async def _shed(self, scope: Scope, send: Send, reason: ShedReason) -> bool:
         if self.on_shed is not None:
             try:
                 self.on_shed(reason)
@@ -811,3 +813,4 @@ class LoadSheddingMiddleware:
             retry_after=self.retry_after,
             head=scope.get("method") == "HEAD",
         )
+        return True

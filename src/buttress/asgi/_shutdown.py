@@ -90,12 +90,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import send_problem
+from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
@@ -112,6 +113,7 @@ _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 _PASS_BODY = b'{"status":"pass"}'
 _FAIL_BODY = b'{"status":"fail","output":"draining"}'
 _CLOSE = (b"connection", b"close")
+_HTTP1 = frozenset({"1.0", "1.1"})  # HTTP/2 and 3 have no connection header (GOAWAY)
 
 
 def _hard_exit(status: int) -> NoReturn:
@@ -214,19 +216,6 @@ class _Hook:
             await result
 
 
-def _closing(scope: Scope, send: Send) -> Send:
-    """``send`` adding ``Connection: close`` to an HTTP/1 response (during the drain)."""
-    if scope.get("http_version", "1.1") not in {"1.0", "1.1"}:
-        return send  # HTTP/2 and 3 have no connection header (the server sends GOAWAY)
-
-    async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
-        await send(message)
-
-    return closing_send
-
-
 async def _answer_abandoned(scope: Scope, send: Send) -> None:
     """Answer a request cancelled at the end of the grace: 503 if it had not answered yet."""
     try:
@@ -285,7 +274,7 @@ class _InnerLifespan:
         return self.task.exception()
 
 
-class GracefulShutdown:
+class GracefulShutdown(Stage):
     """Drain on SIGTERM/SIGINT, finish in-flight requests, then close resources in order.
 
     A pure ASGI middleware: it takes over the ``lifespan`` scope (passing startup and
@@ -602,37 +591,94 @@ class GracefulShutdown:
                 task.cancel("buttress: graceful shutdown's grace period is over")
         await self._until_idle(_AFTER_CANCEL)
 
-    # ------------------------------------------------------------------ ASGI
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            if scope["path"] == self.ready_path and scope["method"] in ("GET", "HEAD"):
-                await self._answer_ready(scope, send)
-                return
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
+    # ------------------------------------------------------------------ the stage
+    def stage_hooks(self) -> Hooks:
+        """Arrive: counted in flight (or the ready path answered); finish: out of flight.
+
+        Fail: a request cut at the end of the grace answers 503. Lifespan: the drain.
+        """
+        return Hooks(
+            arrive=self.arrive,
+            start=self.start if self.close_connections else None,
+            fail=self.fail,
+            finish=self.finish,
+            other=self.other,
+            fields=("shutdown_task", "shutdown_close"),
+        )
+
+    def arrive(self, ex: Any) -> Awaitable[bool] | None:
+        """Answer the ready path; count the request's task in flight."""
+        scope = ex.scope
+        ex.shutdown_task = None
+        if scope["path"] == self.ready_path and scope["method"] in ("GET", "HEAD"):
+            return self._answer_ready(scope, ex.send)
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # pragma: no cover - not running on asyncio
+            task = None
+        if task is not None:
+            ex.shutdown_task = task
+            self._requests.add(task)
+        # draining when it arrived: HTTP/1 responses close the connection
+        ex.shutdown_close = self._draining and scope.get("http_version", "1.1") in _HTTP1
+        return None
+
+    def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """``Connection: close`` on a response to a request that arrived while draining."""
+        if ex.shutdown_close:
+            headers.append(_CLOSE)
+
+    def fail(self, ex: Any, exc: BaseException) -> Awaitable[bool] | None:
+        """A request cancelled at the end of the grace: 503 if it had not answered yet."""
+        task = ex.shutdown_task
+        if (
+            task is None
+            or not isinstance(exc, asyncio.CancelledError)
+            or task not in self._abandoned
+            or task.uncancel() > 0
+        ):
+            return None
+        return self._abandon(ex.scope, ex.send)
+
+    async def _abandon(self, scope: Scope, send: Send) -> bool:
+        await _answer_abandoned(scope, send)
+        return True
+
+    def finish(self, ex: Any) -> None:
+        """The request is no longer in flight (wake the drain when it was the last)."""
+        task = ex.shutdown_task
+        if task is None:
             return
-        elif kind != "websocket":
-            await self.app(scope, receive, send)
+        requests = self._requests
+        requests.discard(task)
+        if self._abandoned:
+            self._abandoned.discard(task)
+        if not requests and self._idle:
+            self._wake_idle()
+
+    async def other(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Lifespan: the drain and the close hooks around ``app``'s; WebSockets: in flight."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send, app)
+            return
+        if kind != "websocket":
+            await app(scope, receive, send)
             return
         try:
             task = asyncio.current_task()
         except RuntimeError:  # pragma: no cover - not running on asyncio
             task = None
         if task is None:  # pragma: no cover - not running on asyncio
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         requests = self._requests
         requests.add(task)
-        if self._draining and self.close_connections and kind == "http":
-            send = _closing(scope, send)
         try:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         except asyncio.CancelledError:
             if task not in self._abandoned or task.uncancel() > 0:
                 raise
-            if kind == "http":
-                await _answer_abandoned(scope, send)
         finally:
             requests.discard(task)
             if self._abandoned:
@@ -651,7 +697,7 @@ class GracefulShutdown:
             headers.append(_CLOSE)
         return (503 if draining else 200), headers, body
 
-    async def _answer_ready(self, scope: Scope, send: Send) -> None:
+    async def _answer_ready(self, scope: Scope, send: Send) -> bool:
         draining = self._draining
         close = (
             draining
@@ -663,6 +709,7 @@ class GracefulShutdown:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+        return True
 
     def _reset(self) -> None:
         self._draining = False
@@ -672,7 +719,7 @@ class GracefulShutdown:
         self._previous = {}
         self._drain_task = None
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         message = await receive()
         if message["type"] != "lifespan.startup":  # pragma: no cover - server bug
             return
@@ -680,7 +727,7 @@ class GracefulShutdown:
         self._loop = asyncio.get_running_loop()
         self._install()
         try:
-            inner = _InnerLifespan(self.app, scope)
+            inner = _InnerLifespan(app, scope)
             answer = await inner.exchange({"type": "lifespan.startup"})
             if answer is None:
                 inner.supported = False
