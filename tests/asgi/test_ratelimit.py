@@ -471,6 +471,20 @@ async def test_the_quota_warning_fires_once_per_crossing(
     assert sum(isinstance(e, QuotaWarningEvent) for e in events) == 2
 
 
+async def test_the_warning_table_is_bounded_and_never_scanned(
+    make: Any, events: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import buttress.asgi._ratelimit as ratelimit_module
+
+    monkeypatch.setattr(ratelimit_module, "_WARNED_MAX", 4)
+    mw, client = make([Limit("quota", "10/minute", key=api_key())])
+    for n in range(10):  # ten keys cross the threshold; only four can be remembered
+        for _ in range(8):
+            assert (await client.get("/x", headers={"x-api-key": f"key-{n}"})).status_code == 200
+    assert sum(isinstance(e, QuotaWarningEvent) for e in events) == 10  # each warned once
+    assert len(mw._warned) <= 4
+
+
 async def test_warnings_can_be_switched_off(make: Any, events: EventLog) -> None:
     _, client = make([Limit("quota", "2/minute")], warn_ratio=None)
     for _ in range(3):

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress._expiry import ENTRY_BYTES, ExpiryTable
 from buttress.asgi._context import ADDRESS_HEADERS
 from buttress.asgi._keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
 from buttress.asgi._problem import send_problem
@@ -411,7 +412,10 @@ class RateLimitMiddleware(Stage):
                 raise ConfigurationError(f"{owner}(exempt_paths=...): {path!r} must start with /")
         self._exempt = frozenset(p.rstrip("/") or "/" for p in exempt)
         self._exempt_below = tuple((p.rstrip("/") or "") + "/" for p in exempt)
-        self._warned: dict[str, float] = {}
+        # policy:key-hash -> until when its warning is not repeated (bounded, expiring)
+        self._warned: ExpiryTable[str, float] = ExpiryTable(
+            _WARNED_MAX, _WARNED_MAX * 256, expiry=float, size=_marker_size
+        )
         self._failed_resolvers: set[str] = set()
 
     # ------------------------------------------------------------ helpers
@@ -732,14 +736,11 @@ class RateLimitMiddleware(Stage):
             marker = f"{limit.name}:{key_hash}"
             now = self.clock.now()
             warned = self._warned
-            if warned.get(marker, -math.inf) > now:
+            until = warned.get(marker)
+            if until is not None and until > now:
                 continue  # hovering at the threshold: once per window
-            if len(warned) >= _WARNED_MAX:
-                for k in [k for k, until in warned.items() if until <= now]:
-                    del warned[k]
-                if len(warned) >= _WARNED_MAX:
-                    warned.clear()
-            warned[marker] = now + limit.rate.period
+            # remembered while there is room; a full table only forgets the de-duplication
+            warned.put(marker, now + limit.rate.period, now)
             emit(
                 QuotaWarningEvent(
                     policy=limit.name,
@@ -751,6 +752,10 @@ class RateLimitMiddleware(Stage):
                 ),
                 self.hooks,
             )
+
+
+def _marker_size(marker: str, until: float) -> int:
+    return len(marker) + ENTRY_BYTES
 
 
 def _key_secret(value: bytes | str | None) -> bytes:
