@@ -32,7 +32,7 @@ def demo_server_options(host: str, port: int, workers: int = 1) -> dict[str, Any
 
     Example::
 
-        uvicorn.run("buttress._demo_app:create_app", factory=True,
+        uvicorn.run("buttress.demo.app:create_app", factory=True,
                     **demo_server_options("127.0.0.1", 8000))
     """
     return {
@@ -67,7 +67,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
         console.print(f"--workers {args.workers}: use 1 to 16")
         return 2
     if args.selfcheck:
-        from buttress._demo_selfcheck import run_selfcheck  # noqa: PLC0415
+        from buttress.demo.selfcheck import run_selfcheck  # noqa: PLC0415
 
         console.print(f"[bold]buttress {__version__}[/bold] demo self-check (127.0.0.1 only)\n")
         checks = run_selfcheck(
@@ -104,7 +104,7 @@ def _serve_demo(args: argparse.Namespace) -> int:
         "Ctrl-C to stop."
     )
     uvicorn.run(
-        "buttress._demo_app:create_app",
+        "buttress.demo.app:create_app",
         factory=True,
         **demo_server_options(args.host, args.port, args.workers),
     )
@@ -130,7 +130,7 @@ def _demo(args: argparse.Namespace) -> int:
         from rich.console import Console  # noqa: PLC0415 - the demo extra
         from rich.table import Table  # noqa: PLC0415
 
-        from buttress._demo_flaky import run_demo  # noqa: PLC0415 - needs httpx
+        from buttress.demo.flaky import run_demo  # noqa: PLC0415 - needs httpx
     except ImportError as exc:
         print(
             f"buttress demo needs the demo extra: pip install 'buttress[demo]' ({exc})",

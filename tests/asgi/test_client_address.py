@@ -159,7 +159,7 @@ def exhaust(http: httpx.Client) -> None:
 # ------------------------------------------------------------------ the demo's own server
 def test_demo_options_read_no_forwarding_header() -> None:
     options = demo_server_options("127.0.0.1", 8000)
-    config = uvicorn.Config("buttress._demo_app:create_app", factory=True, **options)
+    config = uvicorn.Config("buttress.demo.app:create_app", factory=True, **options)
     assert config.proxy_headers is False
     assert options["server_header"] is False
 

@@ -37,7 +37,7 @@ def demo_url() -> Iterator[str]:
             "-m",
             "uvicorn",
             "--factory",
-            "buttress._demo_app:create_app",
+            "buttress.demo.app:create_app",
             "--host",
             "127.0.0.1",
             "--port",

@@ -39,8 +39,8 @@ from typing import Any
 
 import pytest
 
+from buttress.asgi._deadline import DeadlineMiddleware
 from buttress.asgi._idempotency import IdempotencyMiddleware
-from buttress.asgi._limits import DeadlineMiddleware
 from buttress.errors import BackendError, DeadlineExceeded
 from buttress.stores import IdempotencyStore
 from buttress.testing import FakeClock

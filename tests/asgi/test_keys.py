@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buttress.asgi._keys import (
+from buttress.asgi.keys import (
     ROUTE_TEMPLATE_KEY,
     api_key,
     client_ip,

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from buttress.asgi._keys import api_key, jwt_subject, principal, route, tenant
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
+from buttress.asgi.keys import api_key, jwt_subject, principal, route, tenant
 from buttress.errors import BackendError, ConfigurationError
 from buttress.resilience import CircuitBreaker
 from buttress.stores import MemoryStore, Rate, RateDecision, RateRequest, open_store

@@ -14,6 +14,7 @@ Example::
 """
 
 from buttress.asgi import keys
+from buttress.asgi._body_limit import BodyLimitMiddleware
 from buttress.asgi._context import (
     RequestContextMiddleware,
     TraceContext,
@@ -24,6 +25,7 @@ from buttress.asgi._context import (
     propagate_context,
     trusted_networks,
 )
+from buttress.asgi._deadline import DeadlineMiddleware
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._harden import HardenedApp, HardenedParts, HardenSettings, harden
 from buttress.asgi._headers import (
@@ -52,7 +54,6 @@ from buttress.asgi._idempotency import (
     IdempotencyMode,
     parse_idempotency_key,
 )
-from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware, RequestMetrics
 from buttress.asgi._problem import problem_body, send_problem

@@ -44,7 +44,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from buttress.asgi._body_limit import BodyLimitMiddleware
 from buttress.asgi._context import RequestContextMiddleware, current_trace, trusted_networks
+from buttress.asgi._deadline import DeadlineMiddleware
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
 from buttress.asgi._headers import (
     SECURITY_PROFILES,
@@ -55,8 +57,6 @@ from buttress.asgi._headers import (
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
 from buttress.asgi._idempotency import IdempotencyMiddleware, IdempotencyMode
-from buttress.asgi._keys import KeyFunc, api_key, client_ip, jwt_subject, tenant
-from buttress.asgi._limits import BodyLimitMiddleware, DeadlineMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
@@ -64,6 +64,7 @@ from buttress.asgi._runner import Runner, Stage
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
 from buttress.asgi._types import ASGIApp, Scope
+from buttress.asgi.keys import KeyFunc, api_key, client_ip, jwt_subject, tenant
 from buttress.errors import ConfigurationError
 from buttress.stores import STORES, Store, open_store
 

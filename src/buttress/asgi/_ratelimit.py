@@ -1,7 +1,7 @@
 """Inbound rate limits and quotas: `RateLimitMiddleware`, `RateLimitRule`, `Limit`.
 
 Each request is matched (method first, then path) against the rules; every limit of every
-matching rule resolves its key (`buttress.asgi._keys`), and all of them are decided in
+matching rule resolves its key (`buttress.asgi.keys`), and all of them are decided in
 *one* store call, all or nothing: a request refused by the daily quota does not spend the
 per-second burst. The store runs GCRA, so ``Retry-After`` is exact (rounded up to whole
 seconds, a client that obeys it is admitted).
@@ -43,10 +43,10 @@ from typing import Any, Literal
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress._expiry import ENTRY_BYTES, ExpiryTable
 from buttress.asgi._context import ADDRESS_HEADERS
-from buttress.asgi._keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
 from buttress.asgi._problem import send_problem
 from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Scope, Send
+from buttress.asgi.keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
 from buttress.errors import BackendError, CircuitOpen, ConfigurationError, ErrorCode
 from buttress.resilience import CircuitBreaker
 from buttress.stores import MemoryStore, Rate, RateDecision, RateLimitStore, RateRequest
@@ -84,7 +84,7 @@ class Limit:
         name: the policy name in headers, problem documents, events and metrics
             (letters, digits, ``_.:-``; unique across the middleware's rules).
         rate: a `buttress.stores.Rate` or its string form (``"100/minute;burst=20"``).
-        key: a key resolver (`buttress.asgi._keys`); default: the client address, trusted-
+        key: a key resolver (`buttress.asgi.keys`); default: the client address, trusted-
             proxy aware with the middleware's ``trusted_proxies``.
         cost: units one request spends (default 1; at most the burst).
 

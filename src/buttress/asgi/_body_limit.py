@@ -1,9 +1,8 @@
-"""Request body size limits (on the stream, chunked bodies included) and request deadlines.
+"""`BodyLimitMiddleware`: request bodies over a size are refused (413), chunked ones included.
 
-Two stages (see `buttress.asgi._runner`): `BodyLimitMiddleware` refuses a declared body over
-the limit when the request arrives and counts a streamed one as the handler reads it;
-`DeadlineMiddleware` owns the "around the handler" position: the handler runs under the
-public `buttress.resilience.Timeout`, and a timeout becomes a 504.
+A stage (see `buttress.asgi._runner`): a declared body over the limit is refused when the
+request arrives; a streamed one is counted as the handler reads it, and when it passes the
+limit the handler's own answer is dropped for the 413.
 """
 
 from __future__ import annotations
@@ -11,25 +10,14 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._problem import send_problem
 from buttress.asgi._runner import Hooks, Stage
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
-from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode
-from buttress.resilience import Pipeline, Timeout, deadline
+from buttress.asgi._types import ASGIApp, Message, Send
+from buttress.errors import ConfigurationError, ErrorCode
 
-__all__ = ["BodyLimitMiddleware", "DeadlineMiddleware"]
+__all__ = ["BodyLimitMiddleware"]
 
 _CLOSE = (b"connection", b"close")
-
-
-def _asked(raw: bytes, timeout: float) -> float | None:
-    """A client's deadline in seconds, when it is a number shorter than ``timeout``."""
-    try:
-        asked = float(raw)
-    except ValueError:
-        return None
-    return asked if 0 < asked < timeout else None  # nonsense or longer: ours applies
 
 
 class _BodyTooLargeError(Exception):
@@ -155,83 +143,4 @@ class BodyLimitMiddleware(Stage):
             detail=f"the request body is larger than {limit} bytes",
             headers=[_CLOSE],
         )
-        return True
-
-
-class DeadlineMiddleware(Stage):
-    """A server-side deadline per request: 504 problem+json, handler cancelled.
-
-    The deadline is also the `buttress.deadline` of everything the handler does: every
-    `Timeout`, retry and `buttress.http` call inside takes ``min(own, remaining)``. A
-    client may ask for a shorter one with a header (capped by ``timeout``).
-
-    Args:
-        app: the ASGI application.
-        timeout: seconds per request (default 30).
-        header: request header carrying a client deadline in seconds (default
-            ``x-request-timeout``; None to ignore clients).
-        exempt_paths: paths without a deadline (streaming endpoints, health).
-        clock: time source of the deadline (tests pass a `buttress.testing.FakeClock`).
-
-    Example::
-
-        app = DeadlineMiddleware(app, timeout=10.0)
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        timeout: float = 30.0,
-        header: str | None = "x-request-timeout",
-        exempt_paths: tuple[str, ...] = (),
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.app = app
-        self.policy = Timeout(timeout, name="request", clock=clock)
-        self.timeout = self.policy.seconds
-        self.pipeline = Pipeline(self.policy, name=None)
-        self.header = header.lower().encode("latin-1") if header else None
-        self.exempt = frozenset(exempt_paths)
-
-    def stage_hooks(self) -> Hooks:
-        """Around: the handler runs under the deadline; fail: a timeout answers 504."""
-        return Hooks(
-            around=self.around,
-            fail=self.fail,
-            reads=frozenset() if self.header is None else frozenset({self.header}),
-        )
-
-    def around(self, ex: Any, app: ASGIApp) -> Awaitable[None]:
-        """Run ``app`` under the request's deadline (a client's shorter one if it asks)."""
-        scope = ex.scope
-        if scope["path"] in self.exempt:
-            return app(scope, ex.receive, ex.send)
-        asked = None
-        if self.header is not None:
-            values = ex.found.get(self.header)
-            if values:  # the first one counts
-                asked = _asked(values[0], self.timeout)
-        if asked is None:
-            return self.pipeline.acall(app, scope, ex.receive, ex.send)
-        return self._within(asked, app, scope, ex.receive, ex.send)
-
-    async def _within(
-        self, asked: float, app: ASGIApp, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        with deadline(asked):
-            await self.pipeline.acall(app, scope, receive, send)
-
-    def fail(self, ex: Any, exc: BaseException) -> Awaitable[bool] | None:
-        """The deadline passed: 504, unless part of the response is out.
-
-        (Then the server must drop the connection.)
-        """
-        if not isinstance(exc, DeadlineExceeded) or ex.scope["path"] in self.exempt or ex.status:
-            return None
-        return self._timed_out(ex.send, exc)
-
-    @staticmethod
-    async def _timed_out(send: Send, exc: DeadlineExceeded) -> bool:
-        await send_problem(send, ErrorCode.DEADLINE_EXCEEDED, detail=str(exc), headers=[_CLOSE])
         return True

@@ -30,7 +30,6 @@ from fastapi import FastAPI, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from buttress import Fallback, Pipeline, Timeout
-from buttress._demo_flaky import FlakyServer
 from buttress.asgi import (
     CheckResult,
     DiskCheck,
@@ -44,6 +43,7 @@ from buttress.asgi import (
     propagate_context,
 )
 from buttress.asgi._idempotency import MAX_KEY_LENGTH
+from buttress.demo.flaky import FlakyServer
 from buttress.http import async_client
 
 __all__ = ["OrderIn", "create_app"]
@@ -122,7 +122,7 @@ def create_app(
 
     Example::
 
-        uvicorn --factory buttress._demo_app:create_app --no-proxy-headers
+        uvicorn --factory buttress.demo.app:create_app --no-proxy-headers
     """
     path = (
         db_path

@@ -58,7 +58,7 @@ def _server(port: int, env: dict[str, str], workers: int = 1) -> Iterator[subpro
             sys.executable,
             "-c",
             "import uvicorn; "
-            f"uvicorn.run('buttress._demo_app:create_app', factory=True, **{options!r})",
+            f"uvicorn.run('buttress.demo.app:create_app', factory=True, **{options!r})",
         ],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
