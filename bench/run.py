@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Run the buttress benchmarks: ``python bench/run.py outbound|ratelimit|asgi|stores|memory|all``.
+"""Run the buttress benchmarks: ``python bench/run.py NAME``.
 
-``./dev bench NAME`` calls this. Extra arguments go to each script (see ``--help`` of
-``bench/outbound.py``, ``bench/ratelimit.py``, ``bench/asgi.py``, ``bench/stores.py`` and
-``bench/memory.py``).
+NAME: outbound, ratelimit, asgi, stores, memory, metrics, or all. ``./dev bench NAME`` calls
+this. Extra arguments go to each script (see ``--help`` of ``bench/outbound.py``,
+``bench/ratelimit.py``, ``bench/asgi.py``, ``bench/stores.py``, ``bench/memory.py`` and
+``bench/metrics.py``).
 With ``all`` the scripts run one after the other, never at once: on a 2-core machine two
 benchmarks ruin each other. Each script runs in a fresh interpreter of the same Python.
 """
@@ -22,6 +23,7 @@ SCRIPTS = {
     "asgi": "asgi.py",
     "stores": "stores.py",
     "memory": "memory.py",
+    "metrics": "metrics.py",
 }
 # module each benchmark needs beyond buttress (installed by the `bench` extra)
 NEEDS = {
@@ -46,6 +48,7 @@ NEEDS = {
     ],
     "stores": ["redis", "psycopg"],
     "memory": ["limits"],
+    "metrics": ["prometheus_client"],
 }
 
 

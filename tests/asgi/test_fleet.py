@@ -65,7 +65,8 @@ def fleet(store_url: str, log: Path, workers: int = 4, **env: str) -> Iterator[s
         cwd=ROOT,
         env={
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            # this checkout's code, whatever else the interpreter has installed
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
             "BUTTRESS_STORE_URL": store_url,
             "BUTTRESS_STORE_NAMESPACE": f"fleet{uuid.uuid4().hex[:10]}",
             "FLEET_LOG": str(log),

@@ -47,14 +47,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from buttress.asgi._shedding import (
+from buttress.asgi._concurrency import (
     AIMDLimit,
     ConcurrencyLimiter,
     ConcurrencyToken,
     GradientLimit,
     LimitAlgorithm,
-    LoadSheddingMiddleware,
 )
+from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.errors import ConfigurationError, DeadlineExceeded
 from buttress.testing import FakeClock
 

@@ -15,6 +15,14 @@ Example::
 
 from buttress.asgi import keys
 from buttress.asgi._body_limit import BodyLimitMiddleware
+from buttress.asgi._concurrency import (
+    AIMDLimit,
+    ConcurrencyLimiter,
+    ConcurrencyToken,
+    GradientLimit,
+    LimitAlgorithm,
+    ShedReason,
+)
 from buttress.asgi._context import (
     RequestContextMiddleware,
     TraceContext,
@@ -58,15 +66,7 @@ from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redac
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware, RequestMetrics
 from buttress.asgi._problem import problem_body, send_problem
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
-from buttress.asgi._shedding import (
-    AIMDLimit,
-    ConcurrencyLimiter,
-    ConcurrencyToken,
-    GradientLimit,
-    LimitAlgorithm,
-    LoadSheddingMiddleware,
-    ShedReason,
-)
+from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
 
 __all__ = [

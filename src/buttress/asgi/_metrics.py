@@ -45,9 +45,9 @@ gunicorn also call ``prometheus_client.multiprocess.mark_process_dead(worker.pid
 
 Cost per request, in process over a bare Starlette app: about 2 µs (3.5 µs with
 exemplars). In one process the series are plain Python numbers bumped on the event-loop
-thread (ASGI servers run one loop per process) and read only when someone scrapes; in
-multiprocess mode every update goes through prometheus-client's file-backed values (about
-9 µs).
+thread and read only when someone scrapes (`buttress.asgi._metrics_collector`, which says
+what it replaces and why); in multiprocess mode every update goes through
+prometheus-client's own metrics and their file-backed values (about 9 µs).
 
 Example::
 
@@ -59,22 +59,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import itertools
 import logging
 import math
 import os
 import re
-import threading
-import time
-import weakref
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, Protocol
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._context import is_local_request
+from buttress.asgi._metrics_collector import Recorder, acquire_families, release_families
 from buttress.asgi._problem import send_problem
 from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Scope, Send
@@ -125,330 +121,6 @@ class RequestMetrics(Protocol):
 
     def limited(self, policy: str) -> None:
         """Count one request answered 429 by the rate-limit ``policy``."""
-
-
-# --------------------------------------------------------------------------- series storage
-#
-# One process (the default): plain ints and floats, bumped without locks on the event-loop
-# thread and turned into metric families only when someone scrapes (~0.3 µs per request
-# instead of ~2.5 µs through prometheus-client's locked values). Several processes
-# (PROMETHEUS_MULTIPROC_DIR): prometheus-client's own metrics, whose values live in the
-# shared files.
-
-
-class _Hist:
-    """One histogram series: per-bucket counts (not cumulative), sum, last exemplars."""
-
-    __slots__ = ("bounds", "counts", "exemplars", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.exemplars: list[tuple[str, float, float] | None] = [None] * (len(bounds) + 1)
-
-
-class _Series:
-    """One (method, route, status) count and its (method, route) histogram, in-process."""
-
-    __slots__ = ("count", "exemplar", "hist")
-
-    def __init__(self, hist: _Hist) -> None:
-        self.count = 0
-        self.hist = hist
-        self.exemplar: tuple[str, float, float] | None = None
-
-    def record(self, elapsed: float) -> None:
-        self.count += 1
-        hist = self.hist
-        hist.counts[bisect_left(hist.bounds, elapsed)] += 1  # le: value <= bound
-        hist.sum += elapsed
-
-    def record_exemplar(self, elapsed: float, trace: str) -> None:
-        now = time.time()  # exemplar timestamps are wall-clock by definition
-        self.count += 1
-        self.exemplar = (trace, 1.0, now)
-        hist = self.hist
-        index = bisect_left(hist.bounds, elapsed)
-        hist.counts[index] += 1
-        hist.sum += elapsed
-        hist.exemplars[index] = (trace, elapsed, now)
-
-
-class _LocalCollector:
-    """A prometheus-client collector over `_Series` values (single-process mode)."""
-
-    def __init__(self, names: dict[str, str], bounds: tuple[float, ...]) -> None:
-        from prometheus_client.core import (  # noqa: PLC0415 - optional dependency
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-        from prometheus_client.samples import Exemplar  # noqa: PLC0415
-        from prometheus_client.utils import floatToGoString  # noqa: PLC0415
-
-        self._counter_family = CounterMetricFamily
-        self._gauge_family = GaugeMetricFamily
-        self._histogram_family = HistogramMetricFamily
-        self._exemplar = Exemplar
-        self._names = names
-        self._bounds = bounds
-        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._series: dict[tuple[str, str, str], _Series] = {}
-        self._hists: dict[tuple[str, str], _Hist] = {}
-        self._lock = threading.Lock()  # creation only; bumps run on the event-loop thread
-        self.active = 0  # requests in flight
-
-    def series(self, method: str, route: str, status: int) -> _Series:
-        with self._lock:
-            key = (method, route, str(status))
-            series = self._series.get(key)
-            if series is None:
-                hist = self._hists.get((method, route))
-                if hist is None:
-                    hist = self._hists[method, route] = _Hist(self._bounds)
-                series = self._series[key] = _Series(hist)
-            return series
-
-    def _families(self) -> tuple[Any, Any, Any]:
-        names = self._names
-        return (
-            self._counter_family(
-                names["requests"], _HELP["requests"], labels=("method", "route", "status")
-            ),
-            self._histogram_family(
-                names["duration"], _HELP["duration"], labels=("method", "route")
-            ),
-            self._gauge_family(names["in_flight"], _HELP["in_flight"]),
-        )
-
-    def describe(self) -> Iterable[Any]:
-        return self._families()
-
-    def collect(self) -> Iterable[Any]:
-        counter, histogram, gauge = self._families()
-        exemplar = self._exemplar
-        with self._lock:
-            series_items = list(self._series.items())
-            hist_items = list(self._hists.items())
-        for labels, series in series_items:
-            ex = series.exemplar
-            counter.add_metric(
-                labels,
-                series.count,
-                exemplar=None if ex is None else exemplar({"trace_id": ex[0]}, ex[1], ex[2]),
-            )
-        for hist_labels, hist in hist_items:
-            cumulative = 0
-            buckets: list[Any] = []
-            for le, count, ex in zip(self._les, list(hist.counts), hist.exemplars, strict=True):
-                cumulative += count
-                if ex is None:
-                    buckets.append((le, cumulative))
-                else:
-                    buckets.append((le, cumulative, exemplar({"trace_id": ex[0]}, ex[1], ex[2])))
-            histogram.add_metric(hist_labels, buckets, hist.sum)
-        gauge.add_metric((), self.active)
-        return (counter, histogram, gauge)
-
-
-class _PromSeries:
-    """One (method, route, status) series on prometheus-client metrics (multiprocess mode)."""
-
-    __slots__ = ("counter", "histogram")
-
-    def __init__(self, counter: Any, histogram: Any) -> None:
-        self.counter = counter
-        self.histogram = histogram
-
-    def record(self, elapsed: float) -> None:
-        self.counter.inc()
-        self.histogram.observe(elapsed)
-
-    def record_exemplar(self, elapsed: float, trace: str) -> None:
-        del trace  # prometheus-client keeps no exemplars in multiprocess mode
-        self.record(elapsed)
-
-
-class _SharedActive:
-    """The in-flight count written through to a ``livesum`` gauge (multiprocess mode)."""
-
-    __slots__ = ("_gauge", "_value")
-
-    def __init__(self, gauge: Any) -> None:
-        self._gauge = gauge
-        self._value = 0
-
-    @property
-    def active(self) -> int:
-        return self._value
-
-    @active.setter
-    def active(self, value: int) -> None:
-        self._value = value
-        self._gauge.set(value)
-
-
-_HELP = {
-    "requests": "HTTP requests by method, route template and status",
-    "duration": "HTTP request duration in seconds by method and route template",
-    "in_flight": "HTTP requests being served",
-    "shed": "HTTP requests refused by load shedding, by reason",
-    "limited": "HTTP requests refused by a rate limit, by policy",
-}
-
-
-class _Families:
-    """The collectors of one (registry, namespace), shared by every `HttpMetrics` on it."""
-
-    def __init__(
-        self,
-        prom: Any,
-        registry: Any,
-        namespace: str,
-        buckets: tuple[float, ...],
-        resilience: bool,
-        multiprocess: bool,
-    ) -> None:
-        names = {
-            key: f"{namespace}_{base}" if namespace else base
-            for key, base in (
-                ("requests", "http_requests"),
-                ("duration", "http_request_duration_seconds"),
-                ("in_flight", "http_requests_in_flight"),
-                ("shed", "http_requests_shed"),
-                ("limited", "http_requests_limited"),
-            )
-        }
-        self.buckets = buckets
-        self.resilience = resilience
-        self.users = 0
-        self.registry = registry
-        self.collectors: list[Any] = []
-        self.hook: Any = None
-        self.local: _LocalCollector | None = None
-        self.active: Any
-        try:
-            if multiprocess:
-                self.requests = self._add(
-                    prom.Counter(
-                        names["requests"],
-                        _HELP["requests"],
-                        ["method", "route", "status"],
-                        registry=registry,
-                    )
-                )
-                self.duration = self._add(
-                    prom.Histogram(
-                        names["duration"],
-                        _HELP["duration"],
-                        ["method", "route"],
-                        buckets=buckets,
-                        registry=registry,
-                    )
-                )
-                gauge = self._add(
-                    prom.Gauge(
-                        names["in_flight"],
-                        _HELP["in_flight"],
-                        registry=registry,
-                        multiprocess_mode="livesum",
-                    )
-                )
-                self.active = _SharedActive(gauge)
-            else:
-                self.local = _LocalCollector(names, buckets)
-                registry.register(self.local)
-                self.collectors.append(self.local)
-                self.active = self.local
-            self.shed = self._add(
-                prom.Counter(names["shed"], _HELP["shed"], ["reason"], registry=registry)
-            )
-            self.limited = self._add(
-                prom.Counter(names["limited"], _HELP["limited"], ["policy"], registry=registry)
-            )
-            if resilience:
-                from buttress.telemetry import PrometheusHook  # noqa: PLC0415 - needs prom
-
-                self.hook = PrometheusHook(registry=registry, prefix=namespace or "buttress")
-                self.collectors.extend(
-                    value
-                    for value in vars(self.hook).values()
-                    if isinstance(value, prom.metrics.MetricWrapperBase)
-                )
-        except ValueError as exc:  # DuplicateTimeseries: someone else owns these names
-            self.unregister()
-            raise ConfigurationError(
-                f"metrics named {namespace or '(no namespace)'}_http_* or the resilience "
-                f"metrics are already registered by something else ({exc}); pass another "
-                "registry or namespace, or resilience=False if you add PrometheusHook yourself"
-            ) from exc
-
-    def _add(self, collector: Any) -> Any:
-        self.collectors.append(collector)
-        return collector
-
-    def series(self, method: str, route: str, status: int) -> _Series | _PromSeries:
-        """The recorder of one label set (slow path: once per route, method and status)."""
-        if self.local is not None:
-            return self.local.series(method, route, status)
-        return _PromSeries(
-            self.requests.labels(method, route, str(status)),
-            self.duration.labels(method, route),
-        )
-
-    def unregister(self) -> None:
-        for collector in self.collectors:
-            with contextlib.suppress(KeyError):  # removed behind our back
-                self.registry.unregister(collector)
-        self.collectors.clear()
-
-
-_families_lock = threading.Lock()
-_families: weakref.WeakKeyDictionary[Any, dict[str, _Families]] = weakref.WeakKeyDictionary()
-
-
-def _acquire_families(
-    prom: Any,
-    registry: Any,
-    namespace: str,
-    buckets: tuple[float, ...],
-    resilience: bool,
-    multiprocess: bool,
-) -> _Families:
-    with _families_lock:
-        by_namespace = _families.setdefault(registry, {})
-        families = by_namespace.get(namespace)
-        if families is None:
-            families = _Families(prom, registry, namespace, buckets, resilience, multiprocess)
-            if families.hook is not None:
-                from buttress.telemetry import add_hook  # noqa: PLC0415
-
-                add_hook(families.hook)
-            by_namespace[namespace] = families
-        elif families.buckets != buckets or families.resilience != resilience:
-            raise ConfigurationError(
-                f"HTTP metrics for namespace {namespace!r} already exist on this registry with "
-                f"buckets={families.buckets} and resilience={families.resilience}; use the same "
-                "options or another registry"
-            )
-        families.users += 1
-        return families
-
-
-def _release_families(families: _Families, namespace: str) -> None:
-    with _families_lock:
-        families.users -= 1
-        if families.users > 0:
-            return
-        if families.hook is not None:
-            from buttress.telemetry import remove_hook  # noqa: PLC0415
-
-            remove_hook(families.hook)
-        families.unregister()
-        by_namespace = _families.get(families.registry)
-        if by_namespace is not None and by_namespace.get(namespace) is families:
-            del by_namespace[namespace]
 
 
 # --------------------------------------------------------------------------- HttpMetrics
@@ -574,13 +246,13 @@ class HttpMetrics:
         self.registry = registry
         self._exposition = exposition
         self._choose_encoder = choose_encoder
-        self._families = _acquire_families(
+        self._families = acquire_families(
             prom, registry, namespace, bounds, resilience, self.multiprocess
         )
         self._closed = False
         self._active = self._families.active  # an object with an int ``active``
         # (id(route), method label, status) -> (route, recorder); route guards against id reuse
-        self._children: dict[tuple[int, str, int], tuple[object, _Series | _PromSeries]] = {}
+        self._children: dict[tuple[int, str, int], tuple[object, Recorder]] = {}
         self._templates: dict[int, tuple[object, str]] = {}
         self._shed: dict[str, Any] = {}
         self._limited: dict[str, Any] = {}
@@ -637,7 +309,7 @@ class HttpMetrics:
         """
         if not self._closed:
             self._closed = True
-            _release_families(self._families, self.namespace)
+            release_families(self._families, self.namespace)
 
     @property
     def in_flight(self) -> int:
@@ -674,7 +346,7 @@ class HttpMetrics:
 
     def _resolve(
         self, scope: Scope, route: object, method: str, status: int
-    ) -> tuple[object, _Series | _PromSeries]:
+    ) -> tuple[object, Recorder]:
         """Slow path, once per (route, method, status): the recorder of its labels."""
         cached = self._templates.get(id(route))
         if cached is not None and cached[0] is route:
