@@ -9,10 +9,17 @@ Rate-limit builders follow the harness contract ``make(scenario, ctx) -> (decide
 leaves ``ctx.deny_key`` exhausted at 10/hour. The Redis builders use `RedisStore` with the
 harness's server and its per-measurement ``ctx.prefix`` as the namespace; ``close`` deletes
 every key under that namespace (``SCAN MATCH <namespace>:*``), the stored names being hashed.
+
+Failure-path builders (`FAILURE`, `REJECTION`) follow the outbound contract too: the built
+callable returns 42. A failure-path target fails twice with a `ConnectionError`
+(retriable), then succeeds; retries skip their sleeps (``buttress.testing.instant_retries``,
+switched on by the script). A rejection case calls through an open breaker and returns 42
+from the ``except`` clause, the same wrapper for every library.
 """
 
 from __future__ import annotations
 
+from buttress.errors import CircuitOpen
 from buttress.resilience import (
     Backoff,
     Bulkhead,
@@ -43,18 +50,19 @@ def full_pipeline() -> Pipeline:
     return Pipeline(Timeout(30.0), Retry(attempts=3), CircuitBreaker(), Bulkhead(max_concurrent=25))
 
 
-def design_pipeline() -> Pipeline:
-    """The DESIGN.md example: adds a RetryBudget and a per-attempt Timeout."""
+def design_pipeline(breaker: CircuitBreaker | None = None) -> Pipeline:
+    """The README "Sixty seconds" (and DESIGN.md) pipeline: what users copy."""
     return Pipeline(
         Timeout(30.0),
         Retry(
             attempts=3,
-            backoff=Backoff.exponential(base=0.2, cap=5.0, jitter="full"),
+            backoff=Backoff.exponential(base=0.2, cap=5.0),
             budget=RetryBudget(ratio=0.2, min_per_second=10),
         ),
-        CircuitBreaker(failure_rate=0.5, minimum_calls=20, window=30.0, break_duration=5.0),
+        breaker
+        or CircuitBreaker(failure_rate=0.5, minimum_calls=20, window=30.0, break_duration=5.0),
         Timeout(10.0),
-        Bulkhead(max_concurrent=25, max_queued=0),
+        Bulkhead(max_concurrent=25),
     )
 
 
@@ -104,19 +112,166 @@ RETRY_SYNC = "buttress Pipeline(Retry(attempts=3))"
 RETRY_ASYNC = "buttress Pipeline(Retry(attempts=3)) async"
 BREAKER_SYNC = "buttress Pipeline(CircuitBreaker())"
 BREAKER_ASYNC = "buttress Pipeline(CircuitBreaker()) async"
-DESIGN_SYNC = "buttress DESIGN pipeline (+RetryBudget, attempt Timeout)"
-DESIGN_ASYNC = "buttress DESIGN pipeline (+RetryBudget, attempt Timeout) async"
+DESIGN_SYNC = "buttress README pipeline (Timeout, Retry+budget, CircuitBreaker, Timeout, Bulkhead)"
+DESIGN_ASYNC = "buttress README pipeline async"
 
 # (name, kind, build, note)
 OUTBOUND = [
     (FULL_SYNC, "sync", b_full, "Timeout(30), Retry(3), CircuitBreaker(), Bulkhead(25)"),
     (RETRY_SYNC, "sync", b_retry, ""),
     (BREAKER_SYNC, "sync", b_breaker, ""),
-    (DESIGN_SYNC, "sync", b_design, "DESIGN.md example"),
+    (DESIGN_SYNC, "sync", b_design, "README Sixty seconds / DESIGN.md"),
     (FULL_ASYNC, "async", a_full, "Timeout(30), Retry(3), CircuitBreaker(), Bulkhead(25)"),
     (RETRY_ASYNC, "async", a_retry, ""),
     (BREAKER_ASYNC, "async", a_breaker, ""),
-    (DESIGN_ASYNC, "async", a_design, "DESIGN.md example"),
+    (DESIGN_ASYNC, "async", a_design, "README Sixty seconds / DESIGN.md"),
+]
+
+
+# ---------------------------------------------------------------- failure path
+def fail_twice():
+    """A function that fails twice with a `ConnectionError` (retriable), then returns 42."""
+    n = 0
+
+    def flaky() -> int:
+        nonlocal n
+        n += 1
+        if n % 3:
+            raise ConnectionError("connection refused")
+        return 42
+
+    return flaky
+
+
+def afail_twice():
+    """`fail_twice` as a coroutine function."""
+    n = 0
+
+    async def flaky() -> int:
+        nonlocal n
+        n += 1
+        if n % 3:
+            raise ConnectionError("connection refused")
+        return 42
+
+    return flaky
+
+
+def fail_retry_pipeline() -> Pipeline:
+    """Retry alone, like pyresilience's: no budget (every call would spend two retries)."""
+    return Pipeline(Retry(attempts=3, budget=None))
+
+
+def fail_breaker_pipeline() -> Pipeline:
+    """Retry with a budget that never runs dry around a breaker that never trips.
+
+    A call that fails twice in three would, rightly, exhaust the default budget and open a
+    default breaker; these settings keep both on the path without changing the outcome.
+    """
+    return Pipeline(
+        Retry(attempts=3, budget=RetryBudget(ratio=1.0, min_per_second=1e9)),
+        CircuitBreaker(failure_rate=1.0),
+    )
+
+
+def _acalling(pipe: Pipeline):
+    flaky = afail_twice()
+    acall = pipe.acall
+
+    async def call():
+        return await acall(flaky)
+
+    return call
+
+
+def b_fail_retry():
+    return fail_retry_pipeline()(fail_twice())
+
+
+def a_fail_retry():
+    return _acalling(fail_retry_pipeline())
+
+
+def b_fail_breaker():
+    return fail_breaker_pipeline()(fail_twice())
+
+
+def a_fail_breaker():
+    return _acalling(fail_breaker_pipeline())
+
+
+FAIL_RETRY_SYNC = "buttress Pipeline(Retry(attempts=3, budget=None)), fails twice"
+FAIL_RETRY_ASYNC = "buttress Pipeline(Retry(attempts=3, budget=None)), fails twice async"
+FAIL_BREAKER_SYNC = "buttress Pipeline(Retry(3, budget), CircuitBreaker()), fails twice"
+FAIL_BREAKER_ASYNC = "buttress Pipeline(Retry(3, budget), CircuitBreaker()), fails twice async"
+
+# (name, kind, build, note): the call fails twice, then succeeds (sleeps skipped)
+FAILURE = [
+    (FAIL_RETRY_SYNC, "sync", b_fail_retry, "instant_retries()"),
+    (FAIL_BREAKER_SYNC, "sync", b_fail_breaker, "instant_retries(); never trips, never runs dry"),
+    (FAIL_RETRY_ASYNC, "async", a_fail_retry, "instant_retries()"),
+    (FAIL_BREAKER_ASYNC, "async", a_fail_breaker, "instant_retries(); never trips, never runs dry"),
+]
+
+
+# ---------------------------------------------------------------- open breaker
+def _open_breaker() -> CircuitBreaker:
+    breaker = CircuitBreaker()
+    breaker.force_open(1e9)  # open for the whole run
+    return breaker
+
+
+def _rejected(pipe: Pipeline):
+    call_through = pipe.call
+
+    def call():
+        try:
+            return call_through(target)
+        except CircuitOpen:
+            return 42
+
+    return call
+
+
+def _arejected(pipe: Pipeline):
+    acall = pipe.acall
+
+    async def call():
+        try:
+            return await acall(atarget)
+        except CircuitOpen:
+            return 42
+
+    return call
+
+
+def b_open_breaker():
+    return _rejected(Pipeline(_open_breaker()))
+
+
+def a_open_breaker():
+    return _arejected(Pipeline(_open_breaker()))
+
+
+def b_open_design():
+    return _rejected(design_pipeline(_open_breaker()))
+
+
+def a_open_design():
+    return _arejected(design_pipeline(_open_breaker()))
+
+
+OPEN_SYNC = "buttress Pipeline(CircuitBreaker()) open, rejects"
+OPEN_ASYNC = "buttress Pipeline(CircuitBreaker()) open, rejects async"
+OPEN_DESIGN_SYNC = "buttress README pipeline, breaker open, rejects"
+OPEN_DESIGN_ASYNC = "buttress README pipeline, breaker open, rejects async"
+
+# (name, kind, build, note): the breaker is open; the call is rejected and caught
+REJECTION = [
+    (OPEN_SYNC, "sync", b_open_breaker, "except CircuitOpen"),
+    (OPEN_DESIGN_SYNC, "sync", b_open_design, "except CircuitOpen"),
+    (OPEN_ASYNC, "async", a_open_breaker, "except CircuitOpen"),
+    (OPEN_DESIGN_ASYNC, "async", a_open_design, "except CircuitOpen"),
 ]
 
 

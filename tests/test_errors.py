@@ -267,3 +267,70 @@ def test_parse_retry_after(value: str | bytes | None, expected: float | None) ->
 def test_unknown_objects_are_not_failures() -> None:
     assert classify(object()) is None
     assert classify("error") is None
+
+
+def _imports(module: str) -> set[str]:
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None
+    assert spec.origin is not None
+    with open(spec.origin, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_import_cycle_between_the_errors_and_the_classifier() -> None:
+    assert "buttress.errors" not in _imports("buttress._classify")
+    assert not {"buttress.errors", "buttress._classify"} & _imports("buttress._taxonomy")
+    assert ButtressError.__module__ == ErrorCode.__module__ == "buttress.errors"
+
+
+def test_a_rejection_built_by_its_policy_is_the_same_error() -> None:
+    fast = CircuitOpen.by_policy("db", "open", 3.0)
+    slow = CircuitOpen("open", retry_after=3.0, policy="db")
+    for err in (fast, slow):
+        assert type(err) is CircuitOpen
+        assert (err.args, str(err), err.code, err.retry_after, err.policy) == (
+            ("open",),
+            "open",
+            ErrorCode.CIRCUIT_OPEN,
+            3.0,
+            "db",
+        )
+        copy = pickle.loads(pickle.dumps(err))
+        assert (copy.args, copy.code, copy.retry_after, copy.policy) == (
+            err.args,
+            err.code,
+            err.retry_after,
+            err.policy,
+        )
+    assert BulkheadFull.by_policy("b", "full").retry_after is None
+
+
+def test_classify_remembers_exception_types_but_not_what_depends_on_the_instance() -> None:
+    first, second = classify(ConnectionError("a")), classify(ConnectionError("b"))
+    assert first is second  # one Classification per type, built once
+    assert first is not None
+    assert first.code is ErrorCode.UPSTREAM_UNAVAILABLE
+
+    class Custom(TimeoutError):
+        pass
+
+    assert classify(Custom()) is classify(Custom())
+    assert classify(Custom()).code is ErrorCode.UPSTREAM_TIMEOUT  # type: ignore[union-attr]
+    # instance-dependent: a buttress error's own retry_after, sqlite3's message
+    assert classify(RateLimited("x", retry_after=1.0)).retry_after == 1.0  # type: ignore[union-attr]
+    assert classify(RateLimited("x", retry_after=2.0)).retry_after == 2.0  # type: ignore[union-attr]
+    locked = classify(sqlite3.OperationalError("database is locked"))
+    other = classify(sqlite3.OperationalError("no such table: t"))
+    assert locked is not None
+    assert other is not None
+    assert (locked.code, other.code) == (ErrorCode.TRANSIENT_CONFLICT, ErrorCode.INTERNAL_ERROR)

@@ -6,6 +6,7 @@ import inspect
 
 import buttress
 import buttress.asgi
+import buttress.clock
 import buttress.errors
 import buttress.resilience
 import buttress.stores
@@ -41,10 +42,31 @@ def test_design_contract_names_import_from_buttress() -> None:
     from buttress.testing import FakeClock  # noqa: F401
 
 
+def test_clock_is_public_where_its_signatures_use_it() -> None:
+    from buttress import Clock
+    from buttress.clock import SYSTEM_CLOCK, SystemClock
+    from buttress.testing import Clock as TestingClock
+    from buttress.testing import FakeClock
+
+    assert Clock is TestingClock is buttress.clock.Clock
+    assert Clock.__module__ == "buttress.clock"
+    assert isinstance(SYSTEM_CLOCK, SystemClock)
+    assert isinstance(SYSTEM_CLOCK, Clock)
+    assert isinstance(FakeClock(), Clock)
+
+
+def test_policy_hooks_are_public() -> None:
+    from buttress.resilience import AsyncLink, BuildContext, Policy, SyncLink  # noqa: F401
+
+    assert "wrap" in vars(Policy)
+    assert "awrap" in vars(Policy)
+
+
 def test_all_is_exact() -> None:
     for module in (
         buttress,
         buttress.asgi,
+        buttress.clock,
         buttress.errors,
         buttress.resilience,
         buttress.stores,
@@ -67,6 +89,7 @@ def test_all_is_exact() -> None:
 def test_every_public_name_is_documented() -> None:
     for module in (
         buttress.asgi,
+        buttress.clock,
         buttress.resilience,
         buttress.errors,
         buttress.stores,

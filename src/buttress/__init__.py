@@ -2,7 +2,8 @@
 
 The resilience core (`Pipeline` and its policies, `deadline`) is importable from here;
 inbound hardening lives in `buttress.asgi`, outbound HTTP in `buttress.http`, the error
-taxonomy in `buttress.errors`, test helpers in `buttress.testing`.
+taxonomy in `buttress.errors`, the `Clock` protocol in `buttress.clock`, test helpers in
+`buttress.testing`.
 
 Example::
 
@@ -12,6 +13,7 @@ Example::
     stock = pipe.call(inventory.get_stock, sku)
 """
 
+from buttress.clock import Clock
 from buttress.errors import (
     BackendError,
     BulkheadFull,
@@ -48,6 +50,7 @@ __all__ = [
     "ButtressError",
     "CircuitBreaker",
     "CircuitOpen",
+    "Clock",
     "ConfigurationError",
     "DeadlineExceeded",
     "ErrorCode",

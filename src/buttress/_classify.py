@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from buttress.errors import ButtressError, ErrorCode
+from buttress._taxonomy import ButtressError, ErrorCode
 
 __all__ = ["Classification", "classify", "parse_retry_after"]
 
@@ -268,6 +268,15 @@ def _mro_names(exc: BaseException) -> Iterable[tuple[str, str]]:
         yield module.partition(".")[0], cls.__name__
 
 
+_NOT_FAILURES = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+# Exception type -> its classification, for the types whose classification depends on the
+# type alone (not sqlite3's OperationalError, not psycopg's SQLSTATE, not a response): a
+# failing dependency raises the same few types again and again. Bounded; cleared when full.
+_BY_TYPE: dict[type[BaseException], Classification] = {}
+_BY_TYPE_MAX = 512
+
+
 def classify(error_or_response: BaseException | Any) -> Classification | None:
     """Map an exception or an HTTP response to the taxonomy.
 
@@ -292,36 +301,60 @@ def classify(error_or_response: BaseException | Any) -> Classification | None:
     if isinstance(obj, ButtressError):
         return Classification(obj.code, obj.retry_after, None, str(obj) or type(obj).__name__)
     if isinstance(obj, BaseException):
-        if isinstance(obj, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit):
+        if isinstance(obj, _NOT_FAILURES):
             return None
         response = getattr(obj, "response", None)
         if response is not None and _status_of(response) is not None:
             found = classify(response)
             if found is not None:
                 return found
-        if type(obj).__module__ == "sqlite3" and type(obj).__name__ == "OperationalError":
-            text = str(obj).lower()
-            if "locked" in text or "busy" in text:
-                return Classification(ErrorCode.TRANSIENT_CONFLICT, None, None, str(obj))
-            return Classification(ErrorCode.INTERNAL_ERROR, None, None, "sqlite3.OperationalError")
-        for key in _mro_names(obj):
-            code = _BY_NAME.get(key)
-            if code is not None:
-                if key[0] == "psycopg" and key[1] in {"OperationalError", "DatabaseError"}:
-                    code = _sqlstate(obj) or code
-                return Classification(code, None, None, type(obj).__name__)
-        if type(obj).__module__.startswith("psycopg"):
-            code_from_state = _sqlstate(obj)
-            if code_from_state is not None:
-                return Classification(code_from_state, None, None, type(obj).__name__)
-        for base, code in _STDLIB:
-            if isinstance(obj, base):
-                return Classification(code, None, None, type(obj).__name__)
-        return Classification(ErrorCode.INTERNAL_ERROR, None, None, type(obj).__name__)
+        known = _BY_TYPE.get(type(obj))
+        if known is not None:
+            return known
+        return _classify_exception(obj)
     status = _status_of(obj)
     if status is None:
         return None
     return classify_status(status, getattr(obj, "headers", None))
+
+
+def _classify_exception(exc: BaseException) -> Classification:
+    """`classify` for an exception without a response, remembered per type when it can be."""
+    kind = type(exc)
+    if kind.__module__ == "sqlite3" and kind.__name__ == "OperationalError":
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return Classification(ErrorCode.TRANSIENT_CONFLICT, None, None, str(exc))
+        return Classification(ErrorCode.INTERNAL_ERROR, None, None, "sqlite3.OperationalError")
+    by_state = any(cls.__module__.startswith("psycopg") for cls in kind.__mro__)
+    if by_state:  # psycopg: the SQLSTATE of each error may decide
+        for key in _mro_names(exc):
+            code = _BY_NAME.get(key)
+            if code is not None:
+                if key[0] == "psycopg" and key[1] in {"OperationalError", "DatabaseError"}:
+                    code = _sqlstate(exc) or code
+                return Classification(code, None, None, kind.__name__)
+        if kind.__module__.startswith("psycopg"):
+            code_from_state = _sqlstate(exc)
+            if code_from_state is not None:
+                return Classification(code_from_state, None, None, kind.__name__)
+    info = Classification(_code_of_type(kind), None, None, kind.__name__)
+    if not by_state:
+        if len(_BY_TYPE) >= _BY_TYPE_MAX:
+            _BY_TYPE.clear()
+        _BY_TYPE[kind] = info
+    return info
+
+
+def _code_of_type(kind: type[BaseException]) -> ErrorCode:
+    for cls in kind.__mro__:
+        code = _BY_NAME.get((cls.__module__.partition(".")[0], cls.__name__))
+        if code is not None:
+            return code
+    for base, code in _STDLIB:
+        if issubclass(kind, base):
+            return code
+    return ErrorCode.INTERNAL_ERROR
 
 
 def _status_of(obj: Any) -> int | None:

@@ -6,6 +6,8 @@
   (decisions, budgets and events are unchanged).
 * `FaultInjection`: a policy that adds latency and raises errors at given rates, seeded,
   for chaos tests of your own pipelines.
+* `Clock`: the protocol `FakeClock` implements (re-exported from `buttress.clock`), to
+  type your own ``clock=`` parameters.
 
 Example::
 
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress.clock import SYSTEM_CLOCK, Clock
 from buttress.errors import ConfigurationError
 from buttress.resilience import _retry
 from buttress.resilience._policy import (
@@ -41,7 +43,7 @@ from buttress.resilience._policy import (
     check_ratio,
 )
 
-__all__ = ["FakeClock", "FaultInjection", "instant_retries", "set_instant_retries"]
+__all__ = ["Clock", "FakeClock", "FaultInjection", "instant_retries", "set_instant_retries"]
 
 
 class _FakeTimer:
@@ -222,7 +224,9 @@ class FaultInjection(Policy):
             fail = self._rng.random() < self.error_rate
         return (self.latency if slow else 0.0), (self._make() if fail else None)
 
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link: maybe sleep, maybe raise, then call."""
+
         def fault_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             delay, error = self.roll()
             if delay:
@@ -233,7 +237,9 @@ class FaultInjection(Policy):
 
         return fault_link
 
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link: maybe sleep, maybe raise, then call."""
+
         async def fault_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             delay, error = self.roll()
             if delay:

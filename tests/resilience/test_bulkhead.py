@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -180,3 +181,35 @@ async def test_threads_and_tasks_share_one_bulkhead() -> None:
 def test_invalid_bulkhead_options(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         Bulkhead(**kwargs)  # type: ignore[arg-type]
+
+
+def test_no_slot_is_lost_or_doubled_under_thread_contention() -> None:
+    # free slots are taken and given back without a lock: hammer the hand-over between a
+    # release and a caller joining the queue (a lost wake-up would end in BulkheadFull)
+    bulkhead = Bulkhead(2, max_queued=16, queue_timeout=5.0)
+    pipe = Pipeline(bulkhead)
+    guard = threading.Lock()
+    inside = [0, 0]  # now, most
+
+    def work() -> None:
+        with guard:
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+        time.sleep(0)
+        with guard:
+            inside[0] -= 1
+
+    def hammer() -> int:
+        for _ in range(300):
+            pipe.call(work)
+        return 300
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(lambda _: hammer(), range(8))) == 2400
+    finally:
+        sys.setswitchinterval(interval)
+    assert inside[1] <= 2
+    assert (bulkhead.active, bulkhead.queued) == (0, 0)

@@ -19,7 +19,7 @@ from buttress import (
     RetryBudget,
     Timeout,
 )
-from buttress.resilience import registry
+from buttress.resilience import AsyncLink, BuildContext, Policy, SyncLink, registry
 from buttress.testing import FakeClock, FaultInjection
 
 
@@ -212,3 +212,71 @@ async def test_many_concurrent_calls_through_one_pipeline() -> None:
 
     results = await asyncio.gather(*(pipe.acall(work, i) for i in range(500)))
     assert results == list(range(500))
+
+
+class Counted(Policy):
+    """The custom policy of `Policy`'s docstring: the public hooks, nothing private."""
+
+    kind = "counted"
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self.calls = 0
+
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        def link(fn, args, kwargs):
+            self.calls += 1
+            return inner(fn, args, kwargs)
+
+        return link
+
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        async def link(fn, args, kwargs):
+            self.calls += 1
+            return await inner(fn, args, kwargs)
+
+        return link
+
+
+async def test_a_custom_policy_uses_the_public_hooks(clock) -> None:
+    counted = Counted()
+    assert counted.name == "counted"
+    flaky = iter([ConnectionError("down"), ConnectionError("down")])
+
+    def call() -> str:
+        error = next(flaky, None)
+        if error is not None:
+            raise error
+        return "ok"
+
+    pipe = Pipeline(Retry(attempts=3, clock=clock), counted)
+    assert pipe.call(call) == "ok"
+    assert counted.calls == 3  # inside the retry: every attempt
+
+    async def acall() -> str:
+        return "ok"
+
+    assert await pipe.acall(acall) == "ok"
+    assert counted.calls == 4
+
+
+async def test_a_custom_policy_may_support_one_side_only() -> None:
+    class ThreadsOnly(Policy):
+        def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+            return inner
+
+    pipe = Pipeline(ThreadsOnly())
+    assert pipe.call(lambda: 5) == 5
+
+    async def five() -> int:
+        return 5
+
+    with pytest.raises(ConfigurationError, match="ThreadsOnly has no driver for asyncio"):
+        await pipe.acall(five)
+
+
+def test_the_builtin_policies_expose_their_links() -> None:
+    ctx = BuildContext("p")
+    for policy in (Retry(), CircuitBreaker(), Bulkhead(), Fallback(value=1), Timeout(1.0)):
+        assert callable(policy.wrap(lambda fn, a, kw: fn(*a, **kw), ctx))
+        assert callable(policy.awrap(lambda fn, a, kw: fn(*a, **kw), ctx))

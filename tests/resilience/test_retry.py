@@ -268,3 +268,34 @@ def test_invalid_retry_options(kwargs: dict[str, object], match: str) -> None:
 def test_invalid_budget(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError, match="RetryBudget"):
         RetryBudget(**kwargs)
+
+
+def test_each_failed_attempt_is_classified_once(clock: FakeClock, monkeypatch) -> None:
+    from buttress.resilience import _retry
+
+    seen: list[BaseException] = []
+    real = _retry.classify
+
+    def counting(error):
+        seen.append(error)
+        return real(error)
+
+    monkeypatch.setattr(_retry, "classify", counting)
+    flaky = Flaky(2, RateLimited("slow down", retry_after=0.5))
+    events: list = []
+    pipe = Pipeline(Retry(attempts=3, clock=clock), hooks=[events.append])
+    assert pipe.call(flaky) == "ok"
+    assert len(seen) == 2  # decision, Retry-After hint and event code: one classification
+    assert clock.sleeps[0] >= 0.5
+    assert [e.code.wire for e in events if e.kind == "retry_scheduled"] == ["rate_limited"] * 2
+
+
+def test_a_local_rejection_is_not_classified_at_all(clock: FakeClock, monkeypatch) -> None:
+    from buttress.resilience import _retry
+
+    monkeypatch.setattr(_retry, "classify", lambda error: pytest.fail("classified"))
+    breaker = CircuitBreaker(clock=clock)
+    breaker.force_open(60.0)
+    with pytest.raises(CircuitOpen) as caught:
+        Pipeline(Retry(attempts=3, clock=clock), breaker).call(lambda: "ok")
+    assert not getattr(caught.value, "__notes__", None)  # nothing was retried

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -190,3 +191,37 @@ def test_invalid_timeouts_are_refused_with_the_option_named(bad: object) -> None
 def test_invalid_deadlines_are_refused(bad: object) -> None:
     with pytest.raises(ConfigurationError, match=r"deadline\(seconds="):
         deadline(bad)  # type: ignore[arg-type]
+
+
+async def _calls_then_one_slow(pipe: Pipeline, seconds: float) -> float:
+    """Quick calls for ``seconds`` (through many timer buckets), then a slow one: its time."""
+
+    async def quick() -> int:
+        return 1
+
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert await pipe.acall(quick) == 1
+        await asyncio.sleep(0.0005)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await pipe.acall(slow)
+    return time.monotonic() - started
+
+
+async def test_nested_timeouts_fire_after_many_calls_reused_their_buckets() -> None:
+    # two widths of timer bucket (2 s -> 1/32 s, 64 ms -> 1 ms) that each link remembers
+    pipe = Pipeline(Timeout(2.0), Timeout(0.064))
+    elapsed = await _calls_then_one_slow(pipe, 0.2)
+    assert 0.064 <= elapsed < 0.5
+
+
+def test_one_pipeline_times_out_right_in_two_event_loops_at_once() -> None:
+    pipe = Pipeline(Timeout(2.0), Timeout(0.064))
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(asyncio.run, _calls_then_one_slow(pipe, 0.2)) for _ in range(2)]
+        for run in runs:
+            assert 0.064 <= run.result(timeout=10) < 0.5

@@ -17,7 +17,7 @@ from buttress.resilience._deadline import current_deadline, deadline, remaining
 from buttress.resilience._fallback import Fallback
 from buttress.resilience._hedge import Hedge
 from buttress.resilience._pipeline import Pipeline
-from buttress.resilience._policy import BuildContext, Policy
+from buttress.resilience._policy import AsyncLink, BuildContext, Policy, SyncLink
 from buttress.resilience._ratelimit import RateDecision, RateLimiter
 from buttress.resilience._registry import Registry, registry
 from buttress.resilience._retry import Backoff, Retry, RetryBudget
@@ -25,6 +25,7 @@ from buttress.resilience._shared import FleetView, SharedBreakerState
 from buttress.resilience._timeout import Timeout
 
 __all__ = [
+    "AsyncLink",
     "Backoff",
     "BreakerSnapshot",
     "BuildContext",
@@ -41,6 +42,7 @@ __all__ = [
     "Retry",
     "RetryBudget",
     "SharedBreakerState",
+    "SyncLink",
     "Timeout",
     "current_deadline",
     "deadline",

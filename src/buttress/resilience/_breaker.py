@@ -38,12 +38,12 @@ from buttress.errors import (
     Rejected,
     classify,
 )
+from buttress.resilience import _drivers_async, _drivers_sync
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
     Policy,
     SyncLink,
-    call_terminal,
     check_callable,
     check_int,
     check_positive,
@@ -53,6 +53,8 @@ from buttress.resilience._registry import registry
 from buttress.telemetry import CallRejectedEvent, CircuitStateChangedEvent, Hook, emit
 
 __all__ = ["BreakerSnapshot", "CircuitBreaker"]
+
+_floor = math.floor
 
 CLOSED: Final = "closed"
 OPEN: Final = "open"
@@ -93,7 +95,18 @@ class BreakerSnapshot:
 class _Window:
     """Sliding window of outcomes: time-based (ten buckets) or count-based (a ring)."""
 
-    __slots__ = ("by_count", "calls", "failures", "inv", "n", "ring", "slow", "tick", "width")
+    __slots__ = (
+        "by_count",
+        "calls",
+        "failures",
+        "inv",
+        "n",
+        "ring",
+        "slot",
+        "slow",
+        "tick",
+        "width",
+    )
 
     def __init__(self, *, seconds: float | None, count: int | None, now: float) -> None:
         self.calls = self.failures = self.slow = 0
@@ -111,6 +124,7 @@ class _Window:
             self.inv = 1.0 / self.width
             self.ring = [0] * (3 * self.n)  # per bucket: calls, failures, slow
             self.tick = math.floor(now * self.inv)
+        self.slot = (self.tick % self.n) * 3  # the current bucket's calls in the ring
 
     def clear(self) -> None:
         self.calls = self.failures = self.slow = 0
@@ -118,9 +132,27 @@ class _Window:
             self.ring.clear()
             self.tick = 0
         else:
-            self.ring[:] = [0] * (3 * self.n)  # in place: drivers hold a reference
+            self.ring[:] = [0] * (3 * self.n)
 
-    def add(self, now: float, failed: bool, slow: bool) -> None:
+    def record_success(self, now: float) -> None:
+        """Count one success that was not slow (the hot path of a closed breaker)."""
+        if self.by_count:
+            self.record(now, False, False)
+            return
+        tick = _floor(now * self.inv)
+        if tick == self.tick:
+            self.ring[self.slot] += 1
+        else:
+            self._roll(tick)
+            self.ring[(tick % self.n) * 3] += 1
+        self.calls += 1
+
+    def record_failure(self, now: float, slow: bool) -> None:
+        """Count one failure (``slow``: it was a slow call too)."""
+        self.record(now, True, slow)
+
+    def record(self, now: float, failed: bool, slow: bool) -> None:
+        """Count one outcome."""
         ring = self.ring
         if self.by_count:
             code = (1 if failed else 0) | (2 if slow else 0)
@@ -164,6 +196,7 @@ class _Window:
                 self.slow -= ring[i + 2]
                 ring[i] = ring[i + 1] = ring[i + 2] = 0
         self.tick = tick
+        self.slot = (tick % self.n) * 3
 
     def expire(self, now: float) -> None:
         if not self.by_count:
@@ -197,6 +230,11 @@ class CircuitBreaker(Policy):
         clock: time source.
         hooks: extra event hooks for this breaker's state changes.
 
+    Attributes:
+        closed_permit: while the breaker is closed, the permit `acquire` would return
+            (the generation); -1 otherwise. One read, for drivers on the hot path; the
+            breaker alone writes it.
+
     Example::
 
         breaker = CircuitBreaker(failure_rate=0.5, minimum_calls=20, window=30.0,
@@ -211,6 +249,7 @@ class CircuitBreaker(Policy):
         "_gen",
         "_hooks",
         "_lock",
+        "_open_text",
         "_open_until",
         "_probe_failed",
         "_probe_ok",
@@ -220,6 +259,7 @@ class CircuitBreaker(Policy):
         "break_duration",
         "break_multiplier",
         "clock",
+        "closed_permit",
         "consecutive_failures",
         "failure_rate",
         "half_open_probes",
@@ -303,9 +343,11 @@ class CircuitBreaker(Policy):
         self.is_failure_result = is_failure_result
         self.clock = clock
         self._hooks = tuple(hooks)
+        self._open_text = f"circuit {self.name!r} is open"
         self._lock = threading.Lock()
         self._state: str = CLOSED
         self._gen = 0
+        self.closed_permit = 0
         self._open_until = 0.0
         self._breaks = 0
         self._probes_out = 0
@@ -360,66 +402,100 @@ class CircuitBreaker(Policy):
             )
 
     # ------------------------------------------------------------ permission protocol
-    def acquire(self, now: float | None = None) -> int:
-        """Ask to make a call: returns a permit (the generation) or raises `CircuitOpen`."""
-        if self._state is CLOSED:
-            return self._gen
-        return self._acquire_slow(self.clock.now() if now is None else now)
+    def acquire(self, now: float | None = None, ctx: BuildContext | None = None) -> int:
+        """Ask to make a call: returns a permit (the generation) or raises `CircuitOpen`.
 
-    def _acquire_slow(self, now: float) -> int:
+        ``ctx``: the pipeline asking, whose hooks hear of a rejection (`CallRejectedEvent`).
+        A closed breaker answers with two reads, an open one without taking the lock.
+        """
+        permit = self.closed_permit
+        if permit >= 0:
+            return permit
+        if now is None:
+            now = self.clock.now()
+        if self._state is OPEN:
+            until = self._open_until
+            if now < until:
+                raise self._rejected(ctx, self._open_text, until - now)
+        return self._acquire_slow(now, ctx)
+
+    def _acquire_slow(self, now: float, ctx: BuildContext | None) -> int:
         change: CircuitStateChangedEvent | None = None
+        gen = -1
         with self._lock:
             state = self._state
             if state == CLOSED:
                 return self._gen
             if state == OPEN:
                 if now < self._open_until:
-                    raise CircuitOpen(
-                        f"circuit {self.name!r} is open",
-                        retry_after=self._open_until - now,
-                        policy=self.name,
-                    )
-                change = self._transition(HALF_OPEN, "break elapsed")
-            # half-open: a bounded number of probes
-            if self._probes_out + self._probe_ok + self._probe_failed >= self.half_open_probes:
-                gen = -1
-            else:
-                self._probes_out += 1
-                gen = self._gen
+                    gen = -2
+                else:
+                    change = self._transition(HALF_OPEN, "break elapsed")
+                    state = HALF_OPEN
+            if state == HALF_OPEN:  # a bounded number of probes
+                if self._probes_out + self._probe_ok + self._probe_failed >= self.half_open_probes:
+                    gen = -1
+                else:
+                    self._probes_out += 1
+                    gen = self._gen
         if change is not None:
             self._emit(change)
-        if gen < 0:
-            raise CircuitOpen(
+        if gen == -2:
+            raise self._rejected(ctx, self._open_text, self._open_until - now)
+        if gen == -1:
+            raise self._rejected(
+                ctx,
                 f"circuit {self.name!r} is half-open and its probes are taken",
-                retry_after=min(self.break_duration, 1.0),
-                policy=self.name,
+                min(self.break_duration, 1.0),
             )
         return gen
 
-    def on_success(self, permit: int, elapsed: float, now: float | None = None) -> None:
-        """Record a successful call made under ``permit``."""
-        if permit != self._gen:
-            return
+    def _rejected(self, ctx: BuildContext | None, text: str, retry_after: float) -> CircuitOpen:
+        if ctx is not None and ctx.listening:
+            ctx.emit(
+                CallRejectedEvent(
+                    pipeline=ctx.pipeline,
+                    policy=self.name,
+                    code=ErrorCode.CIRCUIT_OPEN,
+                    retry_after=retry_after,
+                )
+            )
+        return CircuitOpen.by_policy(self.name, text, retry_after)
+
+    def on_success(self, permit: int, elapsed: float = 0.0, now: float | None = None) -> None:
+        """Record a successful call made under ``permit`` that took ``elapsed`` seconds."""
         if now is None:
             now = self.clock.now()
-        slow = self.slow_call_duration is not None and elapsed >= self.slow_call_duration
-        change = None
-        with self._lock:
+        slow_after = self.slow_call_duration
+        lock = self._lock
+        lock.acquire()  # not `with`: the hot path of every call (a `with` costs twice as much)
+        if (
+            permit == self._gen
+            and self._state is CLOSED
+            and (slow_after is None or elapsed < slow_after)
+        ):
+            self._window.record_success(now)
+            self._consecutive = 0
+            lock.release()
+            return
+        try:
             if permit != self._gen:
                 return
-            if self._state == CLOSED:
-                self._window.add(now, False, slow)
-                if slow:
-                    change = self._evaluate(now)
-                else:
-                    self._consecutive = 0
-            elif self._state == HALF_OPEN:
+            slow = slow_after is not None and elapsed >= slow_after
+            change = None
+            state = self._state
+            if state is CLOSED:  # a slow success
+                self._window.record(now, False, True)
+                change = self._evaluate(now)
+            elif state is HALF_OPEN:
                 change = self._probe_done(now, failed=slow)
+        finally:
+            lock.release()
         if change is not None:
             self._emit(change)
 
-    def on_failure(self, permit: int, elapsed: float, now: float | None = None) -> None:
-        """Record a failed call made under ``permit``."""
+    def on_failure(self, permit: int, elapsed: float = 0.0, now: float | None = None) -> None:
+        """Record a failed call made under ``permit`` that took ``elapsed`` seconds."""
         if permit != self._gen:
             return
         if now is None:
@@ -429,14 +505,39 @@ class CircuitBreaker(Policy):
         with self._lock:
             if permit != self._gen:
                 return
-            if self._state == CLOSED:
-                self._window.add(now, True, slow)
+            state = self._state
+            if state is CLOSED:
+                self._window.record_failure(now, slow)
                 self._consecutive += 1
                 change = self._evaluate(now)
-            elif self._state == HALF_OPEN:
+            elif state is HALF_OPEN:
                 change = self._probe_done(now, failed=True)
         if change is not None:
             self._emit(change)
+
+    def record_error(self, permit: int, error: BaseException, start: float = 0.0) -> None:
+        """Record that the call made under ``permit`` (started at ``start``) raised ``error``.
+
+        ``is_failure`` decides: a failure counts against the dependency; a local rejection
+        (a full bulkhead, the caller's own deadline) says nothing about it either way and
+        only gives the permit back; anything else (a client error) is a success.
+        """
+        now = self.clock.now()
+        if self.is_failure(error):
+            self.on_failure(permit, now - start, now)
+        elif isinstance(error, Rejected):
+            self.release(permit)
+        else:
+            self.on_success(permit, now - start, now)
+
+    def record_result(self, permit: int, result: Any, start: float = 0.0) -> None:
+        """Record that the call made under ``permit`` (started at ``start``) returned ``result``."""
+        now = self.clock.now()
+        predicate = self.is_failure_result
+        if predicate is not None and predicate(result):
+            self.on_failure(permit, now - start, now)
+        else:
+            self.on_success(permit, now - start, now)
 
     def release(self, permit: int) -> None:
         """Give a permit back without an outcome (cancellation, ignored errors)."""
@@ -465,8 +566,8 @@ class CircuitBreaker(Policy):
         with self._lock:
             if generation is not None and generation != self._gen:
                 return None
-            change = self._transition(OPEN, reason)
             self._open_until = now + (duration if duration is not None else self.break_duration)
+            change = self._transition(OPEN, reason)
         self._emit(change)
         return change.generation
 
@@ -519,6 +620,7 @@ class CircuitBreaker(Policy):
         before = self._state
         self._state = to
         self._gen += 1
+        self.closed_permit = self._gen if to == CLOSED else -1
         self._probes_out = 0
         self._probe_ok = 0
         self._probe_failed = 0
@@ -532,125 +634,10 @@ class CircuitBreaker(Policy):
         emit(event, self._hooks)
 
     # ------------------------------------------------------------ drivers
-    def _permit(self, ctx: BuildContext) -> int:
-        try:
-            return self._acquire_slow(self.clock.now())
-        except CircuitOpen as exc:
-            ctx.emit(
-                CallRejectedEvent(
-                    pipeline=ctx.pipeline,
-                    policy=self.name,
-                    code=exc.code,
-                    retry_after=exc.retry_after,
-                )
-            )
-            raise
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link (generated from the asyncio one)."""
+        return _drivers_sync.breaker_link(self, inner, ctx)
 
-    def _outcome(self, permit: int, start: float, exc: BaseException | None, result: Any) -> None:
-        end = self.clock.now()
-        if exc is not None:
-            failed = self.is_failure(exc)
-        else:
-            failed = self.is_failure_result is not None and self.is_failure_result(result)
-        if failed:
-            self.on_failure(permit, end - start, end)
-        elif isinstance(exc, Rejected):
-            # a local rejection (a full bulkhead, the caller's own deadline) says nothing
-            # about the dependency either way: give the permit back, count nothing
-            self.release(permit)
-        else:
-            self.on_success(permit, end - start, end)
-
-    def _fast_path(self) -> tuple[bool, Any, Any, Any, float, int]:
-        """What the drivers bind for a closed breaker's success (see ``breaker_link``).
-
-        The common case (a time window, no slow-call tracking, no result predicate) is
-        recorded inline by the link: one clock read, one lock, four integer updates.
-        """
-        simple = (
-            self.slow_call_duration is None
-            and self.is_failure_result is None
-            and not self._window.by_count
-        )
-        w = self._window
-        return simple, self._lock, w, w.ring, w.inv, w.n
-
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
-        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
-        now = self.clock.now
-        release = self.release
-        outcome = self._outcome
-        on_success = self.on_success
-        floor = math.floor
-        simple, lock, window, ring, inv, n = self._fast_path()
-
-        def breaker_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            permit = self._gen if self._state is CLOSED else self._permit(ctx)
-            start = 0.0 if simple else now()
-            try:
-                result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
-            except Exception as exc:
-                outcome(permit, start, exc, None)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            if not simple:
-                outcome(permit, start, None, result)
-                return result
-            end = now()
-            tick = floor(end * inv)
-            lock.acquire()
-            if permit == self._gen and self._state is CLOSED:
-                if tick != window.tick:
-                    window._roll(tick)
-                ring[(tick % n) * 3] += 1
-                window.calls += 1
-                self._consecutive = 0
-                lock.release()
-            else:
-                lock.release()
-                on_success(permit, 0.0, end)
-            return result
-
-        return breaker_link
-
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
-        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
-        now = self.clock.now
-        release = self.release
-        outcome = self._outcome
-        on_success = self.on_success
-        floor = math.floor
-        simple, lock, window, ring, inv, n = self._fast_path()
-
-        async def breaker_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            permit = self._gen if self._state is CLOSED else self._permit(ctx)
-            start = 0.0 if simple else now()
-            try:
-                result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-            except Exception as exc:
-                outcome(permit, start, exc, None)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            if not simple:
-                outcome(permit, start, None, result)
-                return result
-            end = now()
-            tick = floor(end * inv)
-            lock.acquire()
-            if permit == self._gen and self._state is CLOSED:
-                if tick != window.tick:
-                    window._roll(tick)
-                ring[(tick % n) * 3] += 1
-                window.calls += 1
-                self._consecutive = 0
-                lock.release()
-            else:
-                lock.release()
-                on_success(permit, 0.0, end)
-            return result
-
-        return breaker_link
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link (see ``_drivers_async.breaker_link``)."""
+        return _drivers_async.breaker_link(self, inner, ctx)

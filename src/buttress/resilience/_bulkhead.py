@@ -1,9 +1,11 @@
 """`Bulkhead`: bound how many calls run at once, with an optional bounded queue.
 
-One bulkhead may be shared by threads and asyncio tasks at the same time: the slot count
-is guarded by a `threading.Lock` that is never held across an ``await``. A freed slot is
-handed directly to the oldest waiter (no barging), and a waiter that is cancelled or
-times out after being handed a slot passes it on, so slots never leak.
+One bulkhead may be shared by threads and asyncio tasks at the same time. Free slots are
+tokens in a deque: taking one (``pop``) and giving one back (``append``) are atomic, so
+the common path takes no lock. The queue of waiters is guarded by a `threading.Lock`
+that is never held across an ``await``. While anyone waits, a newcomer does not take a
+free slot: a freed slot goes to the oldest waiter (no barging), and a waiter that is
+cancelled or times out after being handed a slot passes it on, so slots never leak.
 """
 
 from __future__ import annotations
@@ -12,17 +14,17 @@ import asyncio
 import functools
 import threading
 from collections import deque
-from typing import Any
+from typing import TypeAlias
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.errors import BulkheadFull
+from buttress.resilience import _drivers_async, _drivers_sync
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
     Policy,
     SyncLink,
-    call_terminal,
     check_int,
     check_positive,
 )
@@ -31,12 +33,14 @@ from buttress.telemetry import CallRejectedEvent
 __all__ = ["Bulkhead"]
 
 
-def _time_out(future: asyncio.Future[None]) -> None:
+def _time_out(future: asyncio.Future[bool]) -> None:
     if not future.done():
-        future.set_exception(TimeoutError())
+        future.set_result(False)
 
 
 class _ThreadWaiter:
+    """A thread waiting for a slot: it blocks on a lock that `wake` releases."""
+
     __slots__ = ("granted", "lock")
 
     def __init__(self) -> None:
@@ -47,18 +51,25 @@ class _ThreadWaiter:
     def wake(self) -> None:
         self.lock.release()
 
+    def wait(self, seconds: float | None) -> bool:
+        """Block until woken (True) or for at most ``seconds`` (False; None: no limit)."""
+        return self.lock.acquire(timeout=-1 if seconds is None else seconds)
+
 
 class _TaskWaiter:
-    __slots__ = ("future", "granted", "loop")
+    """A task waiting for a slot: it awaits a future that `wake` resolves, from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("clock", "future", "granted", "loop")
+
+    def __init__(self, clock: Clock) -> None:
         self.granted = False
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.clock = clock
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[bool] = self.loop.create_future()
 
     def _set(self) -> None:
         if not self.future.done():
-            self.future.set_result(None)
+            self.future.set_result(True)
 
     def wake(self) -> None:
         try:
@@ -69,6 +80,19 @@ class _TaskWaiter:
             self._set()
         else:
             self.loop.call_soon_threadsafe(self._set)
+
+    async def wait(self, seconds: float | None) -> bool:
+        """Wait until woken (True) or for at most ``seconds`` on the clock (False)."""
+        if seconds is None:
+            return await self.future
+        timer = self.clock.call_later(seconds, functools.partial(_time_out, self.future))
+        try:
+            return await self.future
+        finally:
+            timer.cancel()
+
+
+_Waiter: TypeAlias = _ThreadWaiter | _TaskWaiter
 
 
 class Bulkhead(Policy):
@@ -92,7 +116,7 @@ class Bulkhead(Policy):
     """
 
     __slots__ = (
-        "_active",
+        "_free",
         "_lock",
         "_waiters",
         "clock",
@@ -121,8 +145,8 @@ class Bulkhead(Policy):
         )
         self.clock = clock
         self._lock = threading.Lock()
-        self._active = 0
-        self._waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+        self._free: deque[None] = deque([None] * self.max_concurrent)  # a token per free slot
+        self._waiters: deque[_Waiter] = deque()
 
     def __repr__(self) -> str:
         return f"Bulkhead(max_concurrent={self.max_concurrent}, max_queued={self.max_queued})"
@@ -130,7 +154,7 @@ class Bulkhead(Policy):
     @property
     def active(self) -> int:
         """Slots in use."""
-        return self._active
+        return self.max_concurrent - len(self._free)
 
     @property
     def queued(self) -> int:
@@ -138,31 +162,43 @@ class Bulkhead(Policy):
         return len(self._waiters)
 
     # ------------------------------------------------------------ permission protocol
+    # A free token and a waiter never stay side by side: whoever brings them together (a
+    # release while someone waits, a waiter queued while a slot is free) hands tokens to
+    # the oldest waiters (`_hand_over`).
     def try_acquire(self) -> bool:
-        """Take a slot if one is free, without waiting."""
-        lock = self._lock
-        lock.acquire()
-        if self._active < self.max_concurrent and not self._waiters:
-            self._active += 1
-            lock.release()
-            return True
-        lock.release()
-        return False
+        """Take a slot if one is free and nobody is waiting for one, without waiting."""
+        if self._waiters:  # no barging past the queue
+            return False
+        try:
+            self._free.pop()  # atomic: two callers never get the same slot
+        except IndexError:
+            return False
+        return True
 
     def release(self) -> None:
         """Give a slot back; the oldest waiter, if any, gets it."""
-        lock = self._lock
-        lock.acquire()
-        if not self._waiters:
-            self._active -= 1
-            lock.release()
-            return
-        waiter = self._waiters.popleft()
-        waiter.granted = True  # the slot moves to the waiter: _active unchanged
-        lock.release()
-        waiter.wake()
+        self._free.append(None)
+        if self._waiters:
+            self._hand_over()
 
-    def _wait_budget(self) -> float | None:
+    def _hand_over(self) -> None:
+        """Give free slots to the oldest waiters, then wake them (outside the lock)."""
+        woken = []
+        with self._lock:
+            free, waiters = self._free, self._waiters
+            while waiters:
+                try:
+                    free.pop()
+                except IndexError:
+                    break
+                waiter = waiters.popleft()
+                waiter.granted = True
+                woken.append(waiter)
+        for waiter in woken:
+            waiter.wake()
+
+    def wait_budget(self) -> float | None:
+        """How long a caller may wait in the queue now (None: without limit)."""
         timeout = self.queue_timeout
         at = _DEADLINE.get()
         if at is not None:
@@ -170,32 +206,48 @@ class Bulkhead(Policy):
             timeout = left if timeout is None else min(timeout, left)
         return timeout
 
-    def _full(self, ctx: BuildContext, why: str) -> BulkheadFull:
+    def full(self, ctx: BuildContext, why: str) -> BulkheadFull:
+        """The rejection to raise (``why``: the reason), reported to ``ctx``'s hooks."""
         exc = BulkheadFull(
             f"bulkhead {self.name!r} is full ({self.max_concurrent} running, "
             f"{self.max_queued} queued): {why}",
             policy=self.name,
         )
-        ctx.emit(
-            CallRejectedEvent(
-                pipeline=ctx.pipeline, policy=self.name, code=exc.code, retry_after=None
+        if ctx.listening:
+            ctx.emit(
+                CallRejectedEvent(
+                    pipeline=ctx.pipeline, policy=self.name, code=exc.code, retry_after=None
+                )
             )
-        )
         return exc
 
-    def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+    def thread_waiter(self) -> _ThreadWaiter:
+        """A new queue entry for the calling thread (see `enqueue`)."""
+        return _ThreadWaiter()
+
+    def task_waiter(self) -> _TaskWaiter:
+        """A new queue entry for the calling task (see `enqueue`)."""
+        return _TaskWaiter(self.clock)
+
+    def enqueue(self, waiter: _Waiter) -> bool:
         """Queue ``waiter``, or grant at once if a slot freed meanwhile; False when full."""
         with self._lock:
-            if self._active < self.max_concurrent and not self._waiters:
-                self._active += 1
-                waiter.granted = True
-                return True
+            if not self._waiters:
+                try:
+                    self._free.pop()
+                except IndexError:
+                    pass
+                else:
+                    waiter.granted = True
+                    return True
             if len(self._waiters) >= self.max_queued:
                 return False
             self._waiters.append(waiter)
-            return True
+        if self._free:  # a slot came back before we were in the queue to see it
+            self._hand_over()
+        return True
 
-    def _abandon(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+    def abandon(self, waiter: _Waiter) -> bool:
         """Leave the queue; True when a slot had been granted meanwhile (caller owns it)."""
         with self._lock:
             if waiter.granted:
@@ -208,108 +260,17 @@ class Bulkhead(Policy):
 
     def acquire_sync(self, ctx: BuildContext) -> None:
         """Take a slot for a thread, waiting in the queue if allowed."""
-        if self.try_acquire():
-            return
-        if self.max_queued == 0:
-            raise self._full(ctx, "no queue")
-        timeout = self._wait_budget()
-        if timeout is not None and timeout <= 0:
-            raise self._full(ctx, "no time left to wait")
-        waiter = _ThreadWaiter()
-        if not self._enqueue(waiter):
-            raise self._full(ctx, "queue full")
-        if waiter.granted:
-            return
-        got = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
-        if got or self._abandon(waiter):
-            return
-        raise self._full(ctx, f"waited {timeout:.3g} s for a slot")
+        _drivers_sync.bulkhead_acquire(self, ctx)
 
     async def acquire_async(self, ctx: BuildContext) -> None:
         """Take a slot for a task, waiting in the queue if allowed."""
-        if self.try_acquire():
-            return
-        if self.max_queued == 0:
-            raise self._full(ctx, "no queue")
-        timeout = self._wait_budget()
-        if timeout is not None and timeout <= 0:
-            raise self._full(ctx, "no time left to wait")
-        waiter = _TaskWaiter(asyncio.get_running_loop())
-        if not self._enqueue(waiter):
-            raise self._full(ctx, "queue full")
-        if waiter.granted:
-            return
-        timer = None
-        if timeout is not None:
-            fut = waiter.future
-            timer = self.clock.call_later(timeout, functools.partial(_time_out, fut))
-        try:
-            await waiter.future
-        except TimeoutError:
-            if self._abandon(waiter):
-                return
-            raise self._full(ctx, f"waited {timeout:.3g} s for a slot") from None
-        except BaseException:
-            if self._abandon(waiter):
-                self.release()  # granted while we were being cancelled: pass it on
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        await _drivers_async.bulkhead_acquire(self, ctx)
 
     # ------------------------------------------------------------ drivers
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
-        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
-        lock = self._lock
-        limit = self.max_concurrent
-        release = self.release
-        acquire_sync = self.acquire_sync
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link (generated from the asyncio one)."""
+        return _drivers_sync.bulkhead_link(self, inner, ctx)
 
-        def bulkhead_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            lock.acquire()
-            if self._active < limit and not self._waiters:
-                self._active += 1
-                lock.release()
-            else:
-                lock.release()
-                acquire_sync(ctx)
-            try:
-                return fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
-            finally:
-                lock.acquire()  # release(), inlined for the no-waiter case
-                if self._waiters:
-                    lock.release()
-                    release()
-                else:
-                    self._active -= 1
-                    lock.release()
-
-        return bulkhead_link
-
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
-        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
-        lock = self._lock
-        limit = self.max_concurrent
-        release = self.release
-        acquire_async = self.acquire_async
-
-        async def bulkhead_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            lock.acquire()
-            if self._active < limit and not self._waiters:
-                self._active += 1
-                lock.release()
-            else:
-                lock.release()
-                await acquire_async(ctx)
-            try:
-                return await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-            finally:
-                lock.acquire()  # release(), inlined for the no-waiter case
-                if self._waiters:
-                    lock.release()
-                    release()
-                else:
-                    self._active -= 1
-                    lock.release()
-
-        return bulkhead_link
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link (see ``_drivers_async.bulkhead_link``)."""
+        return _drivers_async.bulkhead_link(self, inner, ctx)

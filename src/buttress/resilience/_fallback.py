@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from buttress.errors import ConfigurationError
+from buttress.resilience import _drivers_async, _drivers_sync
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
@@ -75,47 +76,31 @@ class Fallback(Policy):
             else f"Fallback(value={self.value!r})"
         )
 
-    def _used(self, ctx: BuildContext, exc: BaseException) -> None:
-        ctx.emit(FallbackUsedEvent(pipeline=ctx.pipeline, policy=self.name, error=exc))
+    def replace(self, ctx: BuildContext, error: BaseException) -> Any:
+        """The result that replaces ``error`` (for a coroutine handler: its coroutine).
 
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        Reports a `FallbackUsedEvent` to ``ctx``'s hooks.
+        """
+        if ctx.listening:
+            ctx.emit(FallbackUsedEvent(pipeline=ctx.pipeline, policy=self.name, error=error))
+        return self.value if self.handler is None else self.handler(error)
+
+    async def areplace(self, ctx: BuildContext, error: BaseException) -> Any:
+        """`replace`, awaiting a coroutine handler's answer."""
+        result = self.replace(ctx, error)
+        return (await result) if self._is_async else result
+
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link (generated from the asyncio one); refuses a coroutine handler."""
         if self._is_async:
             raise ConfigurationError(
                 "Fallback(handler=<coroutine function>) needs an async pipeline: use acall()"
             )
-        on = self.on
-        handler = self.handler
-        value = self.value
+        return _drivers_sync.fallback_link(self, inner, ctx)
 
-        def fallback_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            try:
-                return inner(fn, args, kwargs)
-            except Exception as exc:
-                if not on(exc):
-                    raise
-                self._used(ctx, exc)
-                return value if handler is None else handler(exc)
-
-        return fallback_link
-
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
-        on = self.on
-        handler = self.handler
-        value = self.value
-        is_async = self._is_async
-
-        async def fallback_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            try:
-                return await inner(fn, args, kwargs)
-            except Exception as exc:
-                if not on(exc):
-                    raise
-                self._used(ctx, exc)
-                if handler is None:
-                    return value
-                return (await handler(exc)) if is_async else handler(exc)
-
-        return fallback_link
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link (see ``_drivers_async.fallback_link``)."""
+        return _drivers_async.fallback_link(self, inner, ctx)
 
 
 def _any_exception(exc: BaseException) -> bool:

@@ -79,13 +79,15 @@ class Hedge(Policy):
     def __repr__(self) -> str:
         return f"Hedge(delay={self.delay!r}, max_hedges={self.max_hedges})"
 
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """Refused: hedging needs asyncio."""
         raise ConfigurationError(
             "Hedge races attempts and cancels the losers, which needs asyncio: "
             "use pipeline.acall() (threads cannot be cancelled safely)"
         )
 
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link: race attempts, keep the first success."""
         delay = self.delay
         max_attempts = self.max_hedges + 1
         hedge_on = self.hedge_on

@@ -94,7 +94,7 @@ class Pipeline:
     def _build_sync(self) -> SyncLink:
         link: SyncLink = call_terminal
         for policy in reversed(self.policies):
-            link = policy._wrap(link, self._ctx)
+            link = policy.wrap(link, self._ctx)
         self._sync = link
         return link
 
@@ -103,7 +103,7 @@ class Pipeline:
         # saves one coroutine frame per call.
         link: AsyncLink = call_terminal
         for policy in reversed(self.policies):
-            link = policy._awrap(link, self._ctx)
+            link = policy.awrap(link, self._ctx)
         self._async = link
         return link
 
@@ -136,13 +136,11 @@ class Pipeline:
                 return await link(fn, args, kwargs)
 
             return async_wrapper
-        # build eagerly so that a sync-only mistake (a Hedge) surfaces at decoration time
-        self._sync or self._build_sync()
-        pipeline = self
+        # build now, so that a sync-only mistake (a Hedge) surfaces at decoration time
+        link = self._sync or self._build_sync()
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            link = pipeline._sync or pipeline._build_sync()
             return link(fn, args, kwargs)
 
         return wrapper

@@ -1,4 +1,4 @@
-"""The policy protocol every building block of a `Pipeline` follows.
+"""The policy protocol every building block of a `Pipeline` follows, and how to write one.
 
 A policy is two things:
 
@@ -6,8 +6,11 @@ A policy is two things:
   ``acquire -> permit or rejection(retry_after)``, ``record(outcome, elapsed)``,
   ``next_delay(attempt, error)``) that never sleeps and never holds a lock across an
   ``await``; it is shared by every call and by sync and async callers alike;
-* two thin drivers, ``_wrap`` (threads) and ``_awrap`` (asyncio), that a `Pipeline`
-  composes into one chain at build time. Only drivers sleep, wait or await.
+* two thin drivers, `Policy.wrap` (threads) and `Policy.awrap` (asyncio), that a
+  `Pipeline` composes into one chain at build time. Only drivers sleep, wait or await.
+  The drivers of `Retry`, `CircuitBreaker`, `Bulkhead` and `Fallback` are written once,
+  for asyncio, and their thread twins generated (``_drivers_async.py`` ->
+  ``_drivers_sync.py``); `Timeout` and `Hedge` differ by nature and keep their own.
 
 A link in the chain has the signature ``link(fn, args, kwargs)``: the arguments are
 packed once by the pipeline and unpacked once by the innermost link, so each policy costs
@@ -21,19 +24,27 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from buttress.errors import ConfigurationError
-from buttress.telemetry import Event, Hook, emit
+from buttress.telemetry import Event, Hook, emit, global_hooks
 
 __all__ = ["AsyncLink", "BuildContext", "Policy", "SyncLink", "call_terminal"]
 
 SyncLink: TypeAlias = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+"""A compiled thread link: ``link(fn, args, kwargs)`` returns what ``fn`` returned."""
+
 AsyncLink: TypeAlias = Callable[
     [Callable[..., Any], tuple[Any, ...], dict[str, Any]], Awaitable[Any]
 ]
+"""A compiled asyncio link: ``await link(fn, args, kwargs)`` returns what ``fn`` returned."""
 
 
 @dataclass(frozen=True, slots=True)
 class BuildContext:
-    """What a driver knows about the pipeline it is compiled into."""
+    """What a driver knows about the pipeline it is compiled into.
+
+    Attributes:
+        pipeline: the pipeline's name (None when unnamed).
+        hooks: the pipeline's own event hooks (the global ones are added by `emit`).
+    """
 
     pipeline: str | None
     hooks: tuple[Hook, ...] = ()
@@ -41,6 +52,11 @@ class BuildContext:
     def emit(self, event: Event) -> None:
         """Deliver an event to this pipeline's hooks and the global ones."""
         emit(event, self.hooks)
+
+    @property
+    def listening(self) -> bool:
+        """Whether any hook would receive an event now (skip building events otherwise)."""
+        return bool(self.hooks or global_hooks())
 
 
 def call_terminal(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -53,27 +69,86 @@ def call_terminal(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
 
 
 class Policy:
-    """Base class of the resilience policies.
+    """Base class of the resilience policies: the built-in ones and your own.
 
-    Subclasses implement `_wrap` and `_awrap`. ``name`` labels events, metrics and the
-    registry; it defaults to the policy's kind (``retry``, ``circuit_breaker``...).
+    A policy compiles into one link of a pipeline's chain: `wrap` for threads, `awrap`
+    for asyncio. Each is called once per pipeline, when it is first used, with ``inner``,
+    the rest of the chain, and returns a function ``link(fn, args, kwargs)`` that does the
+    policy's work around ``inner(fn, args, kwargs)`` (which runs the policies inside this
+    one, then ``fn(*args, **kwargs)``). Keep per-call state in the link's locals, never on
+    the policy: one policy serves every call, in every thread and task. A policy that
+    supports only one of the two leaves the other to this class, which refuses it with
+    `ConfigurationError` when the pipeline is built.
+
+    ``name`` labels events, metrics and the registry; it defaults to the policy's ``kind``
+    (``retry``, ``circuit_breaker``...).
+
+    Example (a policy that counts the calls it lets through)::
+
+        from buttress import Pipeline, Retry
+        from buttress.resilience import AsyncLink, BuildContext, Policy, SyncLink
+
+        class Counted(Policy):
+            kind = "counted"
+
+            def __init__(self, name: str | None = None) -> None:
+                super().__init__(name)
+                self.calls = 0
+
+            def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+                def link(fn, args, kwargs):
+                    self.calls += 1
+                    return inner(fn, args, kwargs)
+
+                return link
+
+            def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+                async def link(fn, args, kwargs):
+                    self.calls += 1
+                    return await inner(fn, args, kwargs)
+
+                return link
+
+        counted = Counted()
+        Pipeline(Retry(attempts=3), counted).call(fetch)   # counts every attempt
+
+    See "Writing your own policy" in docs/concepts.md.
     """
 
     __slots__ = ("name",)
     kind: str = "policy"
 
-    def __init__(self, name: str | None) -> None:
+    def __init__(self, name: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(
                 f"{type(self).__name__}(name={name!r}): must be a non-empty string or None"
             )
         self.name: str = name or self.kind
 
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """Compile this policy's link for threads around ``inner`` (override it)."""
+        if type(self)._wrap is not Policy._wrap:  # written against the earlier private hook
+            return self._wrap(inner, ctx)
+        raise ConfigurationError(
+            f"{type(self).__name__} has no driver for threads: use pipeline.acall(), or "
+            "implement wrap()"
+        )
+
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """Compile this policy's link for asyncio around ``inner`` (override it)."""
+        if type(self)._awrap is not Policy._awrap:  # written against the earlier private hook
+            return self._awrap(inner, ctx)
+        raise ConfigurationError(
+            f"{type(self).__name__} has no driver for asyncio: use pipeline.call(), or "
+            "implement awrap()"
+        )
+
+    # The hooks' former, private names: policies that override them keep working.
     def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
-        raise NotImplementedError  # pragma: no cover - every policy overrides it
+        return self.wrap(inner, ctx)
 
     def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
-        raise NotImplementedError  # pragma: no cover - every policy overrides it
+        return self.awrap(inner, ctx)
 
 
 # ---------------------------------------------------------------- option validation

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock
-from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode, Rejected, classify
+from buttress.errors import (
+    Classification,
+    ConfigurationError,
+    DeadlineExceeded,
+    ErrorCode,
+    Rejected,
+    classify,
+)
+from buttress.resilience import _drivers_async, _drivers_sync
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
     AsyncLink,
@@ -33,7 +41,6 @@ from buttress.resilience._policy import (
     ErrorMatcher,
     Policy,
     SyncLink,
-    call_terminal,
     check_callable,
     check_int,
     check_positive,
@@ -53,6 +60,12 @@ _JITTERS = ("full", "equal", "none", "decorrelated")
 
 # Set by buttress.testing.instant_retries(): retries skip their sleep.
 _instant = False
+
+_floor = math.floor
+
+# RetryBudget's ring: ticks per ttl (ten), plus one: withdrawals are summed over all eleven
+# (a span >= ttl), deposits over ten
+_RING = 11
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,19 +197,18 @@ class RetryBudget:
     """
 
     __slots__ = (
-        "_clock",
         "_deposits",
         "_inv",
         "_lock",
         "_tick",
         "_withdrawals",
+        "clock",
         "min_per_second",
         "ratio",
         "ttl",
     )
 
     _N = 10  # ticks per ttl
-    _RING = 11  # one more: withdrawals are summed over all eleven (>= ttl), deposits over ten
 
     def __init__(
         self,
@@ -211,58 +223,58 @@ class RetryBudget:
             "RetryBudget", "min_per_second", min_per_second, allow_zero=True
         )
         self.ttl = check_positive("RetryBudget", "ttl", ttl)
-        self._clock = clock
+        self.clock = clock
         self._inv = self._N / self.ttl  # ticks per second; a tick is ttl / 10
         self._lock = threading.Lock()
         # counts per tick in a ring; totals are summed when a retry asks (rarely), so the
         # per-request deposit is one increment and never drifts
-        self._deposits = [0] * self._RING
-        self._withdrawals = [0] * self._RING
-        self._tick = int(clock.now() * self._inv)
+        self._deposits = [0] * _RING
+        self._withdrawals = [0] * _RING
+        self._tick = _floor(clock.now() * self._inv)
 
     def _roll(self, tick: int) -> None:
         """Clear the ticks that expired since the last one seen (lock held)."""
         last = self._tick
         if tick <= last:
             return
-        ring = self._RING
+        ring = _RING
         for t in range(last + 1, min(tick, last + ring) + 1):
             self._deposits[t % ring] = 0
             self._withdrawals[t % ring] = 0
         self._tick = tick
 
     def advance(self, tick: int) -> None:
-        """Move the window to ``tick`` (``int(now * 10 / ttl)``), expiring old counts."""
+        """Move the window to ``tick`` (``floor(now * 10 / ttl)``), expiring old counts."""
         with self._lock:
             self._roll(tick)
 
     def deposit(self, now: float | None = None) -> None:
         """Record one request (the hot path: one increment, a lock only once per tick)."""
-        tick = int((self._clock.now() if now is None else now) * self._inv)
+        tick = _floor((self.clock.now() if now is None else now) * self._inv)
         if tick != self._tick:
             self.advance(tick)
-        self._deposits[tick % self._RING] += 1
+        self._deposits[tick % _RING] += 1
 
     def _allowed(self, tick: int) -> float:
         # requests of the last ttl only (the eleventh, oldest tick is already too old)
-        recent = sum(self._deposits) - self._deposits[(tick + 1) % self._RING]
+        recent = sum(self._deposits) - self._deposits[(tick + 1) % _RING]
         return self.ratio * recent + self.min_per_second * self.ttl
 
     def try_withdraw(self, now: float | None = None) -> bool:
         """Take one retry credit; False when the budget is spent."""
-        tick = int((self._clock.now() if now is None else now) * self._inv)
+        tick = _floor((self.clock.now() if now is None else now) * self._inv)
         with self._lock:
             self._roll(tick)
             # retries of the last eleven ticks: a span of at least ttl, so no ttl-long
             # window ever holds more than the cap
             if sum(self._withdrawals) + 1 > self._allowed(tick):
                 return False
-            self._withdrawals[tick % self._RING] += 1
+            self._withdrawals[tick % _RING] += 1
             return True
 
     def balance(self, now: float | None = None) -> float:
         """Retries still allowed in the current window."""
-        tick = int((self._clock.now() if now is None else now) * self._inv)
+        tick = _floor((self.clock.now() if now is None else now) * self._inv)
         with self._lock:
             self._roll(tick)
             return self._allowed(tick) - sum(self._withdrawals)
@@ -274,6 +286,15 @@ class RetryBudget:
         )
 
 
+def _is_local_rejection(exc: BaseException) -> bool:
+    """A fail-fast rejection raised by a policy inside the pipeline (not a timeout)."""
+    return (
+        isinstance(exc, Rejected)
+        and exc.policy is not None
+        and not isinstance(exc, DeadlineExceeded)
+    )
+
+
 def _default_retry_on(exc: BaseException) -> bool:
     """Retry what the taxonomy calls retriable, except local fail-fast rejections.
 
@@ -283,11 +304,7 @@ def _default_retry_on(exc: BaseException) -> bool:
     say from a 429, has none and is retried after its ``retry_after``.) Timeouts
     (`DeadlineExceeded` with code ``upstream_timeout``) are retried.
     """
-    if (
-        isinstance(exc, Rejected)
-        and exc.policy is not None
-        and not isinstance(exc, DeadlineExceeded)
-    ):
+    if _is_local_rejection(exc):
         return False
     info = classify(exc)
     return info is not None and info.retriable
@@ -298,6 +315,9 @@ class _GiveUp:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+_NOT_RETRIABLE = "not_retriable"
 
 
 class Retry(Policy):
@@ -322,6 +342,10 @@ class Retry(Policy):
         name: label for events and metrics.
         clock: time source.
         rng: random source for jitter (seed it for reproducible tests).
+
+    Each failed attempt is classified once (`buttress.errors.classify`), and that one
+    `Classification` decides whether to retry, the ``Retry-After`` hint and the code the
+    `RetryScheduledEvent` reports.
 
     Example::
 
@@ -384,6 +408,11 @@ class Retry(Policy):
     def __repr__(self) -> str:
         return f"Retry(attempts={self.attempts}, backoff={self.backoff!r}, budget={self.budget!r})"
 
+    @property
+    def skip_sleeps(self) -> bool:
+        """True while `buttress.testing.instant_retries` is on: drivers do not sleep."""
+        return _instant
+
     # ------------------------------------------------------------ sans-I/O core
     def next_delay(
         self,
@@ -400,52 +429,124 @@ class Retry(Policy):
         """
         if error is not None:
             if not self.retry_on(error):
-                return _GiveUp("not_retriable")
+                return _GiveUp(_NOT_RETRIABLE)
             info = classify(error)
         else:
             info = classify(result)
+        decision = self._schedule(attempt, info, previous, now)
+        return _GiveUp(decision) if isinstance(decision, str) else decision
+
+    def _schedule(
+        self, attempt: int, info: Classification | None, previous: float, now: float
+    ) -> float | str:
+        """The delay before the next attempt, or why there is none (the reason)."""
         if attempt >= self.attempts:
-            return _GiveUp("attempts_exhausted")
+            return "attempts_exhausted"
         delay = self.backoff.delay(attempt, previous, self.rng)
         hint = info.retry_after if info is not None else None
         if hint is not None:
             if hint > self.max_retry_after:
-                return _GiveUp("retry_after_too_long")
+                return "retry_after_too_long"
             delay = max(delay, hint)
         at = _DEADLINE.get()
         if at is not None and now + delay >= at:
-            return _GiveUp("deadline")
+            return "deadline"
         if self.budget is not None and not self.budget.try_withdraw(now):
-            return _GiveUp("budget_exhausted")
+            return "budget_exhausted"
         return delay
+
+    def after_error(
+        self,
+        ctx: BuildContext,
+        attempt: int,
+        error: BaseException,
+        previous: float,
+        start: float,
+    ) -> float | None:
+        """After attempt ``attempt`` raised ``error``: the delay before the next, or None.
+
+        None means stop: the driver re-raises ``error`` (with a note saying why, once
+        something was retried). ``previous`` is the last delay (0 at first), ``start``
+        the call's start on the policy's clock. Events go to ``ctx``'s hooks.
+        """
+        if self.retry_on is _default_retry_on:  # its work, inlined, on one classification
+            if (  # a local fail-fast rejection (_is_local_rejection, inlined): not retried
+                isinstance(error, Rejected)
+                and error.policy is not None
+                and not isinstance(error, DeadlineExceeded)
+            ):
+                if attempt > 1:
+                    self._give_up(ctx, attempt, error, _NOT_RETRIABLE, start)
+                return None  # at the first attempt nothing was retried: the error speaks
+            info = classify(error)
+            retriable = info is not None and info.retriable
+        else:
+            retriable = self.retry_on(error)
+            info = classify(error) if retriable else None
+        if not retriable:
+            if attempt > 1:
+                self._give_up(ctx, attempt, error, _NOT_RETRIABLE, start)
+            return None
+        return self._decide(ctx, attempt, error, info, previous, start)
+
+    def after_result(
+        self, ctx: BuildContext, attempt: int, result: Any, previous: float, start: float
+    ) -> float | None:
+        """After ``retry_on_result`` rejected ``result``: the delay before the next, or None.
+
+        None means stop: the driver returns ``result``.
+        """
+        return self._decide(ctx, attempt, None, classify(result), previous, start)
 
     def _decide(
         self,
         ctx: BuildContext,
         attempt: int,
         error: BaseException | None,
-        result: Any,
+        info: Classification | None,
         previous: float,
         start: float,
     ) -> float | None:
-        """Run `next_delay` and report it; None means stop (the caller re-raises/returns)."""
         now = self.clock.now()
-        decision = self.next_delay(attempt, error, result, previous, now)
-        if isinstance(decision, _GiveUp):
-            reason = decision.reason
-            if reason == "not_retriable" and attempt == 1:
-                return None  # nothing was retried: the error speaks for itself
+        decision = self._schedule(attempt, info, previous, now)
+        if isinstance(decision, str):
+            self._give_up(ctx, attempt, error, decision, start, now)
+            return None
+        if ctx.listening:
+            ctx.emit(
+                RetryScheduledEvent(
+                    pipeline=ctx.pipeline,
+                    policy=self.name,
+                    attempt=attempt,
+                    delay=decision,
+                    error=error,
+                    code=info.code if info is not None else ErrorCode.INTERNAL_ERROR,
+                )
+            )
+        return decision
+
+    def _give_up(
+        self,
+        ctx: BuildContext,
+        attempt: int,
+        error: BaseException | None,
+        reason: str,
+        start: float,
+        now: float | None = None,
+    ) -> None:
+        """Stop retrying: note why on the error, report it; always None."""
+        elapsed = (self.clock.now() if now is None else now) - start
+        if error is not None:
+            error.add_note(
+                f"buttress: gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
+                f"in {_seconds(elapsed)} ({reason.replace('_', ' ')})"
+            )
+        if ctx.listening:
             if reason == "budget_exhausted":
                 ctx.emit(
                     RetryBudgetExhaustedEvent(
                         pipeline=ctx.pipeline, policy=self.name, attempt=attempt
                     )
-                )
-            elapsed = now - start
-            if error is not None:
-                error.add_note(
-                    f"buttress: gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
-                    f"in {_seconds(elapsed)} ({reason.replace('_', ' ')})"
                 )
             ctx.emit(
                 RetryGaveUpEvent(
@@ -457,102 +558,15 @@ class Retry(Policy):
                     error=error,
                 )
             )
-            return None
-        info = classify(error) if error is not None else classify(result)
-        ctx.emit(
-            RetryScheduledEvent(
-                pipeline=ctx.pipeline,
-                policy=self.name,
-                attempt=attempt,
-                delay=decision,
-                error=error,
-                code=info.code if info is not None else ErrorCode.INTERNAL_ERROR,
-            )
-        )
-        return decision
 
     # ------------------------------------------------------------ drivers
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
-        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
-        budget = self.budget
-        now = self.clock.now
-        on_result = self.retry_on_result
-        decide = self._decide
-        clock = self.clock
-        per_second = budget._inv if budget is not None else 0.0
-        deposits = budget._deposits if budget is not None else []
-        ring = RetryBudget._RING
-        floor = math.floor
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link (generated from the asyncio one)."""
+        return _drivers_sync.retry_link(self, inner, ctx)
 
-        def retry_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            start = now()
-            if budget is not None:  # budget.deposit(start), inlined: this is every call
-                tick = floor(start * per_second)
-                if tick != budget._tick:
-                    budget.advance(tick)
-                deposits[tick % ring] += 1
-            attempt = 1
-            previous = 0.0
-            while True:
-                try:
-                    result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
-                except Exception as exc:
-                    delay = decide(ctx, attempt, exc, None, previous, start)
-                    if delay is None:
-                        raise
-                else:
-                    if on_result is None or not on_result(result):
-                        return result
-                    delay = decide(ctx, attempt, None, result, previous, start)
-                    if delay is None:
-                        return result
-                if not _instant:
-                    clock.sleep(delay)
-                previous = delay
-                attempt += 1
-
-        return retry_link
-
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
-        direct = inner is call_terminal  # innermost: call fn here, one frame fewer
-        budget = self.budget
-        now = self.clock.now
-        on_result = self.retry_on_result
-        decide = self._decide
-        clock = self.clock
-        per_second = budget._inv if budget is not None else 0.0
-        deposits = budget._deposits if budget is not None else []
-        ring = RetryBudget._RING
-        floor = math.floor
-
-        async def retry_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            start = now()
-            if budget is not None:  # budget.deposit(start), inlined: this is every call
-                tick = floor(start * per_second)
-                if tick != budget._tick:
-                    budget.advance(tick)
-                deposits[tick % ring] += 1
-            attempt = 1
-            previous = 0.0
-            while True:
-                try:
-                    result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-                except Exception as exc:
-                    delay = decide(ctx, attempt, exc, None, previous, start)
-                    if delay is None:
-                        raise
-                else:
-                    if on_result is None or not on_result(result):
-                        return result
-                    delay = decide(ctx, attempt, None, result, previous, start)
-                    if delay is None:
-                        return result
-                if not _instant:
-                    await clock.asleep(delay)
-                previous = delay
-                attempt += 1
-
-        return retry_link
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link (see ``_drivers_async.retry_link``)."""
+        return _drivers_async.retry_link(self, inner, ctx)
 
 
 def _seconds(value: float) -> str:

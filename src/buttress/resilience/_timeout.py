@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
-from buttress import _clock, telemetry
-from buttress._clock import SYSTEM_CLOCK, Clock, next_id, tick_width, wheel_for
+from buttress import telemetry
+from buttress._clock import SYSTEM_CLOCK, Clock, Wheel, next_id, tick_width, wheel_for
 from buttress.errors import DeadlineExceeded, ErrorCode
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
@@ -51,8 +52,21 @@ if sys.version_info < (3, 12):  # pragma: no cover - depends on the interpreter
     _task_of_loop: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
         asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
     )
+    # 3.11's get_running_loop() makes a getpid() system call every time (~200 ns on a VM;
+    # 3.12 no longer does). A stdlib loop keeps the id of the thread running it in
+    # ``_thread_id`` (None when stopped), so "the loop this link used last runs in this
+    # thread" is a cheap, exact test: one thread runs at most one loop at a time.
+    _BY_THREAD = True
 else:  # pragma: no cover - depends on the interpreter
     _task_of_loop = asyncio.current_task
+    _BY_THREAD = False
+
+# A bucket of the wheel fires when the loop's time reaches its end; a link reuses the
+# bucket it used last while its call starts at least this long before that end.
+_BUCKET_MARGIN = 0.001
+
+# what an asyncio timeout link remembers: wheel, loop, bucket, bucket start, end, end - margin
+_Located: TypeAlias = tuple[Wheel, asyncio.AbstractEventLoop, dict[int, Any], float, float, float]
 
 
 class _Expiry:
@@ -97,7 +111,8 @@ class Timeout(Policy):
     def __repr__(self) -> str:
         return f"Timeout({self.seconds!r})"
 
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link: a cooperative deadline (a thread cannot be interrupted)."""
         seconds = self.seconds
         now = self.clock.now
         var = _DEADLINE
@@ -131,7 +146,8 @@ class Timeout(Policy):
 
         return timeout_link
 
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link: the call is cancelled when the time is up."""
         if self.clock is not SYSTEM_CLOCK:
             return self._awrap_clock(inner, ctx)
         seconds = self.seconds
@@ -140,36 +156,62 @@ class Timeout(Policy):
         name = self.name
         running_loop = asyncio.get_running_loop
         task_of = _task_of_loop
+        get_ident = threading.get_ident
+        by_thread = _BY_THREAD
+        std_loop = asyncio.BaseEventLoop
+        margin = _BUCKET_MARGIN
         cancelled = asyncio.CancelledError
         own_width = tick_width(seconds)
         direct = inner is call_terminal  # innermost: call fn here, one frame fewer
+        # (wheel, loop, bucket, its start, its end, its end - margin) this link used last:
+        # nested timeouts have buckets of different widths, which the wheel's one-entry
+        # cache cannot hold; a call that starts before the margin reuses the bucket
+        cache: list[_Located | None] = [None]  # one slot, replaced whole: threads may race
+
+        def locate(
+            at: float, width: float
+        ) -> tuple[Wheel, asyncio.AbstractEventLoop, dict[int, Any]]:
+            """The running loop, its wheel and the bucket for ``at`` (remembered if ours)."""
+            loop = running_loop()
+            wheel = wheel_for(loop)
+            bucket = wheel.bucket(at, width)
+            if width == own_width and (not by_thread or isinstance(loop, std_loop)):
+                high = wheel._last_end
+                cache[0] = (wheel, loop, bucket, wheel._last_start, high, high - margin)
+            return wheel, loop, bucket
 
         # The task itself goes into a bucket of the loop's timer wheel under a fresh id;
         # the wheel cancels it when the bucket comes due and notes the id in wheel.fired.
         async def timeout_link(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             start = now()
             at = start + seconds
-            width = own_width
             outer = var.get()
             if outer is not None and outer < at:
                 if outer <= start:
                     raise _expired(name)
                 at = outer
-                width = tick_width(at - start)
-            loop = running_loop()
+                wheel, loop, bucket = locate(at, tick_width(at - start))
+            else:
+                cached = cache[0]
+                if cached is None:
+                    wheel, loop, bucket = locate(at, own_width)
+                else:
+                    wheel, loop, bucket, low, high, safe = cached
+                    if not (
+                        low < at <= high
+                        and start < safe  # so the bucket has not fired
+                        and (
+                            loop._thread_id == get_ident()  # type: ignore[attr-defined]
+                            if by_thread
+                            else loop is running_loop()
+                        )
+                    ):
+                        wheel, loop, bucket = locate(at, own_width)
             task = task_of(loop)
             if task is None:  # pragma: no cover - acall always runs inside a task
                 return await inner(fn, args, kwargs)
-            wheel = _clock._last_wheel
-            if wheel is None or wheel.loop is not loop:
-                wheel = wheel_for(loop)
             cancelling = task.cancelling()
             ident = next_id()
-            bucket: dict[int, Any]
-            if wheel._last_start < at <= wheel._last_end and width == wheel._last_width:
-                bucket = wheel._last  # type: ignore[assignment] # bucket(), inlined: its cache
-            else:
-                bucket = wheel.bucket(at, width)
             bucket[ident] = task
             token = var.set(at)
             try:
