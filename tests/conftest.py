@@ -6,7 +6,11 @@ fail loudly when they do not answer: they never skip.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +25,33 @@ REDIS_URL = os.environ.get("BUTTRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 POSTGRES_URL = os.environ.get(
     "BUTTRESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (servers started by tests listen on loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def captured_logs(*, json: bool) -> Iterator[io.StringIO]:
+    """buttress's logging (access lines, errors) configured into a buffer, then put back."""
+    import structlog
+
+    from buttress.asgi import _logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sink, as_json = _logging._access_sink, _logging._access_json
+    _logging.configure_logging(json=json, stream=stream)
+    try:
+        yield stream
+    finally:
+        structlog.reset_defaults()
+        root.handlers, root.level = handlers, level
+        _logging._access_sink, _logging._access_json = sink, as_json
 
 
 @pytest.fixture

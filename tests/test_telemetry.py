@@ -15,7 +15,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from buttress import Backoff, CircuitBreaker, Pipeline, Retry
-from buttress.asgi import HardenSettings, _logging, configure_logging, harden
+from buttress.asgi import HardenSettings, harden
 from buttress.asgi._logging import format_traceback
 from buttress.errors import ErrorCode
 from buttress.telemetry import (
@@ -30,6 +30,7 @@ from buttress.telemetry import (
     remove_hook,
 )
 from buttress.testing import FakeClock
+from tests.conftest import captured_logs
 
 
 def test_events_are_frozen_and_serialisable() -> None:
@@ -220,17 +221,8 @@ def _deep_stack(layers: int = 60) -> Any:
 
 @pytest.fixture
 def console_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sink, as_json = _logging._access_sink, _logging._access_json
-    configure_logging(json=False, stream=stream)
-    try:
+    with captured_logs(json=False) as stream:
         yield stream
-    finally:
-        structlog.reset_defaults()
-        root.handlers, root.level = handlers, level
-        _logging._access_sink, _logging._access_json = sink, as_json
 
 
 async def test_console_traceback_has_no_locals_is_bounded_and_fast(

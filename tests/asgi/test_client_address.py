@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,14 +27,13 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from buttress.asgi import HardenSettings, _context, _logging, harden
+from buttress.asgi import HardenSettings, _context, harden
 from buttress.asgi._context import (
     UNKNOWN_CLIENT,
     client_address,
@@ -43,9 +41,9 @@ from buttress.asgi._context import (
     resolve_client,
     trusted_networks,
 )
-from buttress.asgi._logging import configure_logging
 from buttress.asgi.keys import client_ip
 from buttress.cli import demo_server_options
+from tests.conftest import captured_logs, free_port
 
 BUDGET = 5  # per-ip=5/hour: no refill while a test runs
 LONG = "9" * 3000
@@ -60,12 +58,6 @@ FORGED = [
     {"x-real-ip": "198.51.100.5"},
 ]
 REWRITE_ERROR = "the server rewrote the client address"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _app(trusted: tuple[str, ...] = ()) -> Any:
@@ -106,12 +98,12 @@ def serve(app: Any, **options: Any) -> Iterator[str]:
 
 def demo_server(app: Any) -> contextlib.AbstractContextManager[str]:
     """Exactly the options ``buttress demo`` runs uvicorn with."""
-    return serve(app, **demo_server_options("127.0.0.1", _free_port()))
+    return serve(app, **demo_server_options("127.0.0.1", free_port()))
 
 
 def default_server(app: Any) -> contextlib.AbstractContextManager[str]:
     """uvicorn's defaults (proxy_headers=True, forwarded_allow_ips 127.0.0.1 and ::1)."""
-    return serve(app, host="127.0.0.1", port=_free_port(), log_level="warning")
+    return serve(app, host="127.0.0.1", port=free_port(), log_level="warning")
 
 
 @pytest.fixture(autouse=True)
@@ -124,17 +116,8 @@ def _uvicorn_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """JSON logs (access lines and errors) into a buffer; the once-per-process error reset."""
     monkeypatch.setattr(_context, "_rewrite_reported", False)
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sink, as_json = _logging._access_sink, _logging._access_json
-    configure_logging(json=True, stream=stream)
-    try:
+    with captured_logs(json=True) as stream:
         yield stream
-    finally:
-        structlog.reset_defaults()
-        root.handlers, root.level = handlers, level
-        _logging._access_sink, _logging._access_json = sink, as_json
 
 
 def records(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,21 +27,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.process
 
 KEYS = 15  # keys per store; each gets its deadline from a spread of 1 to 30 ms
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def demo(workers: int, store_url: str, tmp: Path) -> Iterator[str]:
     """``buttress demo`` on a free loopback port; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     errors = tmp / "demo.err"
     with errors.open("wb") as err:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter

@@ -8,7 +8,6 @@ with bounded examples and must never answer 5xx.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,20 +28,16 @@ import httpx
 import pytest
 import redis
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
 def fleet(store_url: str, log: Path, workers: int = 4, **env: str) -> Iterator[str]:
     """uvicorn with ``workers`` processes serving tests/asgi/_fleet_app.py; yields its URL."""
-    port = _free_port()
+    port = free_port()
     errors = log.with_suffix(".err")
     err_file = errors.open("wb")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter
@@ -214,7 +209,7 @@ def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_redis_down_mid_load_fails_open_and_recovers(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with private_redis(port) as first, fleet(url, tmp_path / "runs.log", workers=1) as base:
         before = asyncio.run(_send(base, "GET", "/limited", 40, 4))

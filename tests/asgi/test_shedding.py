@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -57,6 +56,7 @@ from buttress.asgi._concurrency import (
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.errors import ConfigurationError, DeadlineExceeded
 from buttress.testing import FakeClock
+from tests.conftest import free_port
 
 PROBLEM_TYPE = "https://buttress.dev/problems/temporary-reduced-capacity"
 
@@ -1078,12 +1078,6 @@ SERVER_APP = textwrap.dedent(
     )
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

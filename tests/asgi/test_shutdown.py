@@ -33,6 +33,7 @@ from buttress.asgi import ErrorMiddleware, GracefulShutdown, RequestContextMiddl
 from buttress.asgi._runner import Runner
 from buttress.errors import ConfigurationError
 from buttress.testing import FakeClock
+from tests.conftest import free_port
 
 APP_DIR = Path(__file__).parent
 
@@ -567,12 +568,6 @@ async def test_sync_hook_returning_an_awaitable_is_awaited(clock: FakeClock) -> 
 
 
 # --------------------------------------------------------------------------- real servers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     """A server process running _shutdown_app, its event log and its output."""
 
