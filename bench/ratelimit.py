@@ -10,10 +10,11 @@ Scenarios (fresh limiter state for every measurement, as in the shared peer harn
 Admit counts are checked (all / none) or the run fails.
 
 Groups, each with its own no-op floor measured in the same run:
-  memory-sync   no-op decide() | buttress RateLimiter.allow | limits MemoryStorage
-                FixedWindow / MovingWindow / SlidingWindowCounter (hit) | pyrate-limiter
-  memory-async  no-op coroutine | buttress allow() in a coroutine | aiolimiter |
-                limits.aio MemoryStorage x 3
+  memory-sync   no-op decide() | buttress RateLimiter.allow, MemoryStore.acquire (the
+                store under RateLimitMiddleware) | limits MemoryStorage FixedWindow /
+                MovingWindow / SlidingWindowCounter (hit) | pyrate-limiter
+  memory-async  no-op coroutine | buttress allow() in a coroutine, MemoryStore.aacquire |
+                aiolimiter | limits.aio MemoryStorage x 3
 
 Peers are configured exactly as in the harness: limits ``strategies.<X>RateLimiter(
 MemoryStorage()).hit(RateLimitItemPerHour(n), prefix, key)``; aiolimiter
@@ -46,6 +47,9 @@ import limits.strategies
 from aiolimiter import AsyncLimiter
 from limits import RateLimitItemPerHour
 from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate, StateBucket, TokenBucket
+
+from buttress.stores import MemoryStore, RateRequest
+from buttress.stores import Rate as StoreRate
 
 DISTS = ["buttress", "limits", "aiolimiter", "pyrate-limiter"]
 ALLOW_KEYS = 1000
@@ -92,6 +96,48 @@ def m_bare(scenario, ctx):
     def decide(key):
         return ok
 
+    return decide, None
+
+
+def _memory_store(scenario):
+    """A `MemoryStore` and ``requests(key)``: the one-element request list of each key, made
+    once and reused, as `RateLimitMiddleware` keeps them."""
+    store = MemoryStore()
+    rate = StoreRate(PER_KEY_LIMIT if scenario == "allow" else DENY_LIMIT, 3600.0)
+    kept: dict[str, list[RateRequest]] = {}
+
+    def requests(key):
+        found = kept.get(key)
+        if found is None:
+            found = kept[key] = [RateRequest(key, rate)]
+        return found
+
+    return store, requests
+
+
+def m_store(scenario, ctx):
+    """`MemoryStore.acquire([request])[0].allowed`: the store under `RateLimitMiddleware`."""
+    store, requests = _memory_store(scenario)
+    acquire = store.acquire
+
+    def decide(key):
+        return acquire(requests(key))[0].allowed
+
+    if scenario == "deny":
+        _exhaust_sync(decide, ctx.deny_key)
+    return decide, None
+
+
+async def ma_store(scenario, ctx):
+    """`(await MemoryStore.aacquire([request]))[0].allowed`."""
+    store, requests = _memory_store(scenario)
+    aacquire = store.aacquire
+
+    async def decide(key):
+        return (await aacquire(requests(key)))[0].allowed
+
+    if scenario == "deny":
+        await _exhaust_async(decide, ctx.deny_key)
     return decide, None
 
 
@@ -187,6 +233,8 @@ FLOOR_ASYNC = "no-op coroutine [floor]"
 LIMITS_FW = "limits MemoryStorage FixedWindow"
 LIMITS_AIO_FW = "limits.aio MemoryStorage FixedWindow"
 AIOLIMITER = "aiolimiter AsyncLimiter"
+STORE_SYNC = "buttress MemoryStore.acquire (GCRA)"
+STORE_ASYNC = "buttress MemoryStore.aacquire (GCRA)"
 STRATS = [
     ("FixedWindow", "FixedWindowRateLimiter"),
     ("MovingWindow", "MovingWindowRateLimiter"),
@@ -197,6 +245,7 @@ STRATS = [
 def all_cases() -> list[Case]:
     cs = [Case(FLOOR_SYNC, "memory-sync", "-", m_bare, floor=True)]
     cs += [Case(n, g, "buttress", m, note) for n, g, m, note in bc.RATELIMIT if g == "memory-sync"]
+    cs.append(Case(STORE_SYNC, "memory-sync", "buttress", m_store, "per key, 1,000 keys; extra"))
     cs += [
         Case(f"limits MemoryStorage {lbl}", "memory-sync", "limits", _limits_sync(cls))
         for lbl, cls in STRATS
@@ -219,6 +268,7 @@ def all_cases() -> list[Case]:
         Case(FLOOR_ASYNC, "memory-async", "-", ma_bare, floor=True),
     ]
     cs += [Case(n, g, "buttress", m, note) for n, g, m, note in bc.RATELIMIT if g == "memory-async"]
+    cs.append(Case(STORE_ASYNC, "memory-async", "buttress", ma_store, "per key, 1,000 keys; extra"))
     cs.append(
         Case(
             AIOLIMITER,

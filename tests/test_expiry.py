@@ -143,6 +143,22 @@ def test_clear_iteration_and_repr() -> None:
     assert (len(t), t.nbytes, list(t)) == (0, 0, [])
 
 
+def test_expiry_after_clear_and_after_the_top_changes() -> None:
+    """The time of the heap's top is remembered per top entry: it follows every change."""
+    t = table(max_keys=2)
+    t.put("a", 10.0, 0.0)
+    t.put("b", 20.0, 0.0)
+    assert t.put("c", 30.0, 5.0) == 5.0  # the top ("a", 10) looked at: 5 s to go
+    t.clear()
+    t.put("x", 100.0, 50.0)
+    t.put("y", 200.0, 50.0)
+    assert t.put("z", 300.0, 60.0) == 40.0  # the new top ("x", 100), not the old one
+    t.update("x", 150.0)  # the top goes stale: re-pushed at 150 when it comes up
+    assert t.put("z", 300.0, 120.0) == 30.0
+    assert t.put("z", 300.0, 150.0) == 0.0
+    assert (t.get("x"), t.get("y"), t.get("z")) == (None, 200.0, 300.0)
+
+
 def test_large_tables_are_sharded() -> None:
     t = table(max_keys=1_000_000)
     assert len(t.shards) * SHARD_KEYS >= 1_000_000 > len(t.shards) * SHARD_KEYS // 2

@@ -38,7 +38,7 @@ import math
 import struct
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from heapq import heappop, heappush, heapreplace
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = ["ENTRY_BYTES", "ExpiryTable"]
 
@@ -62,20 +62,24 @@ BUSY_WAIT: Final = 0.001
 MAX_KEYS: Final = (1 << 32) - 1
 
 _SLOT: Final = (1 << 32) - 1
+_ABSENT: Final = object()
 _SIGN: Final = 1 << 63
 _ALL: Final = (1 << 64) - 1
-_DOUBLE: Final = struct.Struct(">d")
+_pack_double = struct.Struct(">d").pack
+_unpack_double = struct.Struct(">d").unpack
+_pack_bits = struct.Struct(">Q").pack
+_unpack_bits = struct.Struct(">Q").unpack
 
 
 def order(x: float) -> int:
     """An unsigned 64-bit int that sorts like the float ``x`` (not NaN)."""
-    bits = int.from_bytes(_DOUBLE.pack(x), "big")
+    bits: int = _unpack_bits(_pack_double(x))[0]
     return bits ^ _ALL if bits & _SIGN else bits | _SIGN
 
 
 def unorder(n: int) -> float:
     """The float ``x`` of ``order(x)``."""
-    x: float = _DOUBLE.unpack((n ^ _SIGN if n & _SIGN else n ^ _ALL).to_bytes(8, "big"))[0]
+    x: float = _unpack_double(_pack_bits(n ^ _SIGN if n & _SIGN else n ^ _ALL))[0]
     return x
 
 
@@ -116,6 +120,8 @@ class ExpiryTable(Generic[K, V]):
         "_held",
         "_ids",
         "_size",
+        "_top",
+        "_top_at",
         "mask",
         "max_bytes",
         "max_keys",
@@ -156,6 +162,10 @@ class ExpiryTable(Generic[K, V]):
         self._heap: list[int] = []  # order(scheduled expiry) << 32 | slot
         self._free: list[int] = []  # slot numbers to reuse (below len(heap) + len(free))
         self.nbytes = 0
+        # the heap's top entry when last looked at, and its time: `_expire` skips the
+        # conversion while the top stays the same (the common case: nothing is due)
+        self._top: int | None = None
+        self._top_at = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -208,11 +218,14 @@ class ExpiryTable(Generic[K, V]):
         nbytes = self._size(key, value)
         self._expire(now)
         held = self._held[i]
-        kept = held.get(key)
-        wait = self._fit(1 if kept is None else 0, nbytes - (kept or 0), now)
-        if wait:
-            return wait
-        kept = held.pop(key, None)  # `_fit` may have freed that slot meanwhile
+        kept = held.get(key) if held else None
+        if kept is not None or (
+            len(self._heap) >= self.max_keys or self.nbytes + nbytes > self.max_bytes
+        ):  # else there is room: `_fit` would answer 0.0 at once
+            wait = self._fit(1 if kept is None else 0, nbytes - (kept or 0), now)
+            if wait:
+                return wait
+            kept = held.pop(key, None)  # `_fit` may have freed that slot meanwhile
         shard[key] = value
         if kept is None:
             free = self._free
@@ -258,13 +271,19 @@ class ExpiryTable(Generic[K, V]):
         self._heap.clear()
         self._free.clear()
         self.nbytes = 0
+        self._top = None
 
     # ------------------------------------------------------------ expiry
     def _expire(self, now: float) -> None:
         heap = self._heap
-        due = order(now) << 32 | _SLOT  # every entry at or before now sorts below this
         for _ in range(EXPIRE_STEP):
-            if not heap or heap[0] > due:
+            if not heap:
+                return
+            top = heap[0]
+            if top is not self._top:  # (ints are compared by identity: the top moved)
+                self._top = top
+                self._top_at = unorder(top >> 32)
+            if self._top_at > now:
                 return
             self._step(now)
 
@@ -289,13 +308,14 @@ class ExpiryTable(Generic[K, V]):
         """Settle the top heap entry: 0.0 when it was dropped or re-pushed, else the wait."""
         heap = self._heap
         entry = heap[0]
-        at = unorder(entry >> 32)
+        at = self._top_at if entry is self._top else unorder(entry >> 32)
         slot = entry & _SLOT
         ids = self._ids[slot & self.mask]
         key = ids[slot]
         i = hash(key) & self.mask
         shard = self.shards[i]
-        if key not in shard:  # deleted: its slot comes back at its scheduled time
+        value: Any = shard.get(key, _ABSENT)
+        if value is _ABSENT:  # deleted: its slot comes back at its scheduled time
             if at > now:
                 return at - now
             heappop(heap)
@@ -303,7 +323,6 @@ class ExpiryTable(Generic[K, V]):
             self._free.append(slot)
             self.nbytes -= self._held[i].pop(key)
             return 0.0
-        value = shard[key]
         expiry = self._expiry(value)
         if expiry <= now and at <= now:  # expired: as good as absent
             heappop(heap)

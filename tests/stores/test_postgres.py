@@ -19,8 +19,7 @@ import pytest
 
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores import MemoryStore, Rate, RateRequest, store_key
-from buttress.stores._postgres import PostgresStore
-from buttress.stores._sql import SCHEMA_VERSION
+from buttress.stores._postgres import SCHEMA_VERSION, PostgresStore
 from buttress.testing import FakeClock
 
 pytestmark = pytest.mark.postgres
@@ -121,6 +120,33 @@ async def test_a_newer_schema_is_refused(make: Factory, schema: str, postgres_ur
         newcomer.acquire(one("k"))
     with pytest.raises(BackendError, match="newer than this buttress knows"):
         await newcomer.abegin("k", "fp", 10.0)
+
+
+def test_a_version_1_schema_is_upgraded(make: Factory, schema: str, postgres_url: str) -> None:
+    """Version 2 replaced the multi-key function (the tolerance of `buttress._gcra`)."""
+    make(schema=schema).acquire(one("k"))
+    query(postgres_url, f"UPDATE {schema}.buttress_schema SET version = 1")
+    query(  # a stand-in for the version 1 function
+        postgres_url,
+        f"CREATE OR REPLACE FUNCTION {schema}.buttress_acquire(p_keys text[], "
+        "p_intervals float8[], p_bursts integer[], p_costs integer[], p_now float8, "
+        "OUT o_now float8, OUT o_tats float8[]) LANGUAGE sql AS $$ SELECT 0::float8, "
+        "'{}'::float8[] $$",
+    )
+    clock = FakeClock(1000.0)
+    store = make(schema=schema, clock=clock)
+    both = [RateRequest("a", Rate(1, 60.0)), RateRequest("b", Rate(1, 60.0))]
+    assert [d.allowed for d in store.acquire(both)] == [True, True]
+    assert [d.allowed for d in store.acquire(both)] == [False, False]
+    versions = query(postgres_url, f"SELECT version FROM {schema}.buttress_schema ORDER BY 1")
+    assert versions == [(1,), (SCHEMA_VERSION,)]
+    [(source,)] = query(
+        postgres_url,
+        "SELECT prosrc FROM pg_proc WHERE proname = 'buttress_acquire' "
+        "AND pronamespace = %s::regnamespace",
+        schema,
+    )
+    assert "1.0000000000000018" in str(source)
 
 
 # ---------------------------------------------------------------- sweeps

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import random
+import re
 import socket
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from importlib.resources import files
 from typing import Any
 
 import pytest
@@ -114,8 +117,7 @@ async def test_more_callers_than_connections_wait(make: Callable[..., RedisStore
         return sum([(await store.aacquire([RateRequest("k", rate)]))[0].allowed for _ in range(5)])
 
     assert sum(await asyncio.gather(*(caller() for _ in range(16)))) == 80
-    pool = store._acurrent[1].connection_pool
-    assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
+    assert len(store._acurrent[1]) <= 2  # connections made by the loop's client
     await store.aclose()
 
 
@@ -134,6 +136,40 @@ def test_more_threads_than_connections_wait(make: Callable[..., RedisStore]) -> 
     for t in threads:
         t.join()
     assert sum(admitted) == 40
+    assert store._client is not None
+    assert len(store._client) <= 2  # connections made
+
+
+def test_a_forked_child_opens_its_own_connections(make: Callable[..., RedisStore]) -> None:
+    """The parent's socket is never used by the child (nor closed under the parent)."""
+    store = make(clock=FakeClock(1000.0))
+    rate = Rate(10, 60.0)
+    assert store.acquire([RateRequest("k", rate)])[0].remaining == 9
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection, the same server state
+        code = 0 if store.acquire([RateRequest("k", rate)])[0].remaining == 8 else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.acquire([RateRequest("k", rate)])[0].remaining == 7  # still connected
+
+
+def test_redis_py_is_used_through_its_public_api() -> None:
+    """No reach into redis-py's or asyncio's private attributes (issue 9)."""
+    sources = files("buttress.stores")
+    for name in ("_redis.py", "_redis_client.py"):
+        text = (sources / name).read_text(encoding="utf-8")
+        found = re.findall(r"(?:connection|conn|pool|transport|writer)\._[a-z]\w*", text)
+        assert found == [], (name, found)
+        for private in (
+            "_available_connections",
+            "_in_use_connections",
+            "_writer",
+            "_call_connection_lost",
+            "_re_auth_token",
+            "_should_reconnect",
+        ):
+            assert private not in text, (name, private)
 
 
 # ---------------------------------------------------------------- NOSCRIPT

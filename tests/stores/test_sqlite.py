@@ -16,8 +16,7 @@ import pytest
 
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores import Rate, RateRequest, open_store
-from buttress.stores._sql import SCHEMA_VERSION
-from buttress.stores._sqlite import SQLiteStore
+from buttress.stores._sqlite import SCHEMA_VERSION, SQLiteStore
 from buttress.testing import FakeClock
 
 Factory = Callable[..., SQLiteStore]

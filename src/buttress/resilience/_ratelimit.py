@@ -1,12 +1,10 @@
 """`RateLimiter`: GCRA (the generic cell rate algorithm), in memory, per key, with burst.
 
-GCRA keeps one number per key, the theoretical arrival time (TAT). With emission interval
-``T = per / rate`` and burst ``B``, a request of cost ``n`` at time ``now`` is admitted when
-``max(TAT, now) + n*T - B*T <= now``, and then ``TAT = max(TAT, now) + n*T``. In any interval
-of length ``t`` at most ``B + t / T`` requests are admitted, the answer needs no timer,
-and ``Retry-After`` is exact: the state only moves forward, so a denied key stays denied
-until exactly ``retry_after`` has passed. The shared stores run the same algorithm (in Redis,
-as one Lua script).
+GCRA keeps one number per key, the theoretical arrival time (TAT); the algorithm, its
+tolerance and its value types live in `buttress._gcra`, shared with every store. In any
+interval of length ``t`` at most ``burst + t * rate / per`` requests are admitted, the
+answer needs no timer, and ``Retry-After`` is exact: the state only moves forward, so a
+denied key stays denied until exactly ``retry_after`` has passed.
 
 Keys live in a bounded `buttress._expiry.ExpiryTable`: a key whose TAT has passed is the
 same as a fresh key and may be dropped, a key whose TAT is ahead is never dropped, and a new
@@ -20,11 +18,11 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress._expiry import ENTRY_BYTES, MAX_KEYS, ExpiryTable
+from buttress._gcra import EPSILON, SCALE, RateDecision, decide
 from buttress.errors import ConfigurationError, RateLimited
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
@@ -40,41 +38,10 @@ from buttress.telemetry import CallRejectedEvent
 
 __all__ = ["RateDecision", "RateLimiter"]
 
-# Floating-point slack: sums of emission intervals differ from their products by a few ulps,
-# and an ulp of a monotonic reading grows with uptime (1e-9 s at ~48 days). The slack is a
-# nanosecond plus a few ulps of ``now``: far below any clock's resolution, and it keeps
-# "exactly on time" requests admitted at any uptime.
-_EPSILON = 1e-9
-_ULPS = 8 * 2.0**-52
-_SCALE = 1.0 + _ULPS  # now * _SCALE + _EPSILON == now + _slack(now)
-
-
-def _slack(now: float) -> float:
-    return now * _ULPS + _EPSILON
-
 
 def _entry_size(key: Hashable, tat: float) -> int:
     """Bytes one key holds: its (shallow) size plus a slot of the table."""
     return ENTRY_BYTES + sys.getsizeof(key)
-
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    """The full answer of a limiter, for response headers.
-
-    Attributes:
-        allowed: whether the request was admitted (and counted).
-        limit: the burst size ``B``.
-        remaining: requests that could still be admitted right now.
-        retry_after: seconds until this request could be admitted (0 when allowed).
-        reset_after: seconds until the key is back to a full burst.
-    """
-
-    allowed: bool
-    limit: int
-    remaining: int
-    retry_after: float
-    reset_after: float
 
 
 class RateLimiter(Policy):
@@ -158,7 +125,7 @@ class RateLimiter(Policy):
         self.clock = clock
         self._interval = self.per / self.rate
         self._tau = self._interval * self.burst
-        self._offset = self._tau + _EPSILON
+        self._offset = self._tau + EPSILON  # the admission test of `buttress._gcra`
         self._now = clock.now
         self._lock = threading.Lock()
         self._tats: ExpiryTable[Hashable, float] = ExpiryTable(
@@ -187,7 +154,7 @@ class RateLimiter(Policy):
             return math.inf  # larger than the burst: can never be admitted
         increment = self._interval * cost
         shard = self._shards[hash(key) & self._mask]  # the dict holding key (see ExpiryTable)
-        limit = now * _SCALE + self._offset  # now + slack(now) + tau
+        limit = now * SCALE + self._offset  # `buttress._gcra`: admitted iff TAT <= limit
         # A key's TAT only moves forward, so a denial read without the lock is as exact as
         # one read with it: an over-limit key costs no lock at all (cheaper under abuse).
         tat = shard.get(key)
@@ -222,7 +189,7 @@ class RateLimiter(Policy):
         else:
             increment = self._interval * cost
         shard = self._shards[hash(key) & self._mask]
-        limit = now * _SCALE + self._offset  # now + slack(now) + tau
+        limit = now * SCALE + self._offset  # `buttress._gcra`: admitted iff TAT <= limit
         tat = shard.get(key)
         if tat is not None and tat + increment > limit and tat > now:
             return False
@@ -250,29 +217,17 @@ class RateLimiter(Policy):
             )
         if now is None:
             now = self.clock.now()
-        interval = self._interval
         with self._lock:
             old = self._get(key)
-            tat = now if old is None or old < now else old
-            new_tat = tat + interval * cost
-            allow_at = new_tat - self._tau
-            allowed = allow_at <= now + _slack(now)
-            if allowed and old is None:
-                wait = self._put(key, new_tat, now)
-                if wait:  # no room for a new key: denied until the earliest one expires
-                    return RateDecision(False, self.burst, 0, wait, 0.0)
-                tat = new_tat
-            elif allowed:
-                self._tats.update(key, new_tat)
-                tat = new_tat
-        remaining = max(0, math.floor((self._tau - (tat - now) + _slack(now)) / interval))
-        return RateDecision(
-            allowed=allowed,
-            limit=self.burst,
-            remaining=remaining,
-            retry_after=0.0 if allowed else allow_at - now,
-            reset_after=max(tat - now, 0.0),
-        )
+            decision, new_tat = decide(old, now, self._interval, self._tau, self.burst, cost)
+            if new_tat is not None:
+                if old is None:
+                    wait = self._put(key, new_tat, now)
+                    if wait:  # no room for a new key: denied until the earliest one expires
+                        return RateDecision(False, self.burst, 0, wait, 0.0)
+                else:
+                    self._tats.update(key, new_tat)
+        return decision
 
     def reserve(self, key: Hashable = None, cost: int = 1, max_wait: float = 0.0) -> float | None:
         """Reserve a slot up to ``max_wait`` ahead: the wait (0 = now), or None when too far.

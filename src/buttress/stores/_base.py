@@ -3,25 +3,23 @@
 A store is written once. Each operation is a *command* built by pure code (a Lua script and
 its arguments, an SQL statement and its parameters, or a function over an in-process
 table) plus one tiny driver per flavour that sends it (``_run`` for sync, ``_arun`` for
-async). No I/O code exists twice, and the decision logic of the embedded stores (memory,
-SQLite) is the pure functions in this module, the same GCRA that
-`buttress.resilience.RateLimiter` runs.
+async). No I/O code exists twice. Rate limits are GCRA, from `buttress._gcra` (the same
+arithmetic `buttress.resilience.RateLimiter` runs): `Rate`, `RateRequest`, `RateDecision`
+and `gcra` are re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import math
-import re
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from buttress.errors import BackendError, ButtressError, ConfigurationError
-from buttress.resilience._ratelimit import RateDecision
+from buttress._gcra import Rate, RateDecision, RateRequest, gcra
+from buttress.errors import BackendError, ButtressError
 
 if TYPE_CHECKING:
     from buttress._clock import Clock
@@ -42,158 +40,6 @@ __all__ = [
     "gcra",
     "store_key",
 ]
-
-# Slack for "exactly on time" requests: float sums of intervals differ from products by ulps.
-_EPSILON = 1e-6
-
-_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-    "days": 86400.0,
-}
-_RATE_RE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A GCRA limit: ``limit`` requests per ``period`` seconds, bursts of up to ``burst``.
-
-    ``burst`` defaults to ``limit`` (a fresh key may spend its whole quota at once, like a
-    fixed window, but it refills smoothly instead of all at the window's end). Use
-    `Rate.parse` for the string form.
-
-    Example::
-
-        Rate(100, 60.0)                 # 100 per minute
-        Rate.parse("10/second;burst=20")
-        Rate.parse("1000/day")
-    """
-
-    limit: int
-    period: float
-    burst: int = 0  # 0: same as limit
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 1:
-            raise ConfigurationError(f"Rate.limit must be an integer >= 1, got {self.limit!r}")
-        if not isinstance(self.period, int | float) or not 0 < self.period < math.inf:
-            raise ConfigurationError(
-                f"Rate.period must be a finite number of seconds > 0, got {self.period!r}"
-            )
-        if not isinstance(self.burst, int) or isinstance(self.burst, bool) or self.burst < 0:
-            raise ConfigurationError(
-                f"Rate.burst must be an integer >= 1 (0: the same as limit), got {self.burst!r}"
-            )
-        if self.burst == 0:
-            object.__setattr__(self, "burst", self.limit)
-        object.__setattr__(self, "period", float(self.period))
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two requests at the sustained rate (GCRA's emission interval)."""
-        return self.period / self.limit
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """Parse ``"N/unit"``, ``"N/K unit"`` or ``"N per unit"``, with ``";burst=B"``.
-
-        Units: s, second, m, minute, h, hour, d, day (and plurals).
-
-        Example::
-
-            Rate.parse("100/minute") == Rate(100, 60.0)
-            Rate.parse("5/10s;burst=1") == Rate(5, 10.0, burst=1)
-        """
-        main, _, extra = str(text).partition(";")
-        match = _RATE_RE.match(main)
-        unit = _UNITS.get(match.group(3).lower()) if match else None
-        if match is None or unit is None:
-            raise ConfigurationError(
-                f"rate {text!r}: expected 'N/unit' such as '10/second', '100/minute', "
-                "'5/10s' or '1000/day', optionally followed by ';burst=B'"
-            )
-        burst = 0
-        if extra:
-            name, _, value = extra.partition("=")
-            if name.strip().lower() != "burst" or not value.strip().isdigit():
-                raise ConfigurationError(f"rate {text!r}: the only option is ';burst=<integer>'")
-            burst = int(value)
-        period = float(match.group(2) or 1) * unit
-        return cls(int(match.group(1)), period, burst)
-
-    def __str__(self) -> str:
-        burst = "" if self.burst == self.limit else f";burst={self.burst}"
-        return f"{self.limit}/{self.period:g}s{burst}"
-
-
-@dataclass(frozen=True, slots=True)
-class RateRequest:
-    """One limit to check for one request: the key, its `Rate`, and the cost (default 1)."""
-
-    key: str
-    rate: Rate
-    cost: int = 1
-
-
-def gcra(
-    tats: Sequence[float | None], now: float, requests: Sequence[RateRequest]
-) -> tuple[list[RateDecision], list[float] | None]:
-    """Decide several limits at once, all or nothing: the decisions and the new TATs.
-
-    ``tats[i]`` is the stored theoretical arrival time of ``requests[i].key`` (None when
-    absent). The new TATs are returned only when every limit admits the request; when any
-    denies, nothing is consumed (a request refused by the daily quota does not spend the
-    per-second burst). The Redis script and the PostgreSQL function are this function.
-    """
-    decisions: list[RateDecision] = []
-    new: list[float] = []
-    allowed_all = True
-    for stored, req in zip(tats, requests, strict=True):
-        interval = req.rate.interval
-        tau = interval * req.rate.burst
-        tat = now if stored is None or stored < now else stored
-        new_tat = tat + interval * req.cost
-        allow_at = new_tat - tau
-        allowed = allow_at <= now + _EPSILON
-        after = new_tat if allowed else tat
-        remaining = max(0, math.floor((tau - (after - now) + _EPSILON) / interval))
-        decisions.append(
-            RateDecision(
-                allowed=allowed,
-                limit=req.rate.burst,
-                remaining=remaining,
-                retry_after=0.0 if allowed else allow_at - now,
-                reset_after=max(after - now, 0.0),
-            )
-        )
-        new.append(new_tat)
-        allowed_all = allowed_all and allowed
-    if allowed_all:
-        return decisions, new
-    # nothing consumed: report the allowed ones as they stand before this request
-    return [
-        d
-        if not d.allowed
-        else RateDecision(
-            allowed=False,
-            limit=d.limit,
-            remaining=min(d.limit, d.remaining + r.cost),
-            retry_after=0.0,
-            reset_after=max(0.0, d.reset_after - r.rate.interval * r.cost),
-        )
-        for d, r in zip(decisions, requests, strict=True)
-    ], None
 
 
 # ---------------------------------------------------------------- idempotency

@@ -15,8 +15,9 @@ only spend more), and the measured offset includes the request's latency, so the
 server time is never behind the real one. With a shared fake clock (tests) the offset is
 exactly 0 and the local answers equal the store's, number for number.
 
-Store-agnostic: it knows `RateRequest`, `RateDecision` and `gcra`, nothing about Redis or
-SQL; a store only has to return the TATs it read and its own time.
+Store-agnostic: it runs `buttress._gcra` (`decide` for one key, `gcra` for several),
+knows nothing about Redis or SQL; a store only has to return the TATs it read and its own
+time.
 
 Bounded in entries and bytes with least-recently-recorded eviction, O(1) per entry (an
 `OrderedDict` per shard, as in `buttress._expiry`, so no dict rebuild copies more than ~16k
@@ -42,12 +43,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from buttress._expiry import SHARD_KEYS
+from buttress._gcra import RateDecision, RateRequest, decide, gcra
 from buttress.errors import ConfigurationError
-from buttress.stores._base import RateDecision, RateRequest, gcra
 
 __all__ = ["LocalDenials"]
 
-_EPSILON = 1e-6  # as in `gcra`
 # Bytes one entry costs besides its key: an OrderedDict entry and its (TAT, offset) tuple
 # (tracemalloc, CPython 3.11, 64-bit).
 _ENTRY_BYTES = 200
@@ -55,23 +55,6 @@ _ENTRY_BYTES = 200
 
 def _entry_size(key: str) -> int:
     return _ENTRY_BYTES + sys.getsizeof(key)
-
-
-def _deny_one(stored: float, now: float, req: RateRequest) -> list[RateDecision] | None:
-    """`gcra([stored], now, [req])` when it denies, else None: its arithmetic, inlined.
-
-    The hot path of an over-limit client (no lists, no all-or-nothing pass); the tests pin
-    it to `gcra` number for number.
-    """
-    rate = req.rate
-    interval = rate.period / rate.limit
-    tau = interval * rate.burst
-    tat = now if stored < now else stored  # noqa: FURB136 - as in gcra, without a call
-    allow_at = tat + interval * req.cost - tau
-    if allow_at <= now + _EPSILON:
-        return None
-    remaining = max(0, math.floor((tau - (tat - now) + _EPSILON) / interval))
-    return [RateDecision(False, rate.burst, remaining, allow_at - now, max(tat - now, 0.0))]
 
 
 class LocalDenials:
@@ -143,7 +126,11 @@ class LocalDenials:
             entry = shards[hash(req.key) & mask].get(req.key)
             if entry is None:
                 return None
-            return _deny_one(entry[0], now + entry[1], req)
+            rate = req.rate
+            interval = rate.period / rate.limit
+            tau = interval * rate.burst
+            decision, tat = decide(entry[0], now + entry[1], interval, tau, rate.burst, req.cost)
+            return None if tat is not None else [decision]
         tats = []
         offset = -math.inf
         for req in requests:

@@ -1,7 +1,8 @@
 """`PostgresStore`: every store capability on PostgreSQL, one statement per decision.
 
-Each operation is written once, as a script of `buttress.stores._sql` (SQL and parameters
-built by pure code); `PostgresStore._run` sends it on a psycopg `ConnectionPool`,
+Each operation is written once, as a script of `buttress.stores._sql` (the statements of
+``buttress/stores/sql/postgres.sql``, package data, and their parameters, built by pure
+code); `PostgresStore._run` sends it on a psycopg `ConnectionPool`,
 `PostgresStore._arun` on a small pool of `psycopg.AsyncConnection` per event loop
 (`_LoopPool`: no background tasks, so a loop can end without closing it; the pool of a
 previous loop is dropped and its sockets closed). Connections are in autocommit mode,
@@ -11,7 +12,7 @@ prepares a statement after its fifth use on a connection. Every call is bounded 
 errors become `BackendError`.
 
 Tables (in ``schema``, created on first use under ``pg_advisory_xact_lock`` and versioned
-in ``buttress_schema``; a newer version is refused):
+in ``buttress_schema``; an older version is upgraded, a newer one refused):
 
 * ``buttress_rate (key, tat, previous)`` - UNLOGGED. Limits are hot, tiny rows rewritten
   on every decision; an unlogged table writes no WAL for them (no WAL flush or
@@ -24,9 +25,10 @@ in ``buttress_schema``; a newer version is refused):
   reports expire within seconds and are republished.
 
 Rate limits: every decision returns its time and the TATs it found, from which `gcra`
-computes the decisions here (as the Redis store does; the server applies the same
-arithmetic to decide what to write). One key, the hot path, is one plain ``INSERT ... ON
-CONFLICT DO UPDATE ... RETURNING`` (no plpgsql call: half the latency); several keys call
+computes the decisions here (as the Redis store does; the server applies the admission
+test of `buttress._gcra`, operation for operation, to decide what to write). One key, the
+hot path, is one plain ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` (no plpgsql
+call: half the latency); several keys call
 the plpgsql ``buttress_acquire``, which locks their rows in key order with one ``INSERT ...
 ON CONFLICT DO UPDATE ... WHERE false`` (it creates missing rows and locks existing ones
 without writing them, so concurrent multi-key decisions queue in one order and cannot
@@ -65,6 +67,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from importlib.resources import files
 from typing import Any, TypeVar
 
 import psycopg
@@ -73,21 +76,18 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from buttress._clock import Clock
+from buttress._gcra import EPSILON, RateDecision, RateRequest, gcra
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores._base import (
     Begin,
     BeginOutcome,
     BreakerReport,
-    RateDecision,
-    RateRequest,
     StoredResponse,
     backend_errors,
-    gcra,
     store_key,
 )
 from buttress.stores._denials import LocalDenials
 from buttress.stores._sql import (
-    SCHEMA_VERSION,
     TABLES,
     Query,
     Rows,
@@ -111,94 +111,30 @@ _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NOW = "coalesce(%s::float8, extract(epoch FROM clock_timestamp())::float8)"
 
 
+#: The version of the tables and functions this code reads and writes. 2: the rate-limit
+#: function runs the admission test of `buttress._gcra` (one tolerance for every store).
+SCHEMA_VERSION = 2
+
+
+def _statements() -> dict[str, str]:
+    """The named statements of ``sql/postgres.sql`` (package data), ``@schema`` unfilled."""
+    text = (files("buttress.stores") / "sql" / "postgres.sql").read_text(encoding="utf-8")
+    statements: dict[str, str] = {}
+    for section in text.split("\n-- name: ")[1:]:
+        name, _, body = section.partition("\n")
+        lines = body.strip().splitlines()
+        while lines and lines[0].startswith("--"):  # the statement's own comment
+            del lines[0]
+        statements[name.strip()] = "\n".join(lines)
+    return statements
+
+
+_STATEMENTS = _statements()
+
+
 def _ddl(s: str) -> list[str]:
-    """The statements creating (or completing) schema version 1 in schema ``s``."""
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {s}.buttress_schema (
-            version integer NOT NULL,
-            installed_at timestamptz NOT NULL DEFAULT now())""",
-        # ``previous``: the TAT a single-key decision found (RETURNING shows only new values)
-        f"""CREATE UNLOGGED TABLE IF NOT EXISTS {s}.buttress_rate (
-            key text COLLATE "C" PRIMARY KEY,
-            tat double precision NOT NULL,
-            previous double precision) WITH (fillfactor = 80)""",
-        f"""CREATE TABLE IF NOT EXISTS {s}.buttress_idempotency (
-            key text COLLATE "C" PRIMARY KEY,
-            fingerprint text NOT NULL,
-            token text NOT NULL,
-            expires_at double precision NOT NULL,
-            response bytea)""",
-        f"""CREATE UNLOGGED TABLE IF NOT EXISTS {s}.buttress_breaker (
-            name text COLLATE "C" NOT NULL,
-            instance text COLLATE "C" NOT NULL,
-            state text NOT NULL,
-            published_at double precision NOT NULL,
-            expires_at double precision NOT NULL,
-            PRIMARY KEY (name, instance))""",
-        # GCRA over N keys, all or nothing; returns its time and the TATs it read.
-        f"""CREATE OR REPLACE FUNCTION {s}.buttress_acquire(
-            p_keys text[], p_intervals float8[], p_bursts integer[], p_costs integer[],
-            p_now float8, OUT o_now float8, OUT o_tats float8[])
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            v_n integer := cardinality(p_keys);
-            v_news float8[] := '{{}}';
-            v_ok boolean := true;
-            v_tat float8;
-        BEGIN
-            -- lock every row in key order (creating missing ones) in one pass
-            IF v_n = 1 THEN
-                INSERT INTO {s}.buttress_rate AS r (key, tat)
-                VALUES (p_keys[1], '-infinity'::float8)
-                ON CONFLICT (key) DO UPDATE SET tat = r.tat WHERE false;
-            ELSE
-                INSERT INTO {s}.buttress_rate AS r (key, tat)
-                SELECT DISTINCT u.k COLLATE "C", '-infinity'::float8
-                  FROM unnest(p_keys) AS u(k) ORDER BY 1
-                ON CONFLICT (key) DO UPDATE SET tat = r.tat WHERE false;
-            END IF;
-            o_now := coalesce(p_now, extract(epoch FROM clock_timestamp())::float8);
-            o_tats := '{{}}';
-            FOR i IN 1 .. v_n LOOP
-                SELECT nullif(r.tat, '-infinity'::float8) INTO v_tat
-                  FROM {s}.buttress_rate AS r WHERE r.key = p_keys[i];
-                o_tats[i] := v_tat;
-                v_tat := greatest(v_tat, o_now) + p_intervals[i] * p_costs[i]::float8;
-                v_news[i] := v_tat;
-                IF v_tat - p_intervals[i] * p_bursts[i]::float8 > o_now + 1e-6::float8 THEN
-                    v_ok := false;
-                END IF;
-            END LOOP;
-            IF v_ok THEN  -- a repeated key: the last write wins
-                FOR i IN 1 .. v_n LOOP
-                    UPDATE {s}.buttress_rate SET tat = v_news[i] WHERE key = p_keys[i];
-                END LOOP;
-            END IF;
-        END $$""",
-        # Take an idempotency key when absent or expired; else return the live record.
-        f"""CREATE OR REPLACE FUNCTION {s}.buttress_begin(
-            p_key text, p_fingerprint text, p_token text, p_lease float8, p_now float8,
-            OUT o_now float8, OUT o_acquired boolean, OUT o_fingerprint text,
-            OUT o_expires_at float8, OUT o_response bytea)
-        LANGUAGE plpgsql AS $$
-        BEGIN
-            o_now := coalesce(p_now, extract(epoch FROM clock_timestamp())::float8);
-            INSERT INTO {s}.buttress_idempotency AS r
-                   (key, fingerprint, token, expires_at, response)
-            VALUES (p_key, p_fingerprint, p_token, o_now + p_lease, NULL)
-            ON CONFLICT (key) DO UPDATE
-               SET fingerprint = excluded.fingerprint, token = excluded.token,
-                   expires_at = excluded.expires_at, response = NULL
-             WHERE r.expires_at <= o_now;
-            o_acquired := FOUND;
-            IF NOT o_acquired THEN  -- the statement above locked the live record
-                SELECT r.fingerprint, r.expires_at,
-                       CASE WHEN r.fingerprint = p_fingerprint THEN r.response END
-                  INTO o_fingerprint, o_expires_at, o_response
-                  FROM {s}.buttress_idempotency AS r WHERE r.key = p_key;
-            END IF;
-        END $$""",
-    ]
+    """The statements creating (or completing, or upgrading) the schema in schema ``s``."""
+    return [sql.replace("@schema", s) for name, sql in _STATEMENTS.items() if name[:4] == "ddl_"]
 
 
 def _sweep_sql(s: str) -> str:
@@ -241,50 +177,17 @@ class _SQL:
     )
 
     def __init__(self, s: str) -> None:
-        idem = f"{s}.buttress_idempotency"
-        # Every statement takes the time first: None lets the server's clock decide.
-        now_t = f"WITH t AS (SELECT {_NOW} AS now) "
-        # One key (the hot path): one plain statement, no plpgsql call. Then: key, and
-        # step (interval * cost) and tau (interval * burst) where the CASEs use them. On a
-        # denial the row is rewritten unchanged (a HOT update; it keeps `previous` right
-        # and costs what locking the row would).
-        now = "(SELECT now FROM t)"
-        self.acquire_one = (
-            f"{now_t}INSERT INTO {s}.buttress_rate AS r (key, tat) "
-            "SELECT %s, CASE WHEN t.now + %s - %s <= t.now + 1e-6::float8 "
-            "THEN t.now + %s ELSE '-infinity'::float8 END FROM t "
-            "ON CONFLICT (key) DO UPDATE SET previous = r.tat, tat = CASE "
-            f"WHEN greatest(r.tat, {now}) + %s - %s <= {now} + 1e-6::float8 "
-            f"THEN greatest(r.tat, {now}) + %s ELSE r.tat END "
-            f"RETURNING {now}, r.previous"
-        )
-        self.acquire = (
-            f"SELECT o_now, o_tats FROM {s}.buttress_acquire("
-            "%s::text[], %s::float8[], %s::integer[], %s::integer[], %s::float8)"
-        )
-        self.begin = f"SELECT * FROM {s}.buttress_begin(%s, %s, %s, %s::float8, %s::float8)"
-        # the holder: the token, not completed, and the lease not run out
-        held = "key = %s AND token = %s AND response IS NULL AND expires_at > t.now"
-        self.renew = (
-            f"{now_t}UPDATE {idem} SET expires_at = t.now + %s FROM t WHERE {held} RETURNING 1"
-        )
-        self.complete = (
-            f"{now_t}UPDATE {idem} SET response = %s, expires_at = t.now + %s FROM t "
-            f"WHERE {held} RETURNING 1"
-        )
-        self.release = f"{now_t}DELETE FROM {idem} USING t WHERE {held}"
-        self.publish = (
-            f"{now_t}INSERT INTO {s}.buttress_breaker AS b "
-            "(name, instance, state, published_at, expires_at) "
-            "SELECT %s, %s, %s, t.now, t.now + %s FROM t "
-            "ON CONFLICT (name, instance) DO UPDATE SET state = excluded.state, "
-            "published_at = excluded.published_at, expires_at = excluded.expires_at"
-        )
-        self.reports = (
-            f"{now_t}SELECT b.instance, b.state, t.now - b.published_at "
-            f"FROM t, {s}.buttress_breaker AS b "
-            "WHERE b.name = %s AND b.expires_at > t.now ORDER BY b.instance"
-        )
+        def named(name: str) -> str:
+            return _STATEMENTS[name].replace("@schema", s)
+
+        self.acquire_one = named("acquire_one")
+        self.acquire = named("acquire")
+        self.begin = named("begin")
+        self.renew = named("renew")
+        self.complete = named("complete")
+        self.release = named("release")
+        self.publish = named("publish")
+        self.reports = named("reports")
         self.sweep = _sweep_sql(s)
 
 
@@ -515,7 +418,7 @@ class PostgresStore:
         if has_table:
             rows = yield Query(f"SELECT max(version) FROM {s}.buttress_schema")
             found = rows[0][0]
-            check_version(self._label, found)
+            check_version(self._label, found, SCHEMA_VERSION)
             if found == SCHEMA_VERSION:
                 return
         if not has_schema:
@@ -580,10 +483,10 @@ class PostgresStore:
         time_param = None if self.clock is None else now
         if len(requests) == 1:
             req = requests[0]
-            step = req.rate.interval * req.cost  # the very products `gcra` computes
-            tau = req.rate.interval * req.rate.burst
+            step = req.rate.interval * req.cost  # the very doubles `gcra` computes
+            tau_eps = req.rate.interval * req.rate.burst + EPSILON
             key = store_key(self.namespace, "rl", req.key)
-            params = [time_param, key, step, tau, step, step, tau, step]
+            params = [time_param, key, step, tau_eps, step, step, tau_eps, step]
             rows = yield Query(self._sql.acquire_one, params)
             server_now, previous = rows[0]
             return server_now, [None if previous in (None, -math.inf) else previous]

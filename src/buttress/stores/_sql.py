@@ -32,7 +32,6 @@ from buttress.errors import BackendError, ConfigurationError
 from buttress.stores._base import Begin, BeginOutcome, StoredResponse
 
 __all__ = [
-    "SCHEMA_VERSION",
     "TABLES",
     "Query",
     "Rows",
@@ -49,9 +48,6 @@ __all__ = [
 T = TypeVar("T")
 
 Rows = list[tuple[Any, ...]]
-
-#: The version of the tables and functions this code reads and writes.
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +104,16 @@ def check_namespace(store: str, namespace: str) -> str:
     return namespace
 
 
-def check_version(store: str, found: int | None) -> None:
-    """Refuse tables written by a newer buttress (`BackendError` naming both versions)."""
-    if found is not None and found > SCHEMA_VERSION:
+def check_version(store: str, found: int | None, known: int) -> None:
+    """Refuse tables written by a newer buttress (`BackendError` naming both versions).
+
+    ``known`` is the store's own schema version (each SQL store versions its tables and
+    functions on its own).
+    """
+    if found is not None and found > known:
         raise BackendError(
             f"{store}: the tables are at schema version {found}, newer than this buttress "
-            f"knows ({SCHEMA_VERSION}); upgrade buttress on this host (or use another "
+            f"knows ({known}); upgrade buttress on this host (or use another "
             "schema or file for older versions)"
         )
 

@@ -2,7 +2,7 @@
 
 Each operation is a script of `buttress.stores._sql` run in its own ``BEGIN IMMEDIATE``
 transaction (one writer at a time across processes), with the decision logic in Python
-between the statements: the GCRA of `buttress.stores._base.gcra` and the idempotency
+between the statements: the GCRA of `buttress._gcra.gcra` and the idempotency
 rules of `buttress.stores._sql`. The file is in WAL mode (readers never block the
 writer) with ``synchronous=NORMAL`` (a commit survives a crash of the process; a power
 cut may lose the last few). Each thread gets its own connection (sqlite3 connections
@@ -66,20 +66,17 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from buttress._clock import Clock
+from buttress._gcra import RateDecision, RateRequest, gcra
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores._base import (
     Begin,
     BeginOutcome,
     BreakerReport,
-    RateDecision,
-    RateRequest,
     StoredResponse,
     backend_errors,
-    gcra,
     store_key,
 )
 from buttress.stores._sql import (
-    SCHEMA_VERSION,
     TABLES,
     Query,
     Script,
@@ -90,9 +87,12 @@ from buttress.stores._sql import (
     drive,
 )
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
+
+#: The version of the tables this code reads and writes.
+SCHEMA_VERSION = 1
 
 _log = logging.getLogger("buttress.stores")
 _MEMORY = {("", ""), (":memory:", ""), ("", "/:memory:")}
@@ -343,7 +343,7 @@ class SQLiteStore:
         if rows[0][0]:
             rows = yield Query("SELECT max(version) FROM buttress_schema")
             found = rows[0][0]
-            check_version(self._label, found)
+            check_version(self._label, found, SCHEMA_VERSION)
             if found == SCHEMA_VERSION:
                 return
         for statement in _DDL:

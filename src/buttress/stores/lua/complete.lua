@@ -1,0 +1,7 @@
+-- Store the holder's response (runs after now.lua). KEYS[1]: the record. ARGV: now,
+-- token, response, ttl, ttl in ms. Returns 1, or 0 when the token no longer holds the key.
+local h = redis.call('HMGET', KEYS[1], 't', 'r', 'u')
+if h[1] ~= ARGV[2] or h[2] or tonumber(h[3]) <= now then return 0 end
+redis.call('HSET', KEYS[1], 'r', ARGV[3], 'u', fmt(now + tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
