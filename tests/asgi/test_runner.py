@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -44,7 +42,6 @@ from buttress.asgi import (
     RateLimitMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
-    _logging,
     client_address,
     harden,
     trusted_networks,
@@ -55,6 +52,7 @@ from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode, RateLimited
 from buttress.resilience._deadline import _DEADLINE
 from buttress.stores import MemoryStore
+from tests.conftest import captured_logs
 
 PROXIES = ("10.0.0.0/8", "fd00::/8")
 ORIGINS = ("https://shop.example.com",)
@@ -267,17 +265,8 @@ def samples(registry: CollectorRegistry) -> list[Any]:
 
 @pytest.fixture
 def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sink, as_json = _logging._access_sink, _logging._access_json
-    _logging.configure_logging(json=True, stream=stream)
-    try:
+    with captured_logs(json=True) as stream:
         yield stream
-    finally:
-        structlog.reset_defaults()
-        root.handlers, root.level = handlers, level
-        _logging._access_sink, _logging._access_json = sink, as_json
 
 
 # --------------------------------------------------------------------------- generated requests
