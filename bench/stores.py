@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 import _common as cm
 
-from buttress.asgi import IdempotencyMiddleware
+from buttress.asgi.middleware import IdempotencyMiddleware
 from buttress.errors import BackendError
 from buttress.stores import Rate, RateRequest, open_store
 

@@ -14,6 +14,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,18 @@ REDIS_URL = os.environ.get("BUTTRESS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 POSTGRES_URL = os.environ.get(
     "BUTTRESS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    """``response`` is problem+json with ``status`` and ``code``, and names its request."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert (body["status"], body["code"]) == (status, code)
+    assert body["type"].startswith("https://")
+    if "x-request-id" in response.headers:
+        assert body["request_id"] == response.headers["x-request-id"]
+    return body
 
 
 def free_port() -> int:

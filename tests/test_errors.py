@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 import socket
 import sqlite3
 
@@ -334,3 +335,29 @@ def test_classify_remembers_exception_types_but_not_what_depends_on_the_instance
     assert locked is not None
     assert other is not None
     assert (locked.code, other.code) == (ErrorCode.TRANSIENT_CONFLICT, ErrorCode.INTERNAL_ERROR)
+
+
+# --------------------------------------------------------------------------- problem names
+
+_SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_problem_type_and_code_agree(code: ErrorCode) -> None:
+    from buttress.asgi._problem import PROBLEM_BASE, problem_body, problem_type
+
+    body = problem_body(code, detail="d", request_id="r", extra={"retry_after": 1})
+    assert body["code"] == code.wire
+    assert body["type"] == problem_type(code) == PROBLEM_BASE + code.wire.replace("_", "-")
+    assert all(_SNAKE.match(member) for member in body), list(body)
+    assert _SNAKE.match(code.wire)
+
+
+def test_the_problem_module_documents_every_code() -> None:
+    from buttress.asgi import _problem
+
+    doc = _problem.__doc__ or ""
+    for code in ErrorCode:
+        row = next((line for line in doc.splitlines() if line.startswith(code.wire + " ")), "")
+        assert code.wire.replace("_", "-") in row, code
+        assert str(code.http_status) in row, code

@@ -30,14 +30,14 @@ def test_instant_retries_switch_restores_the_previous_value() -> None:
     from buttress.resilience import _retry
 
     with instant_retries():
-        assert _retry._instant
+        assert _retry.instant_retries_enabled()
         with instant_retries():
-            assert _retry._instant
-        assert _retry._instant
-    assert not _retry._instant
+            assert _retry.instant_retries_enabled()
+        assert _retry.instant_retries_enabled()
+    assert not _retry.instant_retries_enabled()
     set_instant_retries(True)
     set_instant_retries(False)
-    assert not _retry._instant
+    assert not _retry.instant_retries_enabled()
 
 
 def test_fault_injection_is_reproducible() -> None:

@@ -237,6 +237,7 @@ def _header(headers: Any, name: str) -> str | None:
         return None
     try:
         found = getter(name)
+    # buttress: ignore[BTR303] probing a foreign exception: an unreadable attribute is absent
     except Exception:
         return None
     if isinstance(found, bytes):

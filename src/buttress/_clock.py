@@ -94,16 +94,20 @@ class Wheel:
     `asyncio.Task` to cancel (then its id is added to `fired`, so that a timeout can tell
     its own cancellation from anyone else's). Removing the id cancels the entry. Times are
     on the `time.monotonic` scale (loops with a clock of their own get a measured offset).
+
+    Attributes:
+        last_start, last_end: the bounds of the bucket `bucket` returned last: it holds
+            the entries due in ``(last_start, last_end]`` and fires at ``last_end``.
     """
 
     __slots__ = (
         "__weakref__",
         "_last",
-        "_last_end",
-        "_last_start",
         "_last_width",
         "buckets",
         "fired",
+        "last_end",
+        "last_start",
         "loop",
         "offset",
     )
@@ -117,11 +121,11 @@ class Wheel:
         self.offset = 0.0 if same_clock else loop.time() - time.monotonic()
         # one-entry cache: calls in a burst land in the same bucket
         self._last: dict[int, Any] | None = None
-        self._last_start = self._last_end = self._last_width = 0.0
+        self.last_start = self.last_end = self._last_width = 0.0
 
     def bucket(self, when: float, width: float) -> dict[int, Any]:
         """The bucket of entries due at monotonic time ``when``, ``width`` s wide."""
-        if self._last_start < when <= self._last_end and width == self._last_width:
+        if self.last_start < when <= self.last_end and width == self._last_width:
             return self._last  # type: ignore[return-value]
         tick = math.ceil((when + self.offset) / width)
         key = (width, tick)
@@ -130,8 +134,8 @@ class Wheel:
             bucket = self.buckets[key] = {}
             self.loop.call_at(tick * width, self._fire, key)
         self._last = bucket
-        self._last_end = tick * width - self.offset
-        self._last_start = self._last_end - width
+        self.last_end = tick * width - self.offset
+        self.last_start = self.last_end - width
         self._last_width = width
         return bucket
 
@@ -146,7 +150,7 @@ class Wheel:
         bucket = self.buckets.pop(key, None)
         if bucket is not None and bucket is self._last:
             self._last = None
-            self._last_start = self._last_end = 0.0
+            self.last_start = self.last_end = 0.0
         if not bucket:
             return
         entries = list(bucket.items())

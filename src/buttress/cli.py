@@ -4,7 +4,12 @@
 127.0.0.1:8000; ``buttress demo --selfcheck`` starts it, exercises every feature over HTTP
 on loopback, prints what it verified and exits non-zero if anything failed.
 ``buttress resilience-demo`` calls a deliberately flaky local dependency naively and through
-a `Pipeline`, side by side.
+a `Pipeline`, side by side. ``python -m buttress`` is the same command line; ``--help``
+describes each command, with examples.
+
+A port already in use or a store that does not answer (``--store-url``, else
+``$BUTTRESS_STORE_URL``) is found before anything starts and ends the command with one line
+on stderr and exit status 2 (passwords in URLs are masked).
 
 The demo's uvicorn options live in `demo_server_options` (the tests serve with the same):
 no ``Server`` header, no access log of uvicorn's (buttress writes its own), and no proxy
@@ -16,11 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from buttress import __version__
 
@@ -53,62 +62,158 @@ def demo_server_options(host: str, port: int, workers: int = 1) -> dict[str, Any
 
 def _serve_demo(args: argparse.Namespace) -> int:
     try:
-        import uvicorn  # noqa: PLC0415 - the demo extra
-        from rich.console import Console  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
+        import rich  # noqa: PLC0415, F401 - the demo extra
+        import uvicorn  # noqa: PLC0415
     except ImportError as exc:
         print(
             f"buttress demo needs the demo extra: pip install 'buttress[demo]' ({exc})",
             file=sys.stderr,
         )
         return 2
-    console = Console(no_color=args.selfcheck, highlight=False)
+    console = _console(plain=args.selfcheck)
     if not 1 <= args.workers <= 16:
-        console.print(f"--workers {args.workers}: use 1 to 16")
-        return 2
+        return _fail(f"--workers {args.workers}: use 1 to 16")
+    port_given = args.port is not None
+    port = args.port if port_given else 8000
+    if not 1 <= port <= 65535:
+        return _fail(f"--port {port}: use 1 to 65535")
+    host = "127.0.0.1" if args.selfcheck else args.host  # the self-check stays on loopback
+    store_url = args.store_url or os.environ.get("BUTTRESS_STORE_URL")
+    problem = _store_problem(store_url, "--store-url" if args.store_url else "BUTTRESS_STORE_URL")
+    if problem is None and (port_given or not args.selfcheck):
+        problem = _port_problem(host, port)
+    if problem is not None:
+        return _fail(problem)
     if args.selfcheck:
         from buttress.demo.selfcheck import run_selfcheck  # noqa: PLC0415
 
         console.print(f"[bold]buttress {__version__}[/bold] demo self-check (127.0.0.1 only)\n")
         checks = run_selfcheck(
-            lambda c: console.print(f"  {'PASS' if c.ok else 'FAIL'}  {c.feature}: {c.evidence}"),
-            store_url=args.store_url or os.environ.get("BUTTRESS_STORE_URL"),
+            lambda c: console.print(
+                f"  {'PASS' if c.ok else 'FAIL'}  {c.feature}: {c.evidence}", markup=False
+            ),
+            store_url=store_url,
             workers=max(args.workers, 2),
+            port=args.port,
         )
-        table = Table(title="demo self-check")
-        for column in ("feature", "result", "evidence"):
-            table.add_column(column)
-        for c in checks:
-            table.add_row(
-                c.feature, "[green]PASS[/green]" if c.ok else "[red]FAIL[/red]", c.evidence
-            )
-        console.print(table)
         failed = sum(1 for c in checks if not c.ok)
-        console.print(f"selfcheck: {len(checks) - failed} passed, {failed} failed")
+        console.print(f"\nselfcheck: {len(checks) - failed} passed, {failed} failed")
         return 1 if failed else 0
     os.environ.update(_shared_state_env(args.workers, args.store_url))  # workers inherit it
-    base = f"http://{args.host}:{args.port}"
-    console.print(
-        f"[bold]buttress {__version__}[/bold] demo: the orders API on {base} "
-        f"({args.workers} worker{'s' if args.workers > 1 else ''}, "
-        f"store {os.environ.get('BUTTRESS_STORE_URL', 'memory://')})\n"
-        f"  curl -i {base}/orders\n"
-        f"  curl -i -X POST {base}/orders -H 'content-type: application/json' "
-        "-H 'Idempotency-Key: order-1' "
-        '-d \'{"sku": "abc", "quantity": 2}\'   (run it twice: one order)\n'
-        f"  curl -i {base}/price/abc      (a flaky dependency behind a pipeline; "
-        "25 at once then 60/minute)\n"
-        f"  curl -i {base}/boom           (problem+json, no internals)\n"
-        f"  curl -i '{base}/slow?seconds=9'  (the 5 s request deadline)\n"
-        f"  open {base}/docs\n"
-        "Ctrl-C to stop."
-    )
+    _print_banner(console, args.host, port, args.workers)
     uvicorn.run(
         "buttress.demo.app:create_app",
         factory=True,
-        **demo_server_options(args.host, args.port, args.workers),
+        **demo_server_options(args.host, port, args.workers),
     )
     return 0
+
+
+def _console(*, plain: bool) -> Any:
+    """The demo's rich console: no wrapping ever (commands are pasted), no colours if plain."""
+    from rich.console import Console  # noqa: PLC0415 - the demo extra
+
+    return Console(no_color=plain, highlight=False, soft_wrap=True)
+
+
+def _print_banner(console: Any, host: str, port: int, workers: int) -> None:
+    """What the demo serves and how to try it: each command whole, on a line of its own.
+
+    Lines are never wrapped (a curl command cut in two does not paste), whatever the width
+    of the terminal, or when the output is not a terminal at all.
+    """
+    base = f"http://{host}:{port}"
+    store = _display_url(os.environ.get("BUTTRESS_STORE_URL") or "memory://")
+    console.print(
+        f"[bold]buttress {__version__}[/bold] demo: the orders API on {base} "
+        f"({workers} worker{'s' if workers > 1 else ''}, store {store})\n",
+        soft_wrap=True,
+    )
+    lines = [
+        "# the orders",
+        f"curl -i {base}/orders",
+        "# create one; run it twice: still one order (the Idempotency-Key)",
+        f"curl -i -X POST {base}/orders -H 'content-type: application/json' "
+        """-H 'Idempotency-Key: order-1' -d '{"sku": "abc", "quantity": 2}'""",
+        "# a flaky dependency behind a pipeline (rate limited: 25 at once, then 60 a minute)",
+        f"curl -i {base}/price/abc",
+        "# an unhandled error: problem+json, no internals",
+        f"curl -i {base}/boom",
+        "# the 5 s request deadline",
+        f"curl -i '{base}/slow?seconds=9'",
+        "# the interactive API documentation, in a browser",
+        f"{base}/docs",
+    ]
+    for line in lines:
+        console.print(f"  {line}", markup=False, soft_wrap=True)
+    console.print("Ctrl-C to stop.", soft_wrap=True)
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, exit status 2 (a usage or environment problem, not a crash)."""
+    print(f"buttress demo: {message}", file=sys.stderr)
+    return 2
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the demo could not listen on ``host:port``, in a sentence; None when it can."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"--host {host}: not an address to listen on ({exc})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            return f"cannot listen on {host}:{port} ({reason}); choose another with --port"
+    return None
+
+
+def _store_problem(url: str | None, source: str) -> str | None:
+    """Why the store at ``url`` cannot serve the demo (bad URL, no answer), or None."""
+    if not url:
+        return None
+    from buttress.errors import ButtressError  # noqa: PLC0415
+    from buttress.stores import open_store  # noqa: PLC0415
+
+    with _quiet("psycopg", "redis"):  # the drivers' own retry warnings: the reason is below
+        try:
+            store = open_store(url)
+            try:
+                store.ping()
+            finally:
+                store.close()
+        except ButtressError as exc:
+            return f"{source} {_display_url(url)}: {exc}".replace("\n", " ")
+    return None
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.disabled for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, was in zip(loggers, before, strict=True):
+            logger.disabled = was
+
+
+def _display_url(url: str) -> str:
+    """``url`` with its password masked (the banner and error lines are often pasted)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return url.partition("://")[0] + "://..."
 
 
 def _shared_state_env(workers: int, store_url: str | None) -> dict[str, str]:
@@ -122,6 +227,10 @@ def _shared_state_env(workers: int, store_url: str | None) -> dict[str, str]:
             env["BUTTRESS_DEMO_DB"] = os.path.join(folder, "orders.sqlite3")
         if not (store_url or os.environ.get("BUTTRESS_STORE_URL")):
             env["BUTTRESS_STORE_URL"] = f"sqlite:///{os.path.join(folder, 'buttress.db')}"
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one /metrics for all workers
+            metrics_dir = os.path.join(folder, "prometheus")
+            os.mkdir(metrics_dir)
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     return env
 
 
@@ -192,15 +301,162 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAIN_EPILOG = """\
+examples:
+  buttress demo                          serve the demo on http://127.0.0.1:8000
+  buttress demo --selfcheck              verify every feature over HTTP, exit 1 on failure
+  buttress resilience-demo               the same flaky calls with and without a Pipeline
+  buttress audit .                       audit a service's source: scorecard and fixes
+  buttress demo --help                   the options of one command
+  python -m buttress ...                 the same, without the console script
+
+The demo needs the demo extra: pip install 'buttress[demo]' (from a checkout:
+pip install -e '.[demo]').
+"""
+
+_DEMO_DESCRIPTION = """\
+Serve the demo orders API, a FastAPI app hardened by buttress: request ids, security
+headers, problem+json errors, health checks, Prometheus metrics, rate limits, an
+Idempotency-Key on POST /orders, load shedding, a request deadline and graceful
+shutdown. A banner lists curl commands to try. Loopback only unless --host says otherwise.
+
+With --selfcheck it starts the service in its own process on loopback, checks every
+feature over real HTTP (bounded: a few hundred requests, about a minute), then runs it
+again with several workers sharing one store, and exits 1 if anything failed.
+"""
+
+_DEMO_EPILOG = """\
+examples:
+  buttress demo
+  buttress demo --port 8080
+  buttress demo --workers 4                       (the workers share a SQLite file)
+  buttress demo --workers 4 --store-url redis://127.0.0.1:6379/0
+  buttress demo --selfcheck
+  buttress demo --selfcheck --port 8099 --store-url postgresql://user@127.0.0.1/app
+
+A port already in use, or a store that does not answer, ends with one line and exit
+status 2 before anything starts.
+"""
+
+_RESILIENCE_DESCRIPTION = """\
+Start a deliberately flaky price service on loopback (30 % of requests fail with 503, 5 %
+answer after 0.6 s, then it goes down and comes back) and call it in four phases: naively,
+through a buttress Pipeline (retries, timeout, circuit breaker, fallback), while it is
+down, and after it recovers. Prints what the caller saw in each phase, the pipeline's
+events and the breaker's transitions.
+"""
+
+_RESILIENCE_EPILOG = """\
+examples:
+  buttress resilience-demo
+  buttress resilience-demo --requests 500 --concurrency 20
+  buttress resilience-demo --selfcheck            (exit 1 unless the pipeline did its job)
+"""
+
+
+_AUDIT_DESCRIPTION = """\
+Audit a Python service's source for the production-readiness checklist: missing
+timeouts and backoff, swallowed exceptions, CORS wildcards, debug flags, hardcoded
+secrets, SQL built from strings, print and f-string logging, unbounded caches and
+queues, and what is absent from the whole program (health endpoint, body size limit,
+/metrics, idempotency on writes, graceful shutdown; harden(app) provides them all).
+Parses with ast, never imports or runs the code. Prints a scorecard (per category
+0-10, a risk-weighted score, a level: bronze, silver, gold) and the findings with fixes.
+
+Skips .venv, .git, build output, and test, migration and fixture code (--include-tests
+audits them). Configure in pyproject.toml under [tool.buttress.audit] (exclude,
+skip-tests, disable, severity, max-file-size); silence one line with
+# buttress: ignore[BTR001] reason. Rules and examples: docs/audit.md.
+Exit status: 0 gates passed, 1 a gate failed, 2 usage error.
+"""
+
+_AUDIT_EPILOG = """\
+examples:
+  buttress audit .                                  the scorecard in the terminal
+  buttress audit src --fail-on P0                   CI: fail on any P0 finding
+  buttress audit . --fail-under 7 --fail-under-level silver
+  buttress audit . --format sarif --output buttress.sarif     for GitHub code scanning
+  buttress audit . --format markdown > audit.md     a table to paste in a pull request
+  buttress audit . --write-baseline .buttress-baseline.json   adopt on an old codebase...
+  buttress audit . --baseline .buttress-baseline.json --fail-on P1   ...fail on new ones
+  buttress audit . --select BTR001,BTR002 --format json
+"""
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from buttress.audit._cli import run_audit  # noqa: PLC0415 - only audit pays for it
+
+    return run_audit(args)
+
+
+def _add_audit(sub: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    audit = sub.add_parser(
+        "audit",
+        help="audit a service's source: scorecard, findings with fixes, CI gates",
+        description=_AUDIT_DESCRIPTION,
+        epilog=_AUDIT_EPILOG,
+        formatter_class=raw,
+    )
+    audit.add_argument("path", metavar="PATH", help="a directory or a Python file")
+    audit.add_argument(
+        "--format",
+        choices=("terminal", "json", "markdown", "sarif"),
+        default="terminal",
+        help="output format (terminal)",
+    )
+    audit.add_argument("--output", metavar="FILE", help="write the report to FILE")
+    audit.add_argument(
+        "--fail-on", choices=("P0", "P1", "P2"), help="exit 1 on a new finding this severe"
+    )
+    audit.add_argument(
+        "--fail-under", type=float, metavar="N", help="exit 1 when the score is below N (0-10)"
+    )
+    audit.add_argument(
+        "--fail-under-level",
+        choices=("bronze", "silver", "gold"),
+        help="exit 1 below this level",
+    )
+    audit.add_argument("--baseline", metavar="FILE", help="forgive the findings listed in FILE")
+    audit.add_argument(
+        "--write-baseline", metavar="FILE", help="write the current findings to FILE"
+    )
+    audit.add_argument(
+        "--select", action="append", metavar="BTR...", help="only these rules (comma-separated)"
+    )
+    audit.add_argument(
+        "--ignore", action="append", metavar="BTR...", help="not these rules (comma-separated)"
+    )
+    audit.add_argument(
+        "--include-tests", action="store_true", help="audit test, migration and fixture code too"
+    )
+    audit.set_defaults(handler=_audit, requests=200, concurrency=10)
+
+
 def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="buttress", description="Make a Python service production-grade."
+        prog="buttress",
+        description="Make a Python service production-grade: the buttress command line.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=raw,
     )
     parser.add_argument("--version", action="version", version=f"buttress {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("demo", help="serve the demo orders API (hardened by buttress)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "demo",
+        help="serve the demo orders API (hardened by buttress), or --selfcheck it",
+        description=_DEMO_DESCRIPTION,
+        epilog=_DEMO_EPILOG,
+        formatter_class=raw,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (8000; with --selfcheck, a free port unless given)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -221,7 +477,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve_demo, requests=200, concurrency=10)
     demo = sub.add_parser(
-        "resilience-demo", help="a flaky local dependency, called naively and through a Pipeline"
+        "resilience-demo",
+        help="a flaky local dependency, called naively and through a Pipeline",
+        description=_RESILIENCE_DESCRIPTION,
+        epilog=_RESILIENCE_EPILOG,
+        formatter_class=raw,
     )
     demo.add_argument("--requests", type=int, default=200, help="requests per phase (10-1000)")
     demo.add_argument("--concurrency", type=int, default=10, help="requests in flight (1-50)")
@@ -230,6 +490,7 @@ def _parser() -> argparse.ArgumentParser:
         "--selfcheck", action="store_true", help="verify the outcome and exit non-zero on failure"
     )
     demo.set_defaults(handler=_demo)
+    _add_audit(sub)
     return parser
 
 
@@ -242,7 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.concurrency <= 50:
         print("buttress: --concurrency must be between 1 and 50", file=sys.stderr)
         return 2
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("buttress: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -227,6 +227,7 @@ def default_pipeline(origin: str = "", *, clock: Clock = SYSTEM_CLOCK) -> Pipeli
             name=f"http {origin}" if origin else None,
             clock=clock,
         ),
+        name=f"http {origin}" if origin else "http",
     )
 
 

@@ -7,7 +7,13 @@ pipeline with ``Pipeline(..., hooks=[...])``. Events are only built off the happ
 a pipeline whose calls succeed pays nothing for telemetry.
 
 Two hooks ship: `LoggingHook` (structlog when installed, the standard library otherwise)
-and `PrometheusHook` (prometheus-client).
+and `PrometheusHook` (prometheus-client). `buttress.asgi.harden` installs one
+`LoggingHook` by default (`HARDEN_LOGGED_EVENTS`, at most one line per event kind and
+policy every 10 s, see `install_event_logging`).
+
+Levels: a retry scheduled, a fallback used, a breaker closing or half-opening, a
+rate-limit store answering again are ``info``; a retry given up, a spent retry budget, a
+breaker opening, a rate-limit store bypassed, a timeout are ``warning`` (`Event.log_level`).
 
 Example::
 
@@ -24,9 +30,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.errors import ErrorCode
 
 __all__ = [
+    "HARDEN_LOGGED_EVENTS",
     "CallRejectedEvent",
     "CircuitStateChangedEvent",
     "Event",
@@ -38,6 +46,7 @@ __all__ = [
     "QuotaWarningEvent",
     "RateLimitFallbackEvent",
     "RateLimitedEvent",
+    "RequestErrorEvent",
     "RetryBudgetExhaustedEvent",
     "RetryGaveUpEvent",
     "RetryScheduledEvent",
@@ -46,6 +55,7 @@ __all__ = [
     "clear_hooks",
     "emit",
     "global_hooks",
+    "install_event_logging",
     "remove_hook",
 ]
 
@@ -72,13 +82,17 @@ class Event:
         data["event"] = self.kind
         return data
 
+    def log_level(self) -> int:
+        """The level `LoggingHook` logs this event at (``level``, unless the event says)."""
+        return self.level
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryScheduledEvent(Event):
     """A call failed with a retriable error; another attempt will run after ``delay``."""
 
     kind: ClassVar[str] = "retry_scheduled"
-    level: ClassVar[int] = logging.WARNING
+    level: ClassVar[int] = logging.INFO
     attempt: int
     delay: float
     error: BaseException | None = None
@@ -116,6 +130,10 @@ class CircuitStateChangedEvent(Event):
     to_state: str
     generation: int
     reason: str = ""
+
+    def log_level(self) -> int:
+        """``warning`` when the breaker opens, ``info`` when it half-opens or closes."""
+        return logging.WARNING if self.to_state == "open" else logging.INFO
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +219,30 @@ class RateLimitFallbackEvent(Event):
     reason: str = ""
     error: BaseException | None = None
 
+    def log_level(self) -> int:
+        """``warning`` when the store is bypassed, ``info`` when it answers again."""
+        return logging.WARNING if self.engaged else logging.INFO
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestErrorEvent(Event):
+    """An exception escaped the application; `ErrorMiddleware` answered it (or logged it).
+
+    ``code`` is what was answered (``internal_error`` for anything but a buttress error);
+    ``response_started``: the response had begun, so only the log line tells. Emitted
+    inside the request (its id and trace are current), for error trackers: the Sentry
+    integration sends the exceptions no other integration saw. Not logged by the default
+    event logging (`ErrorMiddleware` writes the error line itself).
+    """
+
+    kind: ClassVar[str] = "request_error"
+    level: ClassVar[int] = logging.ERROR
+    error: BaseException
+    code: ErrorCode
+    method: str = ""
+    path: str = ""
+    response_started: bool = False
+
 
 # events LoggingHook marks as audit records (``audit=True``): who was throttled, and when
 # the limits were not enforced as configured
@@ -249,42 +291,153 @@ def emit(event: Event, hooks: Iterable[Hook] = ()) -> None:
             _log.exception("buttress telemetry hook %r failed on %s", hook, event.kind)
 
 
+_MAX_THROTTLE_KEYS = 1024  # (kind, pipeline, policy, variant) keys a LoggingHook remembers
+
+
 @dataclass(slots=True)
 class LoggingHook:
-    """Log every event as one structured line.
+    """Log every event as one structured line, optionally at most one per key and interval.
 
-    Uses structlog when it is installed (key-value pairs), the standard ``logging``
-    module otherwise (message plus ``extra``).
+    Uses structlog when it is installed (key-value pairs, through the structlog
+    configuration in force when the event happens), the standard ``logging`` module
+    otherwise (message plus ``extra``). The level is the event's `Event.log_level`.
+
+    Args:
+        logger_name: the logger's name (the ``logger`` field of the line).
+        events: the event classes to log (default: every event).
+        interval: seconds between two lines of one key, (event kind, pipeline, policy,
+            and the breaker's new state or whether a rate-limit fallback engaged); the
+            events in between are counted, and the next line of that key carries
+            ``suppressed=<count>``. 0 (the default): every event is logged.
+        clock: the clock ``interval`` is measured on (tests pass a FakeClock).
 
     Example::
 
         add_hook(LoggingHook(logger_name="myservice.resilience"))
+        add_hook(LoggingHook(events=(CircuitStateChangedEvent,), interval=10.0))
     """
 
     logger_name: str = "buttress"
+    events: tuple[type[Event], ...] | None = None
+    interval: float = 0.0
+    clock: Clock = SYSTEM_CLOCK
     _logger: Any = field(init=False, repr=False, default=None)
     _structured: bool = field(init=False, repr=False, default=False)
+    # key -> [time of the last line, events suppressed since]
+    _last: dict[tuple[Any, ...], list[Any]] = field(init=False, repr=False, default_factory=dict)
+    _lock: Any = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        try:
-            import structlog  # noqa: PLC0415 - optional dependency
+        interval = self.interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval >= 0:
+            from buttress.errors import ConfigurationError  # noqa: PLC0415
 
-            self._logger = structlog.get_logger(self.logger_name)
+            raise ConfigurationError(f"LoggingHook(interval={interval!r}): seconds >= 0")
+        if self.events is not None:
+            self.events = tuple(self.events)
+        try:
+            import structlog  # noqa: PLC0415, F401 - optional dependency: is it there?
+
+            self._logger = None  # looked up per line: see __call__
             self._structured = True
         except ImportError:
             self._logger = logging.getLogger(self.logger_name)
 
     def __call__(self, event: Event) -> None:
-        """Log ``event``."""
+        """Log ``event`` (unless it is not one of ``events``, or its key spoke recently)."""
+        if self.events is not None and not isinstance(event, self.events):
+            return
+        suppressed = 0
+        if self.interval > 0:
+            passed = self._pass(event)
+            if passed is None:
+                return
+            suppressed = passed
         data = event.as_dict()
         name = data.pop("event")
         if isinstance(event, _AUDIT_EVENTS):
             data["audit"] = True
+        if suppressed:
+            data["suppressed"] = suppressed
+        level = event.log_level()
         if self._structured:
-            self._logger.log(event.level, name, **data)
+            logger = self._logger
+            if logger is None:
+                # looked up per line (events are rare): a logger cached here would keep
+                # writing where structlog was configured first
+                import structlog  # noqa: PLC0415 - imported in __post_init__
+
+                logger = structlog.get_logger(self.logger_name)
+            logger.log(level, name, **data)
         else:
             detail = " ".join(f"{k}={v}" for k, v in data.items() if v is not None)
-            self._logger.log(event.level, "%s %s", name, detail, extra={"buttress": data})
+            self._logger.log(level, "%s %s", name, detail, extra={"buttress": data})
+
+    def _pass(self, event: Event) -> int | None:
+        """None: too soon after this key's last line (counted); else the count suppressed."""
+        variant = getattr(event, "to_state", None)
+        if variant is None:
+            variant = getattr(event, "engaged", None)
+        key = (event.kind, event.pipeline, event.policy, variant)
+        now = self.clock.now()
+        with self._lock:
+            entry = self._last.get(key)
+            if entry is not None and now - entry[0] < self.interval:
+                entry[1] += 1
+                return None
+            suppressed = 0 if entry is None else entry[1]
+            if entry is None and len(self._last) >= _MAX_THROTTLE_KEYS:
+                horizon = now - self.interval  # forget the keys that are quiet anyway
+                self._last = {k: v for k, v in self._last.items() if v[0] > horizon}
+                if len(self._last) >= _MAX_THROTTLE_KEYS:
+                    self._last.clear()
+            self._last[key] = [now, 0]
+            return suppressed
+
+
+#: The events `harden` logs by default: what a person on call needs to see (retries and
+#: their end, breakers, fallbacks, the rate-limit store bypassed), not per-request noise
+#: (rejections, 429s, quota warnings, timeouts that a retry or a 504 reports anyway).
+HARDEN_LOGGED_EVENTS: tuple[type[Event], ...] = (
+    RetryScheduledEvent,
+    RetryGaveUpEvent,
+    RetryBudgetExhaustedEvent,
+    CircuitStateChangedEvent,
+    FallbackUsedEvent,
+    RateLimitFallbackEvent,
+)
+
+_harden_hook: list[LoggingHook] = []
+
+
+def install_event_logging(*, interval: float = 10.0, clock: Clock = SYSTEM_CLOCK) -> LoggingHook:
+    """Log `HARDEN_LOGGED_EVENTS` through one global `LoggingHook`, installed once.
+
+    What `buttress.asgi.harden` calls when it configures logging: logger
+    ``buttress.resilience``, at most one line per (event kind, pipeline, policy, new
+    state) every ``interval`` seconds, the next line counting the ones left out
+    (``suppressed``). Calling it again keeps the hook already installed (so one event
+    is never logged twice); it installs it again after `clear_hooks`.
+
+    Example::
+
+        install_event_logging()
+        install_event_logging()      # still one hook
+    """
+    with _hooks_lock:
+        if _harden_hook and _harden_hook[0] in _global_hooks:
+            return _harden_hook[0]
+    hook = _harden_hook[0] if _harden_hook else None
+    if hook is None or hook.interval != interval or hook.clock is not clock:
+        hook = LoggingHook(
+            logger_name="buttress.resilience",
+            events=HARDEN_LOGGED_EVENTS,
+            interval=interval,
+            clock=clock,
+        )
+        _harden_hook[:] = [hook]
+    add_hook(hook)
+    return hook
 
 
 _STATE_VALUE = {"closed": 0, "open": 1, "half_open": 2}
@@ -302,10 +455,16 @@ class PrometheusHook:
     ``buttress_fallbacks_total{pipeline,policy}``, ``buttress_hedges_total{pipeline,policy}``,
     ``buttress_circuit_state{breaker}`` (0 closed, 1 open, 2 half-open) and
     ``buttress_circuit_transitions_total{breaker,to_state}``; for inbound rate limits
-    ``buttress_rate_limited_total{policy}``, ``buttress_quota_warnings_total{policy}``,
+    ``buttress_quota_warnings_total{policy}``,
     ``buttress_rate_limit_fallbacks_total{policy,mode}`` and
     ``buttress_rate_limit_fallback_engaged{policy}`` (1 while the store is bypassed). Keys
     are never labels.
+
+    The 429s themselves (`RateLimitedEvent`) are not counted here: they are HTTP
+    answers, counted once, by `buttress.asgi.metrics.HttpMetrics` as
+    ``buttress_http_requests_limited_total{policy}`` (next to
+    ``buttress_http_requests_shed_total{reason}``). Without `harden`, pass
+    ``RateLimitMiddleware(..., on_limited=metrics.limited)``.
 
     Example::
 
@@ -352,9 +511,6 @@ class PrometheusHook:
             ["breaker"],
             registry=reg,
         )
-        self.rate_limited = counter(
-            "rate_limited", "Requests refused by an inbound rate limit", ["policy"]
-        )
         self.quota_warnings = counter(
             "quota_warnings", "Keys that crossed a rate limit's warning share", ["policy"]
         )
@@ -389,8 +545,6 @@ class PrometheusHook:
         elif isinstance(event, CircuitStateChangedEvent):
             self.transitions.labels(event.policy, event.to_state).inc()
             self.state.labels(event.policy).set(_STATE_VALUE.get(event.to_state, -1))
-        elif isinstance(event, RateLimitedEvent):
-            self.rate_limited.labels(event.policy).inc()
         elif isinstance(event, QuotaWarningEvent):
             self.quota_warnings.labels(event.policy).inc()
         elif isinstance(event, RateLimitFallbackEvent):

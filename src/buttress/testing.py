@@ -128,7 +128,7 @@ class FakeClock:
 
 def set_instant_retries(enabled: bool) -> None:
     """Make every `Retry` skip (``True``) or perform (``False``) its sleeps, process-wide."""
-    _retry._instant = bool(enabled)
+    _retry.set_instant_retries(enabled)
 
 
 @contextmanager
@@ -142,7 +142,7 @@ def instant_retries() -> Iterator[None]:
             with instant_retries():
                 yield
     """
-    before = _retry._instant
+    before = _retry.instant_retries_enabled()
     set_instant_retries(True)
     try:
         yield

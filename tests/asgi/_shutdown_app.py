@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from buttress.asgi import GracefulShutdown
+from buttress.asgi.middleware import GracefulShutdown
 
 _LOG = os.open(os.environ["SHUTDOWN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 WORK = float(os.environ.get("SHUTDOWN_WORK", "0.3"))

@@ -19,18 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from buttress import RateLimited
-from buttress.asgi import (
-    OWASP_HEADERS,
-    SECURITY_PROFILES,
-    HardenSettings,
-    client_address,
-    current_request_id,
-    harden,
-    parse_traceparent,
-    trusted_networks,
-)
+from buttress.asgi import HardenSettings, current_request_id, harden
+from buttress.asgi.context import client_address, parse_traceparent, trusted_networks
+from buttress.asgi.security import OWASP_HEADERS, SECURITY_PROFILES
 from buttress.errors import ConfigurationError
 from buttress.resilience import remaining
+from tests.conftest import assert_problem
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -138,16 +132,6 @@ def client_for(
 @pytest.fixture(params=list(APPS))
 def app_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"].startswith("https://")
-    return body
 
 
 async def test_unhandled_exception_is_problem_json_with_ids_and_headers(app_kind: str) -> None:

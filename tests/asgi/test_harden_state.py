@@ -204,3 +204,27 @@ async def test_per_route_body_limits_and_deadline_exemptions() -> None:
         HardenSettings.from_env({"BUTTRESS_BODY_LIMIT_ROUTES": "/uploads=lots"})
     with pytest.raises(ConfigurationError, match="body_limit_routes"):
         HardenSettings(body_limit_routes={"uploads": 5})
+
+
+async def test_route_body_limits_match_whole_segments_and_apply_without_a_global_one() -> None:
+    settings = HardenSettings(
+        max_body_bytes=None,  # no limit elsewhere, but the route's still applies
+        body_limit_routes={"/uploads/": 100},
+        idempotency="off",
+        configure_logging=False,
+        access_log=False,
+        metrics=False,
+    )
+    hardened = harden(app, settings)
+    async with client(hardened) as http:
+        answers = [
+            (path, size, (await http.post(path, content=b"x" * size)).status_code)
+            for path, size in [
+                ("/uploads", 150),  # the prefix itself
+                ("/uploads/a", 150),  # below it
+                ("/uploads/a", 50),
+                ("/uploadsX", 150),  # not below it: another path, no limit
+                ("/orders", 5000),
+            ]
+        ]
+    assert [status for _, _, status in answers] == [413, 413, 201, 201, 201], answers

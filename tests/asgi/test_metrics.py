@@ -830,3 +830,145 @@ async def _receive():
 
 async def _drop(message):
     return None
+
+
+# --------------------------------------------------------------------------- one name per fact
+
+
+async def test_middleware_answers_are_counted_under_their_route(registry):
+    from buttress.asgi import HardenSettings, harden
+
+    app = FastAPI()
+
+    @app.get("/orders/{order_id}")
+    async def get_order(order_id: int) -> dict[str, int]:
+        return {"id": order_id}
+
+    hardened = harden(
+        app,
+        HardenSettings(configure_logging=False, access_log=False, rate_limits=("b=2/minute",)),
+        registry=registry,
+    )
+    transport = httpx.ASGITransport(app=hardened, client=("127.0.0.1", 9))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.get("/orders/1")).status_code == 200
+        assert (await c.get("/docs")).status_code == 200  # FastAPI leaves no scope["route"]
+        assert (await c.get("/orders/2")).status_code == 429  # answered before routing
+    assert count(registry, "GET", "/orders/{order_id}", 200) == 1
+    assert count(registry, "GET", "/orders/{order_id}", 429) == 1
+    assert count(registry, "GET", "/docs", 200) == 1
+    assert not count(registry, "GET", UNMATCHED_ROUTE, 429)
+    # a 429 is counted once: the HTTP counter, not also a resilience counter
+    assert registry.get_sample_value("buttress_http_requests_limited_total", {"policy": "b"}) == 1
+    assert "buttress_rate_limited_total" not in (await _scrape_registry(registry))
+    hardened.parts.metrics.close()
+
+
+async def test_the_inbound_deadline_is_not_an_upstream_timeout(registry):
+    from buttress.asgi import HardenSettings, harden
+
+    async def slow(request: Request) -> PlainTextResponse:
+        await asyncio.sleep(5)
+        return PlainTextResponse("late")
+
+    hardened = harden(
+        Starlette(routes=[Route("/slow", slow)]),
+        HardenSettings(configure_logging=False, access_log=False, request_timeout=0.05),
+        registry=registry,
+    )
+    transport = httpx.ASGITransport(app=hardened, client=("127.0.0.1", 9))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/slow")
+    assert r.status_code == 504
+    assert r.json()["code"] == "deadline_exceeded"
+    assert r.json()["type"].endswith("/deadline-exceeded")
+    labels = {"pipeline": "inbound", "policy": "request_deadline", "code": "deadline_exceeded"}
+    assert registry.get_sample_value("buttress_timeouts_total", labels) == 1
+    assert 'code="upstream_timeout"' not in await _scrape_registry(registry)
+    assert count(registry, "GET", "/slow", 504) == 1
+    hardened.parts.metrics.close()
+
+
+async def _scrape_registry(registry) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode()
+
+
+# --------------------------------------------------------------------------- several workers
+
+
+@pytest.mark.parametrize(
+    ("environ", "parent", "several"),
+    [
+        ({}, [], False),
+        ({"WEB_CONCURRENCY": "4"}, [], True),
+        ({"WEB_CONCURRENCY": "1"}, [], False),
+        ({"UVICORN_WORKERS": "2"}, [], True),
+        ({"GUNICORN_CMD_ARGS": "--bind :8000 --workers 3"}, [], True),
+        ({"GUNICORN_CMD_ARGS": "-w 1"}, [], False),
+        ({}, ["/usr/bin/python3", "-m", "uvicorn", "app:app", "--workers", "2"], True),
+        ({}, ["/venv/bin/uvicorn", "app:app", "--workers=4"], True),
+        ({}, ["/venv/bin/gunicorn", "-w4", "-k", "uvicorn_worker.UvicornWorker", "a:b"], True),
+        ({}, ["/venv/bin/gunicorn", "-w", "1", "a:b"], False),
+        ({}, ["/venv/bin/uvicorn", "app:app", "--reload"], False),  # the reloader: one
+        ({}, ["/bin/bash", "run.sh", "--workers", "8"], False),  # not a server
+    ],
+)
+def test_several_workers_heuristic(environ, parent, several):
+    from buttress.asgi._metrics import several_workers
+
+    assert (several_workers(environ, parent) is not None) is several
+
+
+_WORKERS_APP = textwrap.dedent(
+    """
+    from starlette.applications import Starlette
+    from buttress.asgi import HardenSettings, harden
+
+    app = harden(Starlette(), HardenSettings(log_json=True))
+    """
+)
+
+
+@pytest.mark.process
+def test_uvicorn_workers_without_a_multiprocess_dir_warn_once_each(tmp_path: Path):
+    import signal
+    import time
+
+    from tests.conftest import free_port
+
+    (tmp_path / "workers_app.py").write_text(_WORKERS_APP)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "WEB_CONCURRENCY"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "workers_app:app", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--workers", "2", "--log-level", "warning"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        time.sleep(2.0)  # one worker answers; give the other time to import the app too
+        assert proc.poll() is None, "uvicorn exited"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=10)
+    text = (out + err).decode()
+    warnings = [line for line in text.splitlines() if "PROMETHEUS_MULTIPROC_DIR is not set" in line]
+    assert len(warnings) == 2, text[-3000:]  # one line per worker process, once each
+    for line in warnings:
+        record = json.loads(line)
+        assert record["level"] == "warning"
+        assert "--workers 2" in record["event"]

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from buttress.asgi._metrics import HttpMetrics
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
 from buttress.asgi.keys import api_key, jwt_subject, principal, route, tenant
 from buttress.errors import BackendError, ConfigurationError
@@ -131,11 +132,11 @@ async def test_denied_responses_are_problem_json_naming_the_policy(make: Any) ->
     assert r.headers["ratelimit-policy"] == '"burst";q=2;w=10, "daily";q=100;w=86400'
     assert r.headers["ratelimit"] == '"burst";r=0;t=5'  # only the violated policy
     body = r.json()
-    assert body["type"].endswith("/quota-exceeded")
+    assert body["type"].endswith("/rate-limited")
     assert body["status"] == 429
     assert body["code"] == "rate_limited"
     assert body["policy"] == "burst"
-    assert body["violated-policies"] == ["burst"]
+    assert body["violated_policies"] == ["burst"]
     assert body["retry_after"] == 5
     assert "burst" in body["detail"]
 
@@ -197,7 +198,7 @@ async def test_a_denial_spends_nothing_all_or_nothing(make: Any, clock: FakeCloc
     _, client = make([RateLimitRule([Limit("burst", "1/second"), Limit("daily", "2/day")])])
     assert (await client.get("/x")).status_code == 200
     r = await client.get("/x")  # refused by the burst: the daily quota is not spent
-    assert r.json()["violated-policies"] == ["burst"]
+    assert r.json()["violated_policies"] == ["burst"]
     clock.advance(1.0)
     r = await client.get("/x")
     assert r.status_code == 200
@@ -207,7 +208,7 @@ async def test_a_denial_spends_nothing_all_or_nothing(make: Any, clock: FakeCloc
     for _ in range(5):
         r = await client.get("/x")
         assert r.status_code == 429
-        assert r.json()["violated-policies"] == ["daily"]
+        assert r.json()["violated_policies"] == ["daily"]
 
 
 async def test_per_org_above_per_user(make: Any) -> None:
@@ -237,7 +238,7 @@ async def test_per_org_above_per_user(make: Any) -> None:
         assert (await client.get("/x", headers=bob)).status_code == 200
         r = await client.get("/x", headers=bob)  # bob has quota left, the org has not
         assert r.status_code == 429
-        assert r.json()["violated-policies"] == ["per-org"]
+        assert r.json()["violated_policies"] == ["per-org"]
     finally:
         await client.aclose()
 
@@ -348,7 +349,7 @@ async def test_a_failing_resolver_skips_its_limit_not_the_request(
     )
     assert (await client.get("/x")).status_code == 200
     r = await client.get("/x")
-    assert r.json()["violated-policies"] == ["ok"]
+    assert r.json()["violated_policies"] == ["ok"]
     assert sum("key resolver failed" in rec.getMessage() for rec in caplog.records) == 1
 
 
@@ -435,11 +436,20 @@ async def test_key_hashes_are_stable_with_a_configured_secret(
 async def test_prometheus_counts_by_policy_without_key_labels(make: Any) -> None:
     registry = CollectorRegistry()
     hook = PrometheusHook(registry=registry)
-    _, client = make([Limit("per-key", "1/minute", key=api_key())], hooks=[hook])
+    metrics = HttpMetrics(registry=registry, resilience=False)
+    _, client = make(
+        [Limit("per-key", "1/minute", key=api_key())], hooks=[hook], on_limited=metrics.limited
+    )
     headers = {"x-api-key": "sk_live_SECRET123"}
     for _ in range(3):
         await client.get("/x", headers=headers)
-    assert registry.get_sample_value("buttress_rate_limited_total", {"policy": "per-key"}) == 2
+    # one name per fact: the 429s are HTTP answers, counted by HttpMetrics only
+    assert (
+        registry.get_sample_value("buttress_http_requests_limited_total", {"policy": "per-key"})
+        == 2
+    )
+    assert registry.get_sample_value("buttress_rate_limited_total", {"policy": "per-key"}) is None
+    metrics.close()
     for metric in registry.collect():
         for sample in metric.samples:
             assert "SECRET" not in repr(sample.labels)

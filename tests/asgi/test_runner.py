@@ -25,30 +25,28 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from buttress.asgi import (
-    API_HEADERS,
+from buttress.asgi import HardenSettings, harden
+from buttress.asgi._context import found_client
+from buttress.asgi._runner import Hooks, Runner, Stage
+from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi.context import client_address, trusted_networks
+from buttress.asgi.metrics import HttpMetrics
+from buttress.asgi.middleware import (
     AccessLogMiddleware,
     BodyLimitMiddleware,
     CORSMiddleware,
     DeadlineMiddleware,
     ErrorMiddleware,
     GracefulShutdown,
-    HardenSettings,
     HealthMiddleware,
-    HttpMetrics,
     IdempotencyMiddleware,
     LoadSheddingMiddleware,
     MetricsMiddleware,
     RateLimitMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
-    client_address,
-    harden,
-    trusted_networks,
 )
-from buttress.asgi._context import found_client
-from buttress.asgi._runner import Hooks, Runner, Stage
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi.security import API_HEADERS
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode, RateLimited
 from buttress.resilience._deadline import _DEADLINE
 from buttress.stores import MemoryStore

@@ -58,7 +58,7 @@ from buttress.errors import ConfigurationError, DeadlineExceeded
 from buttress.testing import FakeClock
 from tests.conftest import free_port
 
-PROBLEM_TYPE = "https://buttress.dev/problems/temporary-reduced-capacity"
+PROBLEM_TYPE = "https://buttress.dev/problems/overloaded"
 
 
 # ====================================================================== reference models
@@ -366,10 +366,15 @@ def test_gradient_shrinks_when_short_rtt_rises_well_above_long_and_recovers(
         grad.update(base, busy, False, 0.0)
     top = grad.limit
     assert top == hi  # steady latency: the limit sits at its ceiling
-    # queueing: each sample 10x the tolerated latency; the limit never rises and falls
+    # queueing: each sample 10x the tolerated latency; while the gradient is at its floor
+    # (0.5), the limit never rises and falls. (Once the long-term RTT has learned enough of
+    # the new latency, the gradient g lifts off the floor and Gradient2 settles at
+    # queue / (1 - g), which can be above a low min_limit: its design, not a fault.)
     for step in range(slow):
         before = grad.limit
         grad.update(10 * tolerance * base, busy, False, 0.0)
+        if tolerance * grad.long_rtt / (10 * tolerance * base) > 0.5:
+            break
         assert grad.limit <= before
         if step == 0:
             assert grad.limit < before  # at once: the gradient is at its floor (0.5)

@@ -29,8 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from buttress.asgi import ErrorMiddleware, GracefulShutdown, RequestContextMiddleware, _shutdown
+from buttress.asgi import _shutdown
 from buttress.asgi._runner import Runner
+from buttress.asgi.middleware import ErrorMiddleware, GracefulShutdown, RequestContextMiddleware
 from buttress.errors import ConfigurationError
 from buttress.testing import FakeClock
 from tests.conftest import free_port

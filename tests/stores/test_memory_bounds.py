@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from buttress.asgi import IdempotencyMiddleware
+from buttress.asgi.middleware import IdempotencyMiddleware
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores import BeginOutcome, MemoryStore, Rate, RateRequest, StoredResponse
 from buttress.stores._denials import LocalDenials

@@ -1,9 +1,17 @@
-"""Inbound hardening for any ASGI application: pure ASGI, no BaseHTTPMiddleware.
+"""Inbound hardening for any ASGI application (and WSGI ones, through a2wsgi).
 
 ``app = harden(app)`` adds, outermost first: request ids and W3C trace context, a JSON
 access log, Prometheus metrics, security headers, CORS, graceful shutdown, problem+json
-errors, health/live/ready endpoints, adaptive load shedding, body size limits and a request
-deadline. Each feature is also its own middleware class.
+errors, health/live/ready endpoints, rate limits, adaptive load shedding, body size limits,
+a request deadline and ``Idempotency-Key`` handling. This module holds what a service
+calls; the parts live in named modules:
+
+* `buttress.asgi.middleware`: each feature as a middleware of its own;
+* `buttress.asgi.health`: the health checks (``harden(app, checks=[PostgresCheck(...)])``);
+* `buttress.asgi.keys`: rate-limit keys (``Limit(..., key=api_key())``);
+* `buttress.asgi.context`: the request's id, trace context, scope and client address;
+* `buttress.asgi.shedding`, `buttress.asgi.security`, `buttress.asgi.metrics`,
+  `buttress.asgi.problems`, `buttress.asgi.idempotency`: the rest, by feature.
 
 Example::
 
@@ -13,118 +21,41 @@ Example::
     app = harden(FastAPI(), HardenSettings(cors_origins=("https://shop.example.com",)))
 """
 
-from buttress.asgi import keys
-from buttress.asgi._body_limit import BodyLimitMiddleware
-from buttress.asgi._concurrency import (
-    AIMDLimit,
-    ConcurrencyLimiter,
-    ConcurrencyToken,
-    GradientLimit,
-    LimitAlgorithm,
-    ShedReason,
+from buttress._startup import SettingsWarning
+from buttress.asgi import (
+    context,
+    health,
+    idempotency,
+    keys,
+    metrics,
+    middleware,
+    problems,
+    security,
+    shedding,
 )
-from buttress.asgi._context import (
-    RequestContextMiddleware,
-    TraceContext,
-    client_address,
-    current_request_id,
-    current_trace,
-    parse_traceparent,
-    propagate_context,
-    trusted_networks,
-)
-from buttress.asgi._deadline import DeadlineMiddleware
-from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
+from buttress.asgi._context import current_request_id
 from buttress.asgi._harden import HardenedApp, HardenedParts, HardenSettings, harden
-from buttress.asgi._headers import (
-    API_HEADERS,
-    OWASP_HEADERS,
-    SECURITY_PROFILES,
-    CORSMiddleware,
-    SecurityHeadersMiddleware,
-    SecurityProfile,
-)
-from buttress.asgi._health import HEALTH_CONTENT_TYPE, HealthMiddleware
-from buttress.asgi._health_checks import (
-    BaseCheck,
-    BreakersCheck,
-    Check,
-    CheckResult,
-    DiskCheck,
-    HttpCheck,
-    MemoryCheck,
-    PostgresCheck,
-    RedisCheck,
-    SQLiteCheck,
-)
-from buttress.asgi._idempotency import (
-    IdempotencyMiddleware,
-    IdempotencyMode,
-    parse_idempotency_key,
-)
-from buttress.asgi._logging import AccessLogMiddleware, configure_logging, redact
-from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware, RequestMetrics
-from buttress.asgi._problem import problem_body, send_problem
-from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
-from buttress.asgi._shedding import LoadSheddingMiddleware
-from buttress.asgi._shutdown import GracefulShutdown
+from buttress.asgi._logging import configure_logging, redact
+from buttress.asgi._ratelimit_rules import Limit, RateLimitRule
 
 __all__ = [
-    "API_HEADERS",
-    "HEALTH_CONTENT_TYPE",
-    "OWASP_HEADERS",
-    "SECURITY_PROFILES",
-    "AIMDLimit",
-    "AccessLogMiddleware",
-    "BaseCheck",
-    "BodyLimitMiddleware",
-    "BreakersCheck",
-    "CORSMiddleware",
-    "Check",
-    "CheckResult",
-    "ConcurrencyLimiter",
-    "ConcurrencyToken",
-    "DeadlineMiddleware",
-    "DiskCheck",
-    "ErrorMiddleware",
-    "GracefulShutdown",
-    "GradientLimit",
     "HardenSettings",
     "HardenedApp",
     "HardenedParts",
-    "HealthMiddleware",
-    "HttpCheck",
-    "HttpMetrics",
-    "IdempotencyMiddleware",
-    "IdempotencyMode",
     "Limit",
-    "LimitAlgorithm",
-    "LoadSheddingMiddleware",
-    "MemoryCheck",
-    "MetricsMiddleware",
-    "PostgresCheck",
-    "RateLimitMiddleware",
     "RateLimitRule",
-    "RedisCheck",
-    "RequestContextMiddleware",
-    "RequestMetrics",
-    "SQLiteCheck",
-    "SecurityHeadersMiddleware",
-    "SecurityProfile",
-    "ShedReason",
-    "TraceContext",
-    "client_address",
+    "SettingsWarning",
     "configure_logging",
+    "context",
     "current_request_id",
-    "current_trace",
     "harden",
-    "install_exception_handlers",
+    "health",
+    "idempotency",
     "keys",
-    "parse_idempotency_key",
-    "parse_traceparent",
-    "problem_body",
-    "propagate_context",
+    "metrics",
+    "middleware",
+    "problems",
     "redact",
-    "send_problem",
-    "trusted_networks",
+    "security",
+    "shedding",
 ]

@@ -38,8 +38,11 @@ class BodyLimitMiddleware(Stage):
 
     Args:
         app: the ASGI application.
-        max_bytes: the largest body accepted (default 1 MiB).
-        routes: a different limit per path prefix (longest prefix wins), e.g. uploads.
+        max_bytes: the largest body accepted (default 1 MiB); None: no limit but the
+            ``routes``' ones.
+        routes: a different limit per path prefix (longest prefix wins), e.g. uploads. A
+            prefix matches whole path segments: ``/uploads`` covers ``/uploads`` and
+            ``/uploads/a``, not ``/uploadsX``.
 
     Example::
 
@@ -50,11 +53,11 @@ class BodyLimitMiddleware(Stage):
         self,
         app: ASGIApp,
         *,
-        max_bytes: int = 1 << 20,
+        max_bytes: int | None = 1 << 20,
         routes: dict[str, int] | None = None,
     ) -> None:
         for where, value in [
-            ("max_bytes", max_bytes),
+            *([] if max_bytes is None else [("max_bytes", max_bytes)]),
             *((f"routes[{k!r}]", v) for k, v in (routes or {}).items()),
         ]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -63,12 +66,23 @@ class BodyLimitMiddleware(Stage):
                 )
         self.app = app
         self.max_bytes = max_bytes
-        self.routes = sorted((routes or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
+        for prefix in routes or {}:
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                raise ConfigurationError(
+                    f"BodyLimitMiddleware(routes={{{prefix!r}: ...}}): a path prefix starting "
+                    "with '/'"
+                )
+        # (prefix without its trailing '/', the same with one, limit), longest first
+        self.routes = sorted(
+            ((p.rstrip("/"), p.rstrip("/") + "/", limit) for p, limit in (routes or {}).items()),
+            key=lambda route: len(route[0]),
+            reverse=True,
+        )
 
-    def limit_for(self, path: str) -> int:
-        """The body limit that applies to ``path``."""
-        for prefix, limit in self.routes:
-            if path.startswith(prefix):
+    def limit_for(self, path: str) -> int | None:
+        """The body limit that applies to ``path`` (None: none)."""
+        for prefix, below, limit in self.routes:
+            if path == prefix or path.startswith(below):
                 return limit
         return self.max_bytes
 
@@ -84,6 +98,8 @@ class BodyLimitMiddleware(Stage):
         """Refuse a ``Content-Length`` over the limit; count a body that has none."""
         scope = ex.scope
         limit = self.limit_for(scope["path"]) if self.routes else self.max_bytes
+        if limit is None:
+            return None
         found = ex.found
         for value in found.get(b"content-length", ()):
             try:

@@ -43,6 +43,7 @@ __all__ = [
     "TraceContext",
     "client_address",
     "current_request_id",
+    "current_scope",
     "current_trace",
     "found_client",
     "is_local_request",
@@ -59,6 +60,7 @@ Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("buttress_request_id", default=None)
 _TRACE: ContextVar[TraceContext | None] = ContextVar("buttress_trace", default=None)
+_SCOPE: ContextVar[Scope | None] = ContextVar("buttress_scope", default=None)
 
 _HEX = frozenset(b"0123456789abcdef")
 _NONZERO = 1 << 64 | 1  # the lowest bit of the trace id and of the span id, in one draw
@@ -70,6 +72,15 @@ _ID_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 def current_request_id() -> str | None:
     """The id of the request being served by this task, or None outside a request."""
     return _REQUEST_ID.get()
+
+
+def current_scope() -> Scope | None:
+    """The ASGI scope of the request being served, or None outside a request.
+
+    The same dict the app sees, so ``scope["route"]`` is there once the router ran
+    (integrations read the route template and the principal from it).
+    """
+    return _SCOPE.get()
 
 
 def current_trace() -> TraceContext | None:
@@ -401,6 +412,9 @@ class RequestContextMiddleware(Stage):
         trace: parse and emit W3C trace context (default True).
         generator: makes new ids (default: the trace id, so one id finds the request in
             logs and traces; 32 random hex digits when tracing is off).
+        tracing: take the trace context from OpenTelemetry's server span (starting one
+            when no instrumentation did; `buttress.otel`): None (default) when OTel is
+            active, True always, False never. Decided once, when the stage is composed.
 
     The id is echoed as a response header; the trace context is returned as
     ``traceresponse`` (W3C Trace Context level 2) and stored in ``scope["state"]``.
@@ -422,6 +436,7 @@ class RequestContextMiddleware(Stage):
         trust_incoming: bool = True,
         trace: bool = True,
         generator: Callable[[], str] | None = None,
+        tracing: bool | None = None,
     ) -> None:
         if not header or not all(c.isalnum() or c == "-" for c in header):
             raise ConfigurationError(
@@ -443,9 +458,16 @@ class RequestContextMiddleware(Stage):
         self.trace = trace
         self.generator = generator or _new_id
         self.custom_ids = generator is not None
+        self.tracing = tracing
 
     def stage_hooks(self) -> Hooks:
         """Arrive: ids and trace context bound; start: both echoed; finish: unbound."""
+        if self.trace and self.tracing is not False:
+            from buttress.asgi._tracing import server_hooks  # noqa: PLC0415 - OTel only
+
+            traced = server_hooks(self, required=self.tracing is True)
+            if traced is not None:
+                return traced
         reads = {self.header} if self.trust_incoming else set()
         if self.trace:
             reads.add(b"traceparent")
@@ -497,7 +519,7 @@ class RequestContextMiddleware(Stage):
         if trace is not None:
             state["trace"] = trace
         ex.context_headers = headers
-        ex.context_tokens = (_REQUEST_ID.set(request_id), _TRACE.set(trace))
+        ex.context_tokens = (_REQUEST_ID.set(request_id), _TRACE.set(trace), _SCOPE.set(scope))
 
     def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
         """Echo the id and the trace context (``traceresponse``)."""
@@ -505,7 +527,8 @@ class RequestContextMiddleware(Stage):
 
     def finish(self, ex: Any) -> None:
         """Unbind the request's id and trace context."""
-        id_token, trace_token = ex.context_tokens
+        id_token, trace_token, scope_token = ex.context_tokens
+        _SCOPE.reset(scope_token)
         _TRACE.reset(trace_token)
         _REQUEST_ID.reset(id_token)
 
@@ -535,7 +558,7 @@ def propagate_context(request: Any) -> None:
     Example::
 
         from buttress.http import async_client
-        from buttress.asgi import propagate_context
+        from buttress.asgi.context import propagate_context
 
         client = async_client(on_request=[propagate_context])
     """

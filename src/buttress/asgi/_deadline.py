@@ -31,6 +31,24 @@ def _asked(raw: bytes, timeout: float) -> float | None:
     return asked if 0 < asked < timeout else None  # nonsense or longer: ours applies
 
 
+class _RequestDeadline(Timeout):
+    """The request's own deadline: running out is ``deadline_exceeded``, not ``upstream_timeout``.
+
+    ``upstream_timeout`` says a dependency was slow (an outbound call's own `Timeout`);
+    the inbound deadline says the request took too long, whatever it waited on. Its
+    `TimeoutEvent` and its `DeadlineExceeded` carry ``deadline_exceeded``.
+    """
+
+    __slots__ = ()
+
+    def expired(self, elapsed: float, own: bool) -> tuple[ErrorCode, str]:
+        """``deadline_exceeded``, whichever deadline ran out."""
+        return (
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"the request timed out after {elapsed:.3g} s (its deadline passed)",
+        )
+
+
 class DeadlineMiddleware(Stage):
     """A server-side deadline per request: 504 problem+json, handler cancelled.
 
@@ -61,9 +79,10 @@ class DeadlineMiddleware(Stage):
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.app = app
-        self.policy = Timeout(timeout, name="request", clock=clock)
+        self.policy = _RequestDeadline(timeout, name="request_deadline", clock=clock)
         self.timeout = self.policy.seconds
-        self.pipeline = Pipeline(self.policy, name=None)
+        # no span of its own: the request's server span is the one (buttress.otel)
+        self.pipeline = Pipeline(self.policy, name="inbound", traced=False)
         self.header = header.lower().encode("latin-1") if header else None
         self.exempt = frozenset(exempt_paths)
 

@@ -13,12 +13,17 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from buttress._classify import classify_status
 from buttress.asgi._context import current_request_id
-from buttress.asgi._problem import problem_body, problem_for_exception, send_problem
+from buttress.asgi._problem import (
+    code_for_status,
+    problem_body,
+    problem_for_exception,
+    send_problem,
+)
 from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Scope
 from buttress.errors import ButtressError, ErrorCode
+from buttress.telemetry import RequestErrorEvent, emit
 
 __all__ = ["ErrorMiddleware", "install_exception_handlers"]
 
@@ -68,6 +73,16 @@ class ErrorMiddleware(Stage):
         scope = ex.scope
         code, retry_after, detail = problem_for_exception(exc)
         started = ex.status != 0
+        emit(
+            RequestErrorEvent(
+                policy="error_middleware",
+                error=exc,
+                code=code,
+                method=scope.get("method", ""),
+                path=scope.get("path", ""),
+                response_started=started,
+            )
+        )
         self._log(scope, exc, code, started)
         if not started:
             await send_problem(
@@ -144,8 +159,7 @@ def install_exception_handlers(app: Any) -> bool:
 
     async def on_http_exception(request: Any, exc: Any) -> Any:
         status = int(getattr(exc, "status_code", 500))
-        info = classify_status(status)
-        code = info.code if info is not None else ErrorCode.INTERNAL_ERROR
+        code = code_for_status(status)
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(getattr(exc, "headers", None) or {})
         if detail and detail == _default_phrase(status):

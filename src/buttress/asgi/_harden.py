@@ -16,7 +16,7 @@ The stages, outermost first (each is also its own middleware class), and why thi
    then log, count and decorate;
 6. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before
    any limit or deadline applies;
-7. `RateLimitMiddleware` (when limits are configured): 429 quota-exceeded before an
+7. `RateLimitMiddleware` (when limits are configured): 429 rate-limited before an
    abusive client takes a shedding slot;
 8. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
    (Gradient2) answer 503 + ``Retry-After`` before the service tips over; its latency
@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from buttress import process_errors
+from buttress._startup import configuration_boundary, require_modules
 from buttress.asgi._body_limit import BodyLimitMiddleware
 from buttress.asgi._context import RequestContextMiddleware, current_trace
 from buttress.asgi._deadline import DeadlineMiddleware
@@ -50,18 +52,21 @@ from buttress.asgi._headers import (
     SECURITY_PROFILES,
     CORSMiddleware,
     SecurityHeadersMiddleware,
+    framework_docs_paths,
 )
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
 from buttress.asgi._idempotency import IdempotencyMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
+from buttress.asgi._openapi import document_answers
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
 from buttress.asgi._runner import Runner, Stage
 from buttress.asgi._settings import HardenSettings
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
 from buttress.asgi._types import ASGIApp, Scope
+from buttress.asgi._wsgi import asgi_app
 from buttress.stores import Store, open_store
 
 __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
@@ -105,6 +110,7 @@ class HardenedApp(Runner):
     parts: HardenedParts
 
 
+@configuration_boundary  # a ConfigurationError while a server loads the app stops it
 def harden(
     app: ASGIApp,
     settings: HardenSettings | None = None,
@@ -136,10 +142,17 @@ def harden(
         app = FastAPI()
         app = harden(app)           # uvicorn main:app --no-proxy-headers
     """
+    app = asgi_app(app)  # a WSGI app (Flask, Django's WSGIHandler): through a2wsgi
     s = settings if settings is not None else HardenSettings.from_env()
+    if s.configure_logging or s.access_log:  # named, not a bare ModuleNotFoundError
+        require_modules("harden()", ("structlog",), "asgi")
     parts = HardenedParts()
     if s.configure_logging:
-        configure_logging(json=s.log_json, level=s.log_level)
+        configure_logging(
+            json=s.log_json, level=s.log_level, access_log=s.access_log, events=s.log_events
+        )
+    if s.process_errors:  # threads and sys.excepthook now; the event loop at lifespan startup
+        process_errors.install()
     install_exception_handlers(app)
     if s.metrics:  # built first: inner stages report to it (shedding counts its 503s)
         parts.metrics = HttpMetrics(
@@ -185,7 +198,7 @@ def harden(
                 exempt_paths=s.deadline_exempt_paths,
             )
         )
-    if s.max_body_bytes is not None:
+    if s.max_body_bytes is not None or s.body_limit_routes:  # routes limit alone, too
         stages.append(
             BodyLimitMiddleware(
                 wrapped(), max_bytes=s.max_body_bytes, routes=dict(s.body_limit_routes) or None
@@ -231,6 +244,8 @@ def harden(
             grace=s.shutdown_grace,
             close_timeout=s.close_timeout,
         )
+        if s.process_errors:  # the server's event loop exists from lifespan startup on
+            parts.shutdown.on_startup.append(process_errors.install)
         if parts.health is not None:
             parts.shutdown.on_drain.append(parts.health.mark_draining)
         if store is not None:
@@ -249,6 +264,7 @@ def harden(
                 allow_methods=s.cors_methods,
                 allow_headers=s.cors_headers,
                 allow_credentials=s.cors_credentials,
+                expose_headers=s.cors_expose(),
             )
         )
     if s.security_headers is not False:
@@ -258,6 +274,7 @@ def harden(
                 wrapped(),
                 headers=SECURITY_PROFILES[profile],
                 csp_routes=s.csp_routes or None,
+                docs_paths=framework_docs_paths(app),  # FastAPI's /docs and /redoc work
             )
         )
     if parts.metrics is not None:
@@ -268,7 +285,10 @@ def harden(
         )
     if s.access_log:
         stages.append(AccessLogMiddleware(wrapped(), trusted_proxies=s.trusted_proxies))
-    stages.append(RequestContextMiddleware(wrapped(), header=s.request_id_header))
+    stages.append(
+        RequestContextMiddleware(wrapped(), header=s.request_id_header, tracing=s.tracing)
+    )
+    document_answers(app, s, parts)  # FastAPI: buttress's answers in app.openapi()
     hardened = HardenedApp(stages[::-1], handler)
     hardened.parts = parts
     return hardened

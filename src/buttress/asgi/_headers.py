@@ -3,6 +3,12 @@
 Two stages (see `buttress.asgi._runner`): `SecurityHeadersMiddleware` edits the headers of
 every response that starts through it; `CORSMiddleware` answers preflights when the request
 arrives and adds the CORS headers of an allowed origin when the response starts.
+
+A framework's own documentation pages (FastAPI's Swagger UI and ReDoc, found by
+`framework_docs_paths`) get `DOCS_CSP` on exactly their paths: the API's CSP
+(``default-src 'none'``) would leave them blank. By default CORS exposes to browser code
+the headers it needs to read (`BROWSER_HEADERS`: rate limits, ``Retry-After``, replays,
+the request id); a refused preflight names what was refused.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from buttress.errors import ConfigurationError, ErrorCode
 __all__ = [
     "API_CSP",
     "API_HEADERS",
+    "BROWSER_HEADERS",
     "DEFAULT_CSP",
+    "DOCS_CSP",
     "OWASP_HEADERS",
     "SECURITY_PROFILES",
     "CORSMiddleware",
     "SecurityHeadersMiddleware",
     "SecurityProfile",
+    "framework_docs_paths",
 ]
 
 
@@ -66,6 +75,41 @@ API_HEADERS: dict[str, str] = {
     "x-frame-options": "deny",
 }
 
+# Swagger UI and ReDoc as FastAPI serves them: scripts and styles from jsDelivr, an inline
+# start-up script, FastAPI's favicon, ReDoc's Google fonts and its search worker (a blob:),
+# the OpenAPI document fetched from the same origin. Nothing else: no framing, no plugins.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src 'self' data: https://fonts.gstatic.com; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.jsdelivr.net; "
+    "connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+# the attributes of a FastAPI app that name its documentation pages
+_DOCS_ATTRIBUTES = ("docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
+
+
+def framework_docs_paths(app: object) -> tuple[str, ...]:
+    """The paths of the app's own documentation pages (FastAPI's ``/docs``, ``/redoc``...).
+
+    Read from FastAPI's ``docs_url``, ``redoc_url`` and ``swagger_ui_oauth2_redirect_url``
+    (the last only when there is a ``docs_url``); empty for other apps.
+
+    Example::
+
+        framework_docs_paths(FastAPI())   # ('/docs', '/redoc', '/docs/oauth2-redirect')
+    """
+    paths: list[str] = []
+    for name in _DOCS_ATTRIBUTES:
+        path = getattr(app, name, None)
+        if isinstance(path, str) and path.startswith("/"):
+            if name == "swagger_ui_oauth2_redirect_url" and not getattr(app, "docs_url", None):
+                continue  # FastAPI serves the redirect page only with Swagger UI
+            paths.append(path)
+    return tuple(paths)
+
+
 SecurityProfile: TypeAlias = Literal["api", "full"]
 """A named header set: ``"api"`` (`API_HEADERS`) or ``"full"`` (`OWASP_HEADERS`)."""
 
@@ -89,6 +133,9 @@ class SecurityHeadersMiddleware(Stage):
         csp_routes: a Content-Security-Policy per path prefix (longest prefix wins), or
             None for no CSP on those paths (e.g. ``{"/docs": None}`` for Swagger UI).
         remove: fingerprinting headers to strip (default ``Server``, ``X-Powered-By``...).
+        docs_paths: exact paths of documentation pages (`framework_docs_paths`): they get
+            `DOCS_CSP` and no ``Cross-Origin-Embedder-Policy`` (their scripts come from a
+            CDN), unless ``csp_routes`` has an entry for that very path.
 
     Example::
 
@@ -102,6 +149,7 @@ class SecurityHeadersMiddleware(Stage):
         headers: Mapping[str, str] | None = None,
         csp_routes: Mapping[str, str | None] | None = None,
         remove: Iterable[bytes] = REMOVED_HEADERS,
+        docs_paths: Iterable[str] = (),
     ) -> None:
         chosen = dict(OWASP_HEADERS if headers is None else headers)
         for name, value in chosen.items():
@@ -127,8 +175,15 @@ class SecurityHeadersMiddleware(Stage):
             if csp is not None:
                 headers_for_route.append((b"content-security-policy", csp.encode("latin-1")))
             self.routes.append((prefix, headers_for_route))
+        relaxed = {b"content-security-policy", b"cross-origin-embedder-policy"}
+        docs_headers = [h for h in self.base if h[0] not in relaxed]
+        docs_headers.append((b"content-security-policy", DOCS_CSP.encode("latin-1")))
+        self.exact = {p: docs_headers for p in docs_paths if p not in (csp_routes or {})}
 
     def _headers_for(self, path: str) -> list[tuple[bytes, bytes]]:
+        exact = self.exact.get(path)
+        if exact is not None:
+            return exact
         for prefix, headers in self.routes:
             if path.startswith(prefix):
                 return headers
@@ -140,7 +195,7 @@ class SecurityHeadersMiddleware(Stage):
 
     def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
         """Add the set (what the response sets itself wins); remove ``Server`` and friends."""
-        add = self._headers_for(ex.scope["path"]) if self.routes else self.base
+        add = self._headers_for(ex.scope["path"]) if self.routes or self.exact else self.base
         special = self._special
         for header in headers:
             if header[0].lower() in special:
@@ -163,7 +218,11 @@ class SecurityHeadersMiddleware(Stage):
         headers[:] = kept
 
 
+BROWSER_HEADERS = ("RateLimit", "RateLimit-Policy", "Retry-After", "Idempotent-Replayed")
+"""Response headers of buttress's that browser code needs to read (CORS exposes them)."""
+
 _SAFE_METHODS = ("GET", "HEAD", "POST")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110)
 _CORS_REQUEST_HEADERS = frozenset(
     {b"origin", b"access-control-request-method", b"access-control-request-headers"}
 )
@@ -183,10 +242,14 @@ class CORSMiddleware(Stage):
         allow_headers: request headers allowed (default none beyond the CORS-safelisted).
         allow_credentials: send ``Access-Control-Allow-Credentials: true``. Refused with
             ``*`` (browsers forbid it, and reflecting any origin with credentials is a hole).
-        expose_headers: response headers the browser may read (the request id by default).
+        expose_headers: response headers the browser may read (default: ``x-request-id``
+            and `BROWSER_HEADERS`: ``RateLimit``, ``RateLimit-Policy``, ``Retry-After``,
+            ``Idempotent-Replayed``).
         max_age: how long a browser may cache a preflight (default 600 s).
 
-    A preflight from a disallowed origin, method or header gets a 403 problem+json.
+    A preflight from a disallowed origin, method or header gets a 403 problem+json whose
+    ``detail`` names what was refused (``header 'x-debug' is not allowed (allowed:
+    authorization)``); the allowed methods and headers are listed only to an allowed origin.
 
     Example::
 
@@ -203,7 +266,7 @@ class CORSMiddleware(Stage):
         allow_methods: Sequence[str] = _SAFE_METHODS,
         allow_headers: Sequence[str] = (),
         allow_credentials: bool = False,
-        expose_headers: Sequence[str] = ("x-request-id",),
+        expose_headers: Sequence[str] = ("x-request-id", *BROWSER_HEADERS),
         max_age: int = 600,
     ) -> None:
         origins = [o.rstrip("/") for o in allow_origins]
@@ -238,7 +301,14 @@ class CORSMiddleware(Stage):
             )
         self.headers = frozenset(h.lower() for h in allow_headers)
         self.credentials = allow_credentials
-        self.expose = ", ".join(expose_headers).encode("latin-1")
+        exposed: dict[str, str] = {}
+        for name in expose_headers:
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+                raise ConfigurationError(
+                    f"CORSMiddleware(expose_headers=[{name!r}]): not a header name"
+                )
+            exposed.setdefault(name.lower(), name)  # once each, whatever the case
+        self.expose = ", ".join(exposed.values()).encode("latin-1")
         self.preflight_common = [
             (b"access-control-allow-methods", ", ".join(sorted(self.methods)).encode("latin-1")),
             (b"access-control-max-age", str(max_age).encode("ascii")),
@@ -312,19 +382,31 @@ class CORSMiddleware(Stage):
         self, send: Send, origin: str, method: bytes, headers: bytes | None
     ) -> bool:
         problems = []
-        if not self.allowed(origin):
-            problems.append("origin")
-        if method.decode("latin-1").upper() not in self.methods:
-            problems.append("method")
+        allowed_origin = self.allowed(origin)
+        if not allowed_origin:
+            problems.append(f"origin {_shown(origin)} is not allowed")
+        asked_method = method.decode("latin-1").upper()
+        if asked_method not in self.methods:
+            allowed = f" (allowed: {', '.join(sorted(self.methods))})" if allowed_origin else ""
+            problems.append(f"method {_shown(asked_method)} is not allowed{allowed}")
         asked = [h.strip().lower() for h in (headers or b"").decode("latin-1").split(",")]
         asked = [h for h in asked if h]
-        if not self.allow_all_headers and any(h not in self.headers for h in asked):
-            problems.append("headers")
+        refused = [] if self.allow_all_headers else [h for h in asked if h not in self.headers]
+        if refused:
+            names = ", ".join(_shown(h) for h in refused[:5])
+            if len(refused) > 5:
+                names += f" and {len(refused) - 5} more"
+            allowed = ""
+            if allowed_origin:
+                allowed = f" (allowed: {', '.join(sorted(self.headers)) or 'none'})"
+            noun = "header" if len(refused) == 1 else "headers"
+            verb = "is" if len(refused) == 1 else "are"
+            problems.append(f"{noun} {names} {verb} not allowed{allowed}")
         if problems:
             await send_problem(
                 send,
                 ErrorCode.FORBIDDEN,
-                detail=f"CORS preflight refused: {', '.join(problems)} not allowed",
+                detail=f"CORS preflight refused: {'; '.join(problems)}",
             )
             return True
         allow_origin = b"*" if self.any_origin and not self.credentials else origin.encode()
@@ -338,3 +420,8 @@ class CORSMiddleware(Stage):
         await send({"type": "http.response.start", "status": 204, "headers": response})
         await send({"type": "http.response.body", "body": b""})
         return True
+
+
+def _shown(text: str) -> str:
+    """A client's value quoted for a message, cut at 100 characters."""
+    return repr(text if len(text) <= 100 else text[:100] + "...")

@@ -367,7 +367,7 @@ class HealthMiddleware(Stage):
             if not isinstance(check, Check):
                 raise ConfigurationError(
                     f"{owner}(checks=[..., {check!r}]): each check needs name, critical, "
-                    "component_type and an async run() (see buttress.asgi.BaseCheck)"
+                    "component_type and an async run() (see buttress.asgi.health.BaseCheck)"
                 )
             if not isinstance(check.name, str) or not check.name or check.name in seen:
                 raise ConfigurationError(

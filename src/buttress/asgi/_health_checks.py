@@ -34,6 +34,9 @@ __all__ = [
     "Status",
 ]
 
+# a Redis probe without a timeout of its own: the socket never waits longer than this
+_PROBE_SOCKET_TIMEOUT = 5.0
+
 
 Status = Literal["pass", "warn", "fail"]
 HEALTH_CONTENT_TYPE: Final = b"application/health+json"
@@ -407,7 +410,10 @@ class RedisCheck(_LatencyCheck):
         import redis.asyncio  # noqa: PLC0415 - optional dependency, imported when used
 
         assert self._url is not None  # noqa: S101 - set when there is no client
-        client = redis.asyncio.Redis.from_url(self._url)
+        limit = self.timeout if self.timeout is not None else _PROBE_SOCKET_TIMEOUT
+        client = redis.asyncio.Redis.from_url(
+            self._url, socket_timeout=limit, socket_connect_timeout=limit
+        )
         try:
             await client.ping()
         finally:

@@ -38,6 +38,13 @@ __all__ = [
 _log = logging.getLogger("buttress.asgi.idempotency")
 
 REPLAYED_HEADER = b"idempotent-replayed"
+# what the server span says a key found (buttress.idempotency.outcome)
+_OUTCOMES = {
+    BeginOutcome.ACQUIRED: "first",
+    BeginOutcome.REPLAY: "replay",
+    BeginOutcome.MISMATCH: "conflict",
+    BeginOutcome.IN_FLIGHT: "in_flight",
+}
 STORED_HEADER = b"idempotent-stored"
 
 # Never stored, never replayed: per-connection headers, cookies (a replay must not hand a
@@ -299,6 +306,9 @@ class KeyedRun:
             begun = await mw.store.abegin(self.key, self.fingerprint, mw.lease)
         except BackendError as exc:
             _log.warning("idempotency store unavailable: %s", exc)
+            state = scope.get("state")
+            if state is not None:
+                state["buttress.idempotency"] = "store_unavailable"
             if mw.fail_open:
                 return self.client is not None
             await self._answer(
@@ -310,6 +320,9 @@ class KeyedRun:
             )
             return False
         outcome = begun.outcome
+        state = scope.get("state")
+        if state is not None:  # for the server span (buttress.asgi._tracing)
+            state["buttress.idempotency"] = _OUTCOMES.get(outcome, "unknown")
         if outcome is BeginOutcome.ACQUIRED:
             self.token = begun.token
             if self.client is None:  # nobody waits, and nothing ran: the key goes free

@@ -1,13 +1,33 @@
 """Structured JSON logs (structlog) with secrets redacted, and a one-line-per-request access log.
 
 `configure_logging` sets structlog up the production way: JSON lines on a pipe or file,
-readable colours on a terminal, ISO timestamps in UTC, the request id and trace id of the
-current request merged in, and every ``Authorization``, ``Cookie``, ``Set-Cookie``,
-password-, token- or secret-like field replaced by ``[redacted]``, however deep it sits.
+readable colours on a terminal, the request id and trace id of the current request merged
+in, and every ``Authorization``, ``Cookie``, ``Set-Cookie``, password-, token- or
+secret-like field replaced by ``[redacted]``, however deep it sits.
+
+One JSON style for every line, whoever writes it (buttress, your structlog calls, the
+standard library's ``logging``, uvicorn): compact (no spaces), the line's own fields
+first, then ``event``, ``logger`` (when known), ``level`` and ``timestamp``, last and in
+that order; ``timestamp`` is ISO 8601 in UTC with milliseconds
+(``2026-01-02T03:04:05.678Z``)::
+
+    {"method":"GET","route":"/orders/{id}",...,"event":"request","logger":"buttress.access","level":"info","timestamp":"2026-01-02T03:04:05.678Z"}
+    {"order_id":7,"request_id":"...","event":"order_created","logger":"app","level":"info","timestamp":"2026-01-02T03:04:05.679Z"}
+
+The server's own loggers are taken over (``uvicorn``, ``uvicorn.error``): their lines come
+out in the same style. With ``access_log=True`` (what `harden` passes when its access log
+is on) uvicorn's access logger is silenced, so each request is logged once, by
+`AccessLogMiddleware`; otherwise its lines are routed through the same format. With
+``events=True`` (`harden`'s default) the resilience events that need a person's
+attention are logged too (`buttress.telemetry.install_event_logging`).
 
 `AccessLogMiddleware` writes one line per request: method, route template, path, status,
 duration_ms, response bytes, request id, trace id, client address (trusted-proxy aware:
-an IP address or ``unknown``, never what a header said) and principal when known.
+an IP address or ``unknown``, never what a header said) and principal when known. The
+route is the template the router matched; a request a middleware answered before routing
+(a 429, 413, 503, an idempotent replay...) is named by matching its path against the
+app's routes (`RouteNames`), so it is logged and counted under its route, not
+``<unmatched>``.
 
 Tracebacks, on the console and in JSON, are plain text (`format_traceback`): no local
 variables (they hold headers and tokens), the innermost 20 frames of each exception, at
@@ -42,6 +62,7 @@ from buttress.asgi._types import ASGIApp, Scope
 __all__ = [
     "REDACTED",
     "AccessLogMiddleware",
+    "RouteNames",
     "configure_logging",
     "format_traceback",
     "redact",
@@ -154,6 +175,8 @@ def configure_logging(
     json: bool | None = None,
     level: int | str = logging.INFO,
     stream: TextIO | None = None,
+    access_log: bool = False,
+    events: bool = False,
 ) -> None:
     """Configure structlog (and route the standard library's logging through it).
 
@@ -161,12 +184,18 @@ def configure_logging(
         json: JSON lines (default: when the stream is not a terminal) or console output.
         level: the minimum level (default INFO).
         stream: where lines go (default ``sys.stdout``).
+        access_log: buttress writes the access lines (`AccessLogMiddleware`): silence the
+            server's own access logger (``uvicorn.access``) so a request is logged once.
+            False (the default): the server's access lines come out in the same format.
+        events: also log the resilience events a person should see (retries, give-ups,
+            breaker changes, fallbacks, the rate-limit store bypassed), rate-limited: see
+            `buttress.telemetry.install_event_logging`.
 
     Example::
 
         configure_logging()                 # JSON in production, colours in a terminal
         structlog.get_logger().info("order_created", order_id=7, card_token="tok_123")
-        # {"order_id": 7, "card_token": "[redacted]", "event": "order_created", ...}
+        # {"order_id":7,"card_token":"[redacted]","event":"order_created","level":"info",...}
     """
     import structlog  # noqa: PLC0415 - the asgi extra
 
@@ -180,14 +209,16 @@ def configure_logging(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _merge_request_context,
+        _add_logger_name,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_timestamp,
         redact_processor,
     ]
     renderer: Any
     if as_json:
         shared.append(structlog.processors.ExceptionRenderer(format_traceback))
-        renderer = structlog.processors.JSONRenderer()
+        shared.append(_tail_order)
+        renderer = structlog.processors.JSONRenderer(separators=(",", ":"))
     else:
         # not structlog's default (rich, with every frame's local variables: secrets,
         # thousands of lines, a blocked event loop)
@@ -199,18 +230,85 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_NamedPrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=renderer, foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]
-        )
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared)
     )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric)
+    take_over_server_loggers(access_log=access_log)
+    if events:
+        from buttress.telemetry import install_event_logging  # noqa: PLC0415
+
+        install_event_logging()
+
+
+#: The server loggers whose lines `configure_logging` routes through its own format.
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.asgi")
+#: The server access loggers: silenced when buttress writes the access lines.
+SERVER_ACCESS_LOGGERS = ("uvicorn.access",)
+
+
+def take_over_server_loggers(*, access_log: bool) -> None:
+    """Send uvicorn's log lines through the root handler (buttress's format).
+
+    uvicorn gives its loggers their own handlers and formats (``propagate=False``), set up
+    before the app is imported; this removes them, so the lines reach the root logger.
+    With ``access_log`` (buttress logs each request) ``uvicorn.access`` gets no handler
+    and does not propagate: uvicorn then sees it has none and skips the access line
+    entirely (it checks ``hasHandlers()`` per connection).
+    """
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+    for name in SERVER_ACCESS_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = not access_log
+
+
+class _NamedPrintLoggerFactory:
+    """structlog's ``PrintLoggerFactory``, keeping the name given to ``get_logger``."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def __call__(self, *args: Any) -> Any:
+        import structlog  # noqa: PLC0415 - the asgi extra
+
+        logger = structlog.PrintLogger(self._out)
+        logger.name = args[0] if args and isinstance(args[0], str) else ""  # type: ignore[attr-defined]
+        return logger
+
+
+def _add_logger_name(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """``logger``: the stdlib record's name, or the name given to ``get_logger``."""
+    record = event_dict.get("_record")
+    name = record.name if record is not None else getattr(logger, "name", None)
+    if name:
+        event_dict.setdefault("logger", name)
+    return event_dict
+
+
+def _add_timestamp(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """``timestamp``: ISO 8601, UTC, milliseconds (the access line's own format)."""
+    event_dict["timestamp"] = _timestamp(time.time())
+    return event_dict
+
+
+_TAIL = ("event", "logger", "level", "timestamp")
+
+
+def _tail_order(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """The line's own fields first, then event, logger, level, timestamp (as access lines)."""
+    tail = [(key, event_dict.pop(key)) for key in _TAIL if key in event_dict]
+    event_dict.update(tail)
+    return event_dict
 
 
 class _Stdout:
@@ -232,17 +330,20 @@ class _Stdout:
 _access_sink: TextIO | None = None
 _access_json = True
 _access_level = [logging.INFO]
-_stamp: list[Any] = [-1, ""]  # (UTC millisecond, its ISO 8601 text): lines in a burst share it
+# [(UTC millisecond, its ISO 8601 text)]: lines in a burst share it; one tuple, replaced
+# whole, so a thread logging at the same time never reads a millisecond with another's text
+_stamp: list[tuple[int, str]] = [(-1, "")]
 
 
 def _timestamp(now: float) -> str:
     """``now`` (`time.time`) as ``2026-01-02T03:04:05.678Z``, cached per millisecond."""
     ms = int(now * 1000)
-    if ms != _stamp[0]:
-        whole, frac = divmod(ms, 1000)
-        _stamp[0] = ms
-        _stamp[1] = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:03d}Z"
-    text: str = _stamp[1]
+    cached = _stamp[0]
+    if ms == cached[0]:
+        return cached[1]
+    whole, frac = divmod(ms, 1000)
+    text = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:03d}Z"
+    _stamp[0] = (ms, text)
     return text
 
 
@@ -258,15 +359,139 @@ def _q(value: str | None) -> str:
 _UNMATCHED = "<unmatched>"
 
 
-def route_template(scope: Scope) -> str:
-    """The matched route's template (``/orders/{id}``) after routing, else ``<unmatched>``."""
+def route_template(scope: Scope, names: RouteNames | None = None) -> str:
+    """The matched route's template (``/orders/{id}``) after routing, else ``<unmatched>``.
+
+    With ``names``, a request no router named (see `RouteNames.wanted`) is named by
+    matching its path against the app's routes.
+    """
     route = scope.get("route")
     if route is None:
+        if names is not None and names.wanted(scope):
+            found = names(scope)
+            if found is not None:
+                return str(scope.get("root_path", "")) + found
         return _UNMATCHED
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not isinstance(template, str):
         return _UNMATCHED
     return str(scope.get("root_path", "")) + template
+
+
+_MAX_NAMED_PATHS = 1024  # (method, path) -> template entries a RouteNames keeps
+_MAX_DEPTH = 16  # mounts within mounts
+
+
+class RouteNames:
+    """Name the requests no router named, by matching them against an app's routes.
+
+    A request that a middleware answers before the app runs (a 429, 413, 503, an
+    idempotent replay, a 409 or 422 about its key) never reaches the router, so
+    ``scope["route"]`` is not set; some frameworks' own routes do not set it either
+    (FastAPI's ``/docs``). For those, and only those, this matches ``(method, path)``
+    against the app's routes (Starlette's ``route.matches(scope)``, mounts and FastAPI's
+    included routers followed) and returns the template (``/orders/{order_id}``, mount
+    prefixes included; a partial match, a method the route does not take, names it too).
+    Answers are cached per (method, path), at most 1,024 of them (the cache starts over
+    when full, so junk paths cannot grow it); a path no route matches is cached as None.
+
+    Args:
+        app: the app that routes (an object with ``router.routes`` or ``routes``), or an
+            ASGI middleware in front of it: ``.app`` is followed, up to 32 layers.
+
+    Example::
+
+        names = RouteNames(fastapi_app)
+        names({"type": "http", "method": "POST", "path": "/orders/7", "root_path": ""})
+        # '/orders/{order_id}'
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.routes = _find_routes(app)
+        self._cache: dict[tuple[str, str], str | None] = {}
+        self._interned: dict[str, str] = {}  # one string per template: metrics key on it
+        self._match: Any = None
+
+    def __bool__(self) -> bool:
+        return self.routes is not None
+
+    @staticmethod
+    def wanted(scope: Scope) -> bool:
+        """No ``scope["route"]``, and either no router ran or one matched (an endpoint)."""
+        return "router" not in scope or "endpoint" in scope
+
+    def __call__(self, scope: Scope) -> str | None:
+        """The template of the route matching the request, else None."""
+        routes = self.routes
+        if routes is None:
+            return None
+        key = (scope.get("method", ""), scope["path"])
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        if self._match is None:
+            from starlette.routing import Match  # noqa: PLC0415 - there are routes: starlette
+
+            self._match = Match
+        try:
+            found = _match_routes(routes, dict(scope), "", 0, self._match)
+        except Exception:  # buttress: ignore[BTR303] naming the route must never fail a request
+            found = None
+        if found is not None:
+            found = self._interned.setdefault(found, found)
+        if len(cache) >= _MAX_NAMED_PATHS:
+            cache.clear()
+        cache[key] = found
+        return found
+
+
+def _find_routes(app: Any) -> Any:
+    """The routes of the router under ``app`` (following ``.app`` through middlewares)."""
+    for _ in range(32):
+        if app is None:
+            return None
+        for router in (getattr(app, "router", None), app):  # an app, or a Router itself
+            routes = getattr(router, "routes", None)
+            if isinstance(routes, list) and callable(getattr(router, "url_path_for", None)):
+                return routes
+        app = getattr(app, "app", None)
+    return None
+
+
+def _match_routes(routes: Any, scope: Scope, prefix: str, depth: int, match: Any) -> str | None:
+    """The template of the first full match (else the first partial) under ``routes``."""
+    partial: str | None = None
+    for route in _flatten(routes):
+        kind, child = route.matches(scope)
+        if kind is match.NONE:
+            continue
+        effective = getattr(route, "starlette_route", None) or route
+        template = getattr(effective, "path_format", None)
+        if not isinstance(template, str):
+            continue
+        children = getattr(effective, "routes", None)
+        found = None
+        if children and template.endswith("/{path}") and depth < _MAX_DEPTH:  # a Mount
+            inner = {**scope, **child}
+            found = _match_routes(
+                children, inner, prefix + template.removesuffix("/{path}"), depth + 1, match
+            )
+        name = found if found is not None else prefix + template
+        if kind is match.FULL:
+            return name
+        if partial is None:
+            partial = name
+    return partial
+
+
+def _flatten(routes: Any) -> Any:
+    """Routes, with FastAPI's included routers replaced by the routes they hold."""
+    for route in routes:
+        expand = getattr(route, "effective_route_contexts", None)
+        if callable(expand):
+            yield from expand()
+        else:
+            yield route
 
 
 class AccessLogMiddleware(Stage):
@@ -279,6 +504,8 @@ class AccessLogMiddleware(Stage):
         exclude_paths: paths not logged (default the health and metrics endpoints).
         principal: a function of the scope returning the caller's identity, if known
             (default: ``scope["state"]["principal"]``, set by authentication).
+        router: the app whose routes name the requests answered before routing (see
+            `RouteNames`; default: found by following ``.app`` from ``app``).
 
     Example::
 
@@ -294,6 +521,7 @@ class AccessLogMiddleware(Stage):
         trusted_proxies: Iterable[str] = (),
         exclude_paths: Iterable[str] = ("/health", "/health/live", "/health/ready", "/metrics"),
         principal: Callable[[Scope], str | None] | None = None,
+        router: Any = None,
     ) -> None:
         self.direct = logger is None  # our own format: write lines directly when we can
         if logger is None:
@@ -308,6 +536,7 @@ class AccessLogMiddleware(Stage):
         # (peer, X-Forwarded-For) -> client, behind trusted proxies: ipaddress parsing once
         # per pair (bounded: see `resolve_client`)
         self.clients: dict[tuple[str, bytes], str] = {}
+        self.names = RouteNames(router if router is not None else app) or None
 
     def stage_hooks(self) -> Hooks:
         """Arrive: the clock starts; finish: the line, with the final status and size."""
@@ -337,6 +566,7 @@ class AccessLogMiddleware(Stage):
             started,
             found_client(scope, ex.found, self.trusted, self.clients) or UNKNOWN_CLIENT,
             self.principal(scope),
+            self.names,
         )
 
 
@@ -353,21 +583,23 @@ def log_access(
     started: float,
     client: str | None,
     principal: str | None,
+    names: RouteNames | None = None,
 ) -> None:
     """Write one access line: directly as JSON when buttress owns the format, else structlog.
 
     ``started`` is the `time.perf_counter` reading when the request arrived; a ``status``
-    of 0 (no response) is logged as 500.
+    of 0 (no response) is logged as 500; ``names`` names the requests no router named.
     """
     trace = _TRACE.get()
     sink = _access_sink
     if sink is not None and direct and _access_json:
         duration = (time.perf_counter() - started) * 1000
         now = time.time()
-        stamp = _stamp[1] if int(now * 1000) == _stamp[0] else _timestamp(now)
+        cached = _stamp[0]
+        stamp = cached[1] if int(now * 1000) == cached[0] else _timestamp(now)
         method: str = scope["method"]
         path: str = scope["path"]
-        route = route_template(scope)
+        route = route_template(scope, names)
         request_id = _REQUEST_ID.get()
         trace_id = trace[0] if trace is not None else None  # lowercase hex, or None
         # the free-text fields checked at once; the common case needs no escaping
@@ -402,7 +634,7 @@ def log_access(
         logger.info(
             "request",
             method=scope["method"],
-            route=route_template(scope),
+            route=route_template(scope, names),
             path=scope["path"],
             status=status or 500,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),

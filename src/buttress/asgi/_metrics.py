@@ -11,6 +11,11 @@ plus ``buttress_http_requests_shed_total{reason}`` and
 middlewares increment through `HttpMetrics.shed` and `HttpMetrics.limited`, and the
 resilience events of every pipeline (retries, exhausted retry budgets, breaker states,
 rejections, timeouts) through a `buttress.telemetry.PrometheusHook` on the same registry.
+One name per fact: a 429 is ``buttress_http_requests_limited_total{policy}`` (and its
+``buttress_http_requests_total{status="429"}``), never also a resilience counter; the
+inbound request deadline's 504 is ``buttress_timeouts_total{pipeline="inbound",
+policy="request_deadline",code="deadline_exceeded"}``, never ``upstream_timeout`` (which
+means an outbound call's own timeout).
 
 Labels stay bounded. ``route`` is the route *template* (``/items/{id}``, with the prefixes
 of mounted sub-applications), never the raw path; requests no route matched (404s, bare
@@ -18,7 +23,10 @@ ASGI apps) share one label, `UNMATCHED_ROUTE`. The template is read after the ap
 answered from ``scope["route"]``, where Starlette and FastAPI put the matched route, and
 completed with the templates of the mounts above it (found once per route in
 ``scope["router"]``), so the layers between this one and the router must pass the scope
-dict on, not a copy. ``method`` is one of the standard methods or ``OTHER``. A handler
+dict on, not a copy. A request answered before routing (429, 413, 503, an idempotent
+replay) or by a route that leaves no ``scope["route"]`` (FastAPI's ``/docs``) is named by
+matching its path against the app's routes (`buttress.asgi._logging.RouteNames`,
+cached). ``method`` is one of the standard methods or ``OTHER``. A handler
 that raises counts as a 500 (and the exception propagates); a request cancelled before it
 answered counts as 499.
 
@@ -35,7 +43,13 @@ A loopback request that carries any proxy header (``Forwarded``, any ``X-Forward
 client look local, and no header can reveal it: there, use a token with
 ``expose="token"``, and block the path at the proxy.
 
-Several worker processes (gunicorn, ``uvicorn --workers``): set the environment variable
+Several worker processes (gunicorn, ``uvicorn --workers``) without
+``PROMETHEUS_MULTIPROC_DIR``: each scrape reaches one worker and sees its numbers only.
+`HttpMetrics` warns once per process, one line, when the process looks like one worker of
+several (`several_workers`, a heuristic: ``WEB_CONCURRENCY`` or ``UVICORN_WORKERS`` above
+1, ``--workers``/``-w`` above 1 in ``GUNICORN_CMD_ARGS``, or in the command line of the
+parent process when that is uvicorn or gunicorn, read from ``/proc`` on Linux; a gunicorn
+``workers`` set only in a configuration file is not seen). The cure: set the environment variable
 ``PROMETHEUS_MULTIPROC_DIR`` to a directory *before* the processes start (prometheus-client
 picks its storage when it is imported) and empty that directory at every start of the
 service, as prometheus-client requires; each process then writes its values to files and
@@ -70,6 +84,7 @@ from typing import Any, Literal, Protocol
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.asgi._context import is_local_request
+from buttress.asgi._logging import RouteNames
 from buttress.asgi._metrics_collector import Recorder, acquire_families, release_families
 from buttress.asgi._problem import send_problem
 from buttress.asgi._runner import Hooks, Stage
@@ -83,6 +98,7 @@ __all__ = [
     "HttpMetrics",
     "MetricsMiddleware",
     "RequestMetrics",
+    "several_workers",
 ]
 
 TraceIdFn = Callable[[Scope], "str | None"]
@@ -239,6 +255,9 @@ class HttpMetrics:
                 )
                 exemplars = False
 
+        else:
+            _warn_several_workers()
+
         self.namespace = namespace
         self.multiprocess = bool(multiproc_dir)
         self.exemplars = bool(exemplars)
@@ -327,14 +346,24 @@ class HttpMetrics:
         """
         self._active.active += 1
 
-    def end(self, scope: Scope, status: int, elapsed: float, trace: object = None) -> None:
+    def end(
+        self,
+        scope: Scope,
+        status: int,
+        elapsed: float,
+        trace: object = None,
+        names: RouteNames | None = None,
+    ) -> None:
         """One request over: out of flight, counted and timed under its route and status.
 
         ``trace`` (a trace id string) becomes the exemplar of the sample when it is a
-        non-empty string of at most 64 characters.
+        non-empty string of at most 64 characters. ``names`` names the requests that
+        ``scope["route"]`` does not (answered before routing: see `RouteNames`).
         """
         self._active.active -= 1
         route = scope.get("route")
+        if route is None and names is not None and names.wanted(scope):
+            route = names(scope)  # a template (one string object per template), or None
         method = _METHOD_LABELS.get(scope["method"], "OTHER")
         entry = self._children.get((id(route), method, status))
         if entry is None or entry[0] is not route:
@@ -363,6 +392,8 @@ def _route_template(scope: Scope, route: object) -> str:
     """The full template of the route that handled the request (mount prefixes included)."""
     if route is None:
         return UNMATCHED_ROUTE
+    if isinstance(route, str):  # named by RouteNames: the full template already
+        return route
     routes = getattr(scope.get("router"), "routes", None)
     if routes is not None:
         found = _find_route(routes, route, "", 0)
@@ -413,6 +444,8 @@ class MetricsMiddleware(Stage):
             only) or ``"public"`` (anyone: only behind a network you trust).
         exempt_paths: exact paths neither counted nor timed.
         clock: the clock that times requests.
+        router: the app whose routes name the requests answered before routing (see
+            `buttress.asgi._logging.RouteNames`; default: found by following ``.app``).
 
     Example::
 
@@ -438,6 +471,7 @@ class MetricsMiddleware(Stage):
         exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
         clock: Clock = SYSTEM_CLOCK,
         resilience: bool = True,
+        router: Any = None,
     ) -> None:
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
             raise ConfigurationError(f"path must start with '/' (or be None), got {path!r}")
@@ -500,6 +534,7 @@ class MetricsMiddleware(Stage):
         self._end = metrics.end
         self._exemplars = metrics.exemplars
         self._trace_id = metrics.trace_id
+        self._names = RouteNames(router if router is not None else app) or None
 
     def shed(self, reason: str) -> None:
         """Count one request refused by load shedding (see `HttpMetrics.shed`)."""
@@ -567,7 +602,7 @@ class MetricsMiddleware(Stage):
             if trace is None:
                 trace = self._trace_id(scope)
         # returned without answering: the server sends a 500
-        self._end(scope, ex.metrics_status or ex.status or 500, elapsed, trace)
+        self._end(scope, ex.metrics_status or ex.status or 500, elapsed, trace, self._names)
 
     async def _serve(self, scope: Scope, send: Send) -> bool:
         method = scope["method"]
@@ -642,3 +677,85 @@ def _route_path(scope: Scope) -> str:
         if path[len(root_path)] == "/":
             return path[len(root_path) :]
     return path
+
+
+# --------------------------------------------------------------------------- several workers
+
+_SERVERS = ("uvicorn", "gunicorn")
+_warned_workers = [False]
+
+
+def several_workers(
+    environ: dict[str, str] | None = None, parent_cmdline: list[str] | None = None
+) -> str | None:
+    """Why this process looks like one worker of several, or None (a heuristic).
+
+    Several when ``WEB_CONCURRENCY`` or ``UVICORN_WORKERS`` (what ``uvicorn --workers``
+    and gunicorn read) is above 1, when ``GUNICORN_CMD_ARGS`` says ``--workers``/``-w``
+    above 1, or when the parent process is uvicorn or gunicorn started with ``--workers``
+    or ``-w`` above 1 (its command line, from ``/proc/<ppid>/cmdline`` on Linux). Not
+    seen: a gunicorn ``workers`` set only in its configuration file.
+
+    Example::
+
+        several_workers({"WEB_CONCURRENCY": "4"}, [])   # 'WEB_CONCURRENCY=4'
+    """
+    env = dict(os.environ) if environ is None else environ
+    for name in ("WEB_CONCURRENCY", "UVICORN_WORKERS"):
+        if _count(env.get(name, "")) > 1:
+            return f"{name}={env[name]}"
+    import shlex  # noqa: PLC0415 - start-up only
+
+    try:
+        gunicorn_args = shlex.split(env.get("GUNICORN_CMD_ARGS", ""))
+    except ValueError:
+        gunicorn_args = []
+    if _workers_arg(gunicorn_args) > 1:
+        return f"GUNICORN_CMD_ARGS={env['GUNICORN_CMD_ARGS']}"
+    argv = _parent_cmdline() if parent_cmdline is None else parent_cmdline
+    if any(os.path.basename(a).split(".")[0] in _SERVERS for a in argv[:3]):
+        workers = _workers_arg(argv)
+        if workers > 1:
+            return f"the parent process runs {workers} workers ({' '.join(argv)[:200]})"
+    return None
+
+
+def _count(text: str) -> int:
+    text = text.strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _workers_arg(argv: list[str]) -> int:
+    """The ``--workers N``/``--workers=N``/``-w N``/``-wN`` of a command line, else 0."""
+    for i, arg in enumerate(argv):
+        if arg in ("--workers", "-w") and i + 1 < len(argv):
+            return _count(argv[i + 1])
+        if arg.startswith("--workers="):
+            return _count(arg.partition("=")[2])
+        if arg.startswith("-w") and arg[2:].isdigit():
+            return _count(arg[2:])
+    return 0
+
+
+def _parent_cmdline() -> list[str]:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            raw = f.read(8192)
+    except OSError:  # not Linux, or no /proc: not seen
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def _warn_several_workers() -> None:
+    """Warn once per process when it looks like one worker of several (no multiprocess dir)."""
+    if _warned_workers[0]:
+        return
+    _warned_workers[0] = True
+    reason = several_workers()
+    if reason is not None:
+        _log.warning(
+            "metrics: this process looks like one worker of several (%s) and "
+            "PROMETHEUS_MULTIPROC_DIR is not set: each scrape of /metrics sees one "
+            "worker's numbers; set it to an empty directory before the server starts",
+            reason,
+        )

@@ -4,6 +4,42 @@ One renderer serves every middleware: a body with ``type``, ``title``, ``status`
 ``detail``, ``code`` (the `buttress.errors.ErrorCode` wire name), ``retriable`` and
 ``request_id``; ``Retry-After`` when the problem is retriable. No stack traces, no
 exception messages unless the caller passes them as ``detail`` on purpose.
+
+One convention, everywhere:
+
+* ``type`` is ``https://buttress.dev/problems/<slug>``, the slug being the ``code`` with
+  ``-`` for ``_`` (``rate_limited`` → ``rate-limited``): knowing one gives the other;
+* members are snake_case: RFC 9457's own (``type``, ``title``, ``status``, ``detail``,
+  ``instance``) and buttress's extensions (``code``, ``retriable``, ``request_id``,
+  ``retry_after``, ``policy``, ``violated_policies``, ``errors``, ``idempotency_error``,
+  ``original_status``); values that name a reason (``idempotency_error``) are snake_case.
+
+====================  ====================  ======  ==============================================
+code                  type slug             status  answered by
+====================  ====================  ======  ==============================================
+bad_request           bad-request           400     body limit (bad length); idempotency (bad key)
+unauthorized          unauthorized          401     /metrics without a valid token
+forbidden             forbidden             403     /metrics from elsewhere; CORS preflight
+not_found             not-found             404     the framework: no route
+method_not_allowed    method-not-allowed    405     the framework; /metrics, health
+conflict              conflict              409     idempotency: outcome unknown
+transient_conflict    transient-conflict    409     idempotency: key in flight
+payload_too_large     payload-too-large     413     body limit; idempotency
+validation_failed     validation-failed     422     FastAPI validation; key reused
+rate_limited          rate-limited          429     rate limits
+internal_error        internal-error        500     the error edge (unhandled)
+upstream_error        upstream-error        502     a dependency's error escaped
+overloaded            overloaded            503     load shedding; shutdown
+backend_error         backend-error         503     a store is down
+upstream_unavailable  upstream-unavailable  503     a dependency unreachable
+circuit_open          circuit-open          503     an open breaker refused
+deadline_exceeded     deadline-exceeded     504     the request deadline
+upstream_timeout      upstream-timeout      504     an outbound call's timeout
+====================  ====================  ======  ==============================================
+
+So ``rate_limited`` is ``https://buttress.dev/problems/rate-limited``. The
+idempotency answers also carry ``idempotency_error`` (``key_reused``, ``in_flight``,
+``outcome_unknown``, ``response_not_stored``, ``body_too_large``...).
 """
 
 from __future__ import annotations
@@ -13,6 +49,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from buttress._classify import classify_status
 from buttress.asgi._context import current_request_id
 from buttress.asgi._types import Send
 from buttress.errors import ButtressError, ErrorCode
@@ -22,6 +59,7 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "problem_body",
     "problem_for_exception",
+    "problem_type",
     "send_problem",
 ]
 
@@ -30,8 +68,7 @@ PROBLEM_CONTENT_TYPE = b"application/problem+json"
 PROBLEM_BASE = "https://buttress.dev/problems/"
 
 # Titles per code: short, stable, human (RFC 9457 3.1.3: the title does not change per
-# occurrence). Types are URIs under PROBLEM_BASE named after the code, with two names the
-# IETF drafts use: quota-exceeded (RateLimit fields) and temporary-reduced-capacity.
+# occurrence). Types are URIs under PROBLEM_BASE: the code, "-" for "_".
 _TITLES: dict[ErrorCode, str] = {
     ErrorCode.UPSTREAM_TIMEOUT: "A dependency did not answer in time",
     ErrorCode.UPSTREAM_UNAVAILABLE: "A dependency is unavailable",
@@ -52,15 +89,30 @@ _TITLES: dict[ErrorCode, str] = {
     ErrorCode.BACKEND_ERROR: "A storage backend is unavailable",
     ErrorCode.INTERNAL_ERROR: "Internal server error",
 }
-_TYPE_NAMES: dict[ErrorCode, str] = {
-    ErrorCode.RATE_LIMITED: "quota-exceeded",
-    ErrorCode.OVERLOADED: "temporary-reduced-capacity",
-}
+
+
+def code_for_status(status: int) -> ErrorCode:
+    """The code of an error the application itself answered with ``status``.
+
+    As for an upstream's answer (`classify_status`: 404 ``not_found``, 429
+    ``rate_limited``...), except that the application's own 500 is ``internal_error``, not
+    an upstream's error; a status outside the taxonomy is ``internal_error`` too.
+    """
+    if status == 500:
+        return ErrorCode.INTERNAL_ERROR
+    info = classify_status(status)
+    return info.code if info is not None else ErrorCode.INTERNAL_ERROR
 
 
 def problem_type(code: ErrorCode) -> str:
-    """The problem ``type`` URI of a code."""
-    return PROBLEM_BASE + _TYPE_NAMES.get(code, code.wire.replace("_", "-"))
+    """The problem ``type`` URI of a code: its wire name, ``-`` for ``_``.
+
+    Example::
+
+        >>> problem_type(ErrorCode.RATE_LIMITED)
+        'https://buttress.dev/problems/rate-limited'
+    """
+    return PROBLEM_BASE + code.wire.replace("_", "-")
 
 
 def problem_body(

@@ -16,9 +16,10 @@ List of Items each::
 spend right now (up to the burst) and ``t`` the seconds until it is full again. A 429
 lists, in ``RateLimit``, only the violated policies, with ``r`` and ``t`` equal to the wait
 (the draft's section 6: ``Retry-After`` must not end before a listed window), and answers
-problem+json of type ``quota-exceeded`` naming the policy (``policy``, and the draft's
-``violated-policies``) and ``retry_after``. Legacy ``X-RateLimit-Limit/Remaining/Reset``
-(delta seconds) describe the tightest policy, on request.
+problem+json of type ``rate-limited`` naming the policy (``policy``, the draft's
+violated policies as ``violated_policies``) and ``retry_after``. Legacy
+``X-RateLimit-Limit/Remaining/Reset`` (delta seconds) describe the tightest policy, on
+request.
 
 When the shared store fails (`BackendError`, a timeout, anything), or while the circuit
 breaker around it is open, requests are decided by a local in-memory store with the same
@@ -34,22 +35,21 @@ import hmac
 import logging
 import math
 import os
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress._expiry import ENTRY_BYTES, ExpiryTable
 from buttress.asgi._context import ADDRESS_HEADERS
 from buttress.asgi._problem import send_problem
+from buttress.asgi._ratelimit_rules import Limit, RateLimitRule
 from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Scope, Send
 from buttress.asgi.keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
 from buttress.errors import BackendError, CircuitOpen, ConfigurationError, ErrorCode
 from buttress.resilience import CircuitBreaker
-from buttress.stores import MemoryStore, Rate, RateDecision, RateLimitStore, RateRequest
+from buttress.stores import MemoryStore, RateDecision, RateLimitStore, RateRequest
 from buttress.telemetry import (
     Hook,
     QuotaWarningEvent,
@@ -65,167 +65,12 @@ _log = logging.getLogger("buttress")
 # Float slack when rounding waits up to whole seconds: the stores admit a request up to a
 # microsecond early, so 2.0000001 s of wait is "2 s", not 3.
 _SLACK = 1e-6
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_METHOD = re.compile(r"^[A-Z]{1,20}$")
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z]+))?\}")
 _MAX_KEY = 200  # longer keys are stored as a digest (huge or unicode header values)
 _WARNED_MAX = 10_000
 
 
 def _ceil(seconds: float) -> int:
     return max(0, math.ceil(seconds - _SLACK))
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Limit:
-    """One named limit: a `Rate`, the key it counts against, and what a request costs.
-
-    Args:
-        name: the policy name in headers, problem documents, events and metrics
-            (letters, digits, ``_.:-``; unique across the middleware's rules).
-        rate: a `buttress.stores.Rate` or its string form (``"100/minute;burst=20"``).
-        key: a key resolver (`buttress.asgi.keys`); default: the client address, trusted-
-            proxy aware with the middleware's ``trusted_proxies``.
-        cost: units one request spends (default 1; at most the burst).
-
-    Example::
-
-        Limit("burst", "20/second")
-        Limit("daily", "10000/day", key=api_key())
-    """
-
-    name: str
-    rate: Rate
-    key: KeyFunc | None
-    cost: int
-    policy_item: str = field(repr=False, compare=False)
-    """This limit as a ``RateLimit-Policy`` item, ``"name";q=<limit>;w=<seconds>`` (``w`` is
-    whole seconds: a fractional period is scaled up to the next whole second)."""
-
-    def __init__(
-        self, name: str, rate: Rate | str, *, key: KeyFunc | None = None, cost: int = 1
-    ) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigurationError(
-                f"Limit(name={name!r}): 1-64 letters, digits or '_.:-', starting with a "
-                "letter or digit (it is sent in response headers)"
-            )
-        if isinstance(rate, str):
-            try:
-                rate = Rate.parse(rate)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"Limit({name!r}, rate={rate!r}): {exc}") from exc
-        if not isinstance(rate, Rate):
-            raise ConfigurationError(
-                f"Limit({name!r}, rate={rate!r}): must be a Rate or a string like '100/minute'"
-            )
-        if key is not None and not callable(key):
-            raise ConfigurationError(f"Limit({name!r}, key={key!r}): must be callable")
-        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= rate.burst:
-            raise ConfigurationError(
-                f"Limit({name!r}, cost={cost!r}): must be an integer in [1, {rate.burst}] "
-                "(the burst), or no request could ever pass"
-            )
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "rate", rate)
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "cost", cost)
-        # GCRA admits the burst at once and refills it at the rate: as a quota, that is
-        # "burst per the time the burst takes to refill". So q is the most a key can have
-        # (what r counts down from, and X-RateLimit-Limit) and q/w is the rate.
-        refill = rate.burst * rate.interval
-        window = max(1, math.ceil(refill - _SLACK))
-        quota = rate.burst
-        if window != refill:  # whole seconds only: scale the quota to the rounded window
-            quota = max(1, math.floor(rate.burst * window / refill + _SLACK))
-            quota = min(quota, rate.burst) if refill >= 1 else quota
-        object.__setattr__(self, "policy_item", f'"{name}";q={quota};w={window}')
-
-
-def _compile_path(path: str) -> Callable[[str], object]:
-    """A predicate for one path pattern: exact, ``/prefix/*`` or a ``{param}`` template."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ConfigurationError(
-            f"RateLimitRule(path={path!r}): must start with '/' (exact, '/prefix/*' or a "
-            "template like '/orders/{id}')"
-        )
-    prefix = path.endswith("/*")
-    body = path[:-2] if prefix else path
-    if "*" in body:
-        raise ConfigurationError(f"RateLimitRule(path={path!r}): '*' only as a final '/*'")
-    if "{" not in body and "}" not in body:
-        if prefix:
-            below = body + "/"
-            return lambda p: p == body or p.startswith(below)
-        return path.__eq__
-    pattern = []
-    at = 0
-    for match in _PARAM.finditer(body):
-        pattern.append(re.escape(body[at : match.start()]))
-        convertor = (match.group(2) or "str").lower()
-        pattern.append({"path": ".+", "int": "[0-9]+"}.get(convertor, "[^/]+"))
-        at = match.end()
-    rest = body[at:]
-    if "{" in rest or "}" in rest or any("{" in p or "}" in p for p in pattern[::2]):
-        raise ConfigurationError(
-            f"RateLimitRule(path={path!r}): parameters look like '{{name}}' or '{{name:path}}'"
-        )
-    pattern.append(re.escape(rest))
-    regex = "".join(pattern) + ("(?:/.*)?" if prefix else "")
-    return re.compile(regex).fullmatch
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class RateLimitRule:
-    """Limits that apply to the requests matching ``path`` and ``methods``.
-
-    Args:
-        limits: one `Limit` or several; all are decided together (all or nothing).
-        path: an exact path (``"/login"``), a prefix (``"/api/*"``: ``/api`` and below), a
-            route template (``"/orders/{id}"``, ``"/files/{p:path}"``), or None for every
-            path. The middleware runs before routing, so templates match the raw path.
-        methods: the HTTP methods (default all); ``GET`` also covers ``HEAD``.
-
-    Example::
-
-        RateLimitRule([Limit("burst", "10/second"), Limit("daily", "1000/day")])
-        RateLimitRule(Limit("orders", "5/minute", key=principal()), path="/orders",
-                      methods=["POST"])
-    """
-
-    limits: tuple[Limit, ...]
-    path: str | None
-    methods: frozenset[str] | None
-    matcher: Callable[[str], object] | None = field(repr=False, compare=False)
-
-    def __init__(
-        self,
-        limits: Limit | Iterable[Limit],
-        path: str | None = None,
-        methods: Iterable[str] | None = None,
-    ) -> None:
-        found = (limits,) if isinstance(limits, Limit) else tuple(limits)
-        if not found or not all(isinstance(limit, Limit) for limit in found):
-            raise ConfigurationError(f"RateLimitRule(limits={limits!r}): one or more Limit objects")
-        names = [limit.name for limit in found]
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"RateLimitRule(limits=...): duplicate names in {names}")
-        object.__setattr__(self, "limits", found)
-        object.__setattr__(self, "path", path)
-        object.__setattr__(self, "matcher", None if path is None else _compile_path(path))
-        if methods is None:
-            object.__setattr__(self, "methods", None)
-        else:
-            if isinstance(methods, str):
-                methods = (methods,)
-            upper = frozenset(str(m).upper() for m in methods)
-            if not upper or not all(_METHOD.match(m) for m in upper):
-                raise ConfigurationError(
-                    f"RateLimitRule(methods={methods!r}): HTTP method names like 'GET', 'POST'"
-                )
-            if "GET" in upper:
-                upper |= {"HEAD"}
-            object.__setattr__(self, "methods", upper)
 
 
 # one limit that applies to one request: the limit, the key, the rule's path (a tuple: this
@@ -702,7 +547,7 @@ class RateLimitMiddleware(Stage):
             headers=self._headers(applied, decisions, violated, items),
             extra={
                 "policy": name,
-                "violated-policies": [applied[i][0].name for i in violated],
+                "violated_policies": [applied[i][0].name for i in violated],
                 "retry_after": wait,
             },
             head=method == "HEAD",

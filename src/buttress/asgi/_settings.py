@@ -1,27 +1,37 @@
-"""`HardenSettings`: every setting of `harden`, validated, loadable from ``BUTTRESS_*``."""
+"""`HardenSettings`: every setting of `harden`, validated; from code, ``BUTTRESS_*`` or both.
+
+The text syntax of the variables (and of strings given to a pydantic-settings field) is in
+`buttress.asgi._settings_env`. A ``BUTTRESS_*`` variable that nothing reads (a typo) is
+reported by `from_env` with a `SettingsWarning` naming the closest real one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from buttress._startup import SettingsWarning, configuration_boundary
 from buttress.asgi._context import trusted_networks
-from buttress.asgi._headers import SECURITY_PROFILES, SecurityProfile
+from buttress.asgi._headers import BROWSER_HEADERS, SECURITY_PROFILES, SecurityProfile
 from buttress.asgi._idempotency import IdempotencyMode
 from buttress.asgi._ratelimit import Limit, RateLimitRule
+from buttress.asgi._settings_env import parse_value, unknown_variables
 from buttress.asgi.keys import KeyFunc, api_key, client_ip, jwt_subject, tenant
 from buttress.errors import ConfigurationError
 from buttress.stores import STORES
 
-__all__ = ["HardenSettings"]
+__all__ = ["HardenSettings", "SettingsWarning"]
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../buttress
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,11 +41,32 @@ class HardenSettings:
     Every feature can be switched off. Production defaults: 1 MiB bodies, 30 s request
     deadline, OWASP security headers, no CORS (same-origin only), no trusted proxies.
 
+    A tuple setting also takes one string as a one-item tuple (``cors_origins=
+    "https://shop.example.com"``); a string with a comma is refused (write the tuple).
+
     Example::
 
         settings = HardenSettings(cors_origins=("https://shop.example.com",),
                                   max_body_bytes=5 << 20)
         settings = HardenSettings.from_env()   # BUTTRESS_MAX_BODY_BYTES=5242880 ...
+
+    Settings in code, with ``BUTTRESS_*`` overrides (a variable wins over ``base``)::
+
+        BASE = HardenSettings(cors_origins=("https://shop.example.com",))
+        app = harden(app, HardenSettings.from_env(base=BASE))
+
+    As a field of a pydantic-settings class (strings use the ``BUTTRESS_*`` syntax; with
+    ``nested_model_default_partial_update`` a variable overrides one setting of the
+    default and keeps the others)::
+
+        class AppSettings(BaseSettings):
+            model_config = SettingsConfigDict(
+                env_prefix="APP_", env_nested_delimiter="__",
+                nested_model_default_partial_update=True)
+            harden: HardenSettings = HardenSettings(max_body_bytes=5 << 20)
+
+        # APP_HARDEN__CORS_ORIGINS=https://a.example,https://b.example
+        app = harden(app, AppSettings().harden)
     """
 
     request_id_header: str = "x-request-id"
@@ -47,10 +78,14 @@ class HardenSettings:
     cors_methods: tuple[str, ...] = ("GET", "HEAD", "POST")
     cors_headers: tuple[str, ...] = ()
     cors_credentials: bool = False
+    cors_expose_headers: tuple[str, ...] = ()
     access_log: bool = True
     configure_logging: bool = True
     log_json: bool | None = None
     log_level: str = "INFO"
+    log_events: bool = True  # with configure_logging: log retries, breakers, fallbacks
+    process_errors: bool = True  # log uncaught thread, task and start-up exceptions
+    tracing: bool | None = None  # OpenTelemetry server span: None = when OTel is active
     health: bool = True
     health_token: str | None = None
     health_cache_ttl: float = 2.0
@@ -89,7 +124,9 @@ class HardenSettings:
     idempotency_max_response_bytes: int = 1 << 20
     idempotency_store_server_errors: bool = False
 
+    @configuration_boundary
     def __post_init__(self) -> None:
+        self._coerce_collections()
         trusted_networks(self.trusted_proxies)  # raises ConfigurationError on a bad CIDR
         if not isinstance(self.security_headers, bool) and (
             self.security_headers not in SECURITY_PROFILES
@@ -121,11 +158,35 @@ class HardenSettings:
         if self.log_level.upper() not in _LOG_LEVELS:
             raise self._bad("log_level", ", ".join(_LOG_LEVELS))
         self._check_shared_state()
+        self._check_csp_routes()
         if "*" in self.cors_origins and self.cors_credentials:
             raise ConfigurationError(
                 "HardenSettings(cors_origins=('*',), cors_credentials=True): browsers refuse "
                 "credentials with a wildcard origin; list the origins"
             )
+
+    def _coerce_collections(self) -> None:
+        """One string becomes a one-item tuple; lists become tuples; mappings are checked."""
+        for f in fields(self):
+            kind = str(f.type)
+            value = getattr(self, f.name)
+            if kind.startswith("tuple["):
+                object.__setattr__(self, f.name, _as_tuple(f.name, value))
+            elif kind.startswith("Mapping[") and not isinstance(value, Mapping):
+                raise self._bad(f.name, "a mapping such as {'/path': ...}")
+
+    def _check_csp_routes(self) -> None:
+        for prefix, csp in self.csp_routes.items():
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                raise ConfigurationError(
+                    f"HardenSettings(csp_routes={{{prefix!r}: ...}}): a path prefix "
+                    "starting with '/'"
+                )
+            if csp is not None and (not isinstance(csp, str) or "\n" in csp or "\r" in csp):
+                raise ConfigurationError(
+                    f"HardenSettings(csp_routes={{{prefix!r}: {csp!r}}}): a "
+                    "Content-Security-Policy on one line, or None for no policy"
+                )
 
     def _check_shared_state(self) -> None:
         if self.store_url is not None:
@@ -185,6 +246,23 @@ class HardenSettings:
             names = [str(c) for c in choices]
             raise self._bad(name, ", ".join(names[:-1]) + " or " + names[-1])
 
+    def cors_expose(self) -> tuple[str, ...]:
+        """The response headers CORS lets browser code read.
+
+        The request id header, ``RateLimit``, ``RateLimit-Policy``, ``Retry-After``,
+        ``Idempotent-Replayed`` (the legacy ``X-RateLimit-*`` too when they are sent), then
+        ``cors_expose_headers``.
+
+        Example::
+
+            HardenSettings(cors_expose_headers=("x-total-count",)).cors_expose()[-1]
+            # 'x-total-count'
+        """
+        legacy: tuple[str, ...] = ()
+        if self.rate_limit_legacy_headers:
+            legacy = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+        return (self.request_id_header, *BROWSER_HEADERS, *legacy, *self.cors_expose_headers)
+
     def rate_limit_rule(self) -> RateLimitRule | None:
         """The global rule of ``rate_limits`` (``"name=rate"`` items), or None when empty.
 
@@ -222,88 +300,125 @@ class HardenSettings:
         return client_ip(proxies)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> HardenSettings:
-        """Settings from ``BUTTRESS_<FIELD>`` variables (lists comma-separated).
+    @configuration_boundary
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, base: HardenSettings | None = None
+    ) -> HardenSettings:
+        """Settings from ``BUTTRESS_<FIELD>`` variables, over ``base`` (default: the defaults).
 
-        A bad value raises `ConfigurationError` naming the variable and what is allowed,
-        so the service stops at start-up instead of running half-configured.
+        Lists are comma-separated (``BUTTRESS_CORS_ORIGINS=https://a.example,https://b.example``),
+        mappings are ``KEY=VALUE`` items (``BUTTRESS_CSP_ROUTES=/docs=none``), switches
+        ``true``/``false``, optional values ``none``. A bad value raises
+        `ConfigurationError` naming the variable and what is allowed, so the service stops
+        at start-up instead of running half-configured; a ``BUTTRESS_*`` variable that no
+        setting reads (``BUTTRESS_REQUEST_TIMOUT``) gets a `SettingsWarning` naming the
+        closest real one.
+
+        Example::
+
+            BASE = HardenSettings(cors_origins=("https://shop.example.com",))
+            settings = HardenSettings.from_env(base=BASE)  # BUTTRESS_* override BASE
         """
         env = os.environ if environ is None else environ
+        _warn_unknown(env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = f"BUTTRESS_{f.name.upper()}"
             raw = env.get(name)
-            if raw is None or f.name == "csp_routes":
-                continue
-            if f.name == "idempotency_routes":  # "POST /orders=required,/hooks/{x}=off"
-                values[f.name] = _parse_routes(name, raw)
-                continue
-            if f.name == "body_limit_routes":  # "/uploads=52428800,/avatars=2097152"
-                values[f.name] = _parse_sizes(name, raw)
-                continue
-            values[f.name] = _parse(name, raw.strip(), cls.__dataclass_fields__[f.name].type)
+            if raw is not None:
+                values[f.name] = parse_value(f.name, str(f.type), raw, name)
         try:
-            return cls(**values)
+            return cls(**values) if base is None else dataclasses.replace(base, **values)
         except ConfigurationError as exc:
             named = [f"BUTTRESS_{k.upper()}" for k in values if f"({k}=" in str(exc)]
             where = ", ".join(named) if named else "the BUTTRESS_* environment"
+            if base is not None and not named:
+                where = "the settings given as base"
             raise ConfigurationError(f"{exc} (set by {where})") from exc
 
+    # ------------------------------------------------------------ pydantic integration
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """Let a pydantic model or pydantic-settings class have a ``HardenSettings`` field.
 
-def _parse(name: str, raw: str, kind: Any) -> Any:
-    text = str(kind)
-    if "SecurityProfile" in text:  # a profile name, or a switch
-        if raw.lower() in _TRUE | _FALSE:
-            return raw.lower() in _TRUE
-        if raw.lower() in SECURITY_PROFILES:
-            return raw.lower()
-        raise ConfigurationError(f"{name}={raw!r}: must be api, full, true or false")
-    if "tuple" in text:
-        return tuple(p.strip() for p in raw.split(",") if p.strip())
-    if text.startswith("bool"):
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigurationError(f"{name}={raw!r}: must be true or false")
-    if raw.lower() in {"", "none", "off"} and "None" in text:
-        return None
-    if text.startswith("int"):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{name}={raw!r}: must be a whole number") from None
-    if text.startswith("float"):
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{name}={raw!r}: must be a number of seconds") from None
-    return raw
+        It accepts a ``HardenSettings`` or a mapping of settings, whose strings follow the
+        ``BUTTRESS_*`` syntax; it dumps to a dict of settings.
+        """
+        from pydantic_core import core_schema  # noqa: PLC0415 - only with pydantic
 
+        return core_schema.no_info_plain_validator_function(
+            cls._from_any,
+            serialization=core_schema.plain_serializer_function_ser_schema(cls._as_dict),
+        )
 
-def _parse_sizes(name: str, raw: str) -> dict[str, int]:
-    sizes = {}
-    for item in filter(None, (i.strip() for i in raw.split(","))):
-        prefix, sep, size = item.rpartition("=")
-        if not sep or not size.strip().isdigit():
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        """An object of settings (the field names of `HardenSettings`)."""
+        return {"type": "object", "title": cls.__name__, "description": "buttress settings"}
+
+    @classmethod
+    def _from_any(cls, value: Any) -> HardenSettings:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
             raise ConfigurationError(
-                f"{name}={raw!r}: comma-separated 'PREFIX=BYTES' items (for example "
-                "'/uploads=52428800')"
+                f"HardenSettings: a HardenSettings or a mapping of settings, not {value!r}"
             )
-        sizes[prefix.strip()] = int(size)
-    return sizes
+        names = {f.name: str(f.type) for f in fields(cls)}
+        values = {}
+        for key, item in value.items():
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigurationError(f"HardenSettings: no setting named {key!r}{hint}")
+            text = isinstance(item, str)
+            values[key] = parse_value(key, names[key], item, key) if text else item
+        return cls(**values)
+
+    def _as_dict(self) -> dict[str, Any]:
+        return {
+            f.name: dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v
+            for f in fields(self)
+        }
 
 
-def _parse_routes(name: str, raw: str) -> dict[str, str]:
-    routes = {}
-    for item in raw.split(","):
-        route, sep, mode = item.strip().rpartition("=")
-        if not item.strip():
-            continue
-        if not sep or mode.strip() not in ("required", "optional", "off"):
+def _as_tuple(name: str, value: Any) -> tuple[str, ...]:
+    """A tuple setting's value: one string is a one-item tuple; a list is a tuple."""
+    if isinstance(value, str):
+        if "," in value:
+            items = tuple(p.strip() for p in value.split(",") if p.strip())
             raise ConfigurationError(
-                f"{name}={raw!r}: comma-separated 'ROUTE=MODE' items, MODE one of required, "
-                "optional, off (for example 'POST /orders=required')"
+                f"HardenSettings({name}={value!r}): one string is one item; for several, "
+                f"give a tuple: {name}={items!r}"
             )
-        routes[route.strip()] = mode.strip()
-    return routes
+        return (value,)
+    if isinstance(value, bytes | Mapping) or not hasattr(value, "__iter__"):
+        raise ConfigurationError(
+            f"HardenSettings({name}={value!r}): a tuple of strings, or one string"
+        )
+    items = tuple(value)
+    if not all(isinstance(i, str) for i in items):
+        raise ConfigurationError(f"HardenSettings({name}={value!r}): a tuple of strings")
+    return items
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """A `SettingsWarning` per ``BUTTRESS_*`` variable that nothing reads, at the caller."""
+    unknown = unknown_variables(env, (f.name for f in fields(HardenSettings)))
+    if not unknown:
+        return
+    here = inspect.currentframe()
+    level, frame = 2, here.f_back if here is not None else None  # stacklevel 2: our caller
+    while (
+        frame is not None
+        and frame.f_back is not None
+        and frame.f_code.co_filename.startswith(_PACKAGE)
+    ):
+        level, frame = level + 1, frame.f_back  # the first frame outside buttress
+    for name, close in unknown:
+        hint = f"; did you mean {close}?" if close else ""
+        warnings.warn(
+            f"{name} is not a buttress setting and is ignored{hint}",
+            SettingsWarning,
+            stacklevel=level,
+        )

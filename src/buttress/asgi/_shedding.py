@@ -2,13 +2,13 @@
 
 `LoadSheddingMiddleware` is the stage (`buttress.asgi._runner`) that drives a
 `ConcurrencyLimiter` (`buttress.asgi._concurrency`: the limit algorithms and the limiter).
-It refuses a request with 503 problem+json (type ``temporary-reduced-capacity``) and
+It refuses a request with 503 problem+json (type ``overloaded``) and
 ``Retry-After`` *before* the application runs, and samples each admitted request from its
 start to the last byte of its response body. Time is read from an injected `Clock`.
 
 Example::
 
-    from buttress.asgi import LoadSheddingMiddleware
+    from buttress.asgi.middleware import LoadSheddingMiddleware
 
     app = LoadSheddingMiddleware(app, max_in_flight=200, adaptive="gradient")
 """
@@ -60,7 +60,7 @@ class LoadSheddingMiddleware(Stage):
     """Answer 503 + ``Retry-After`` before the application runs when the service is full.
 
     A request is shed (problem+json, code ``overloaded``, type
-    ``.../temporary-reduced-capacity``) when ``max_in_flight`` requests are already in
+    ``.../overloaded``) when ``max_in_flight`` requests are already in
     flight, or when the adaptive limit is reached. A request is in flight from admission
     until the application returns (background tasks included). With an adaptive limit,
     every admitted request is also a sample: its RTT runs from admission to the end of the
@@ -104,7 +104,7 @@ class LoadSheddingMiddleware(Stage):
     Example::
 
         from starlette.applications import Starlette
-        from buttress.asgi import LoadSheddingMiddleware
+        from buttress.asgi.middleware import LoadSheddingMiddleware
 
         app = Starlette(routes=routes)
         app = LoadSheddingMiddleware(app, max_in_flight=500, adaptive="gradient",
@@ -251,6 +251,9 @@ class LoadSheddingMiddleware(Stage):
                 limiter.release(in_flight, end - ex.shed_started, ex.shed_dropped, end)
 
     async def _shed(self, scope: Scope, send: Send, reason: ShedReason) -> bool:
+        state = scope.get("state")
+        if state is not None:  # for the server span (buttress.asgi._tracing)
+            state["buttress.shed"] = reason
         if self.on_shed is not None:
             try:
                 self.on_shed(reason)

@@ -26,64 +26,18 @@ therefore hooks the termination signals itself, and runs this sequence:
 A second signal at any point exits at once (status 128 + the signal's number: 130 for
 SIGINT, 143 for SIGTERM), skipping whatever is left.
 
-Servers
--------
-* **uvicorn** installs its handlers with `signal.signal` (``Server.capture_signals``)
-  before it starts the lifespan; `GracefulShutdown` installs its own at lifespan startup
-  and hands the signal to uvicorn's after the drain delay. The lifespan must be on
-  (``--lifespan auto``, the default, or ``on``). Leave ``--timeout-graceful-shutdown``
-  unset: ``grace`` already bounds the wait. If you set it, uvicorn cancels the remaining
-  tasks that many seconds after the hand-off too (the shorter of the two wins; both count
-  from the hand-off). After a graceful stop uvicorn re-raises the signal, so the process
-  ends "killed by SIGTERM" (143 in a shell), exactly as it does without buttress.
-  ``uvicorn --workers N``: the supervisor forwards SIGTERM to each worker (it polls for
-  signals, so up to ~0.5 s later), and each drains; prefer one worker per container.
-* **gunicorn with uvicorn workers** (``-k uvicorn_worker.UvicornWorker``, from the
-  ``uvicorn-worker`` package; ``uvicorn.workers.UvicornWorker`` is the same class,
-  deprecated): send SIGTERM to the arbiter; it forwards it to every worker, where uvicorn
-  runs as above. The arbiter SIGKILLs workers ``--graceful-timeout`` seconds (default 30)
-  after the SIGTERM, so set it to at least ``drain_delay + grace + close_timeout`` plus a
-  margin. SIGINT or SIGQUIT to the arbiter is gunicorn's *quick* shutdown (workers get
-  SIGQUIT, which is not drained).
-* Anything else: when the previous handler is ``SIG_DFL`` it is restored after the drain
-  delay and the signal raised again (the default action, delayed). Servers that hook signals
-  with ``loop.add_signal_handler`` (Hypercorn) see them at once, in parallel with us. Off
-  the main thread (a server run in a thread, tests) no signal can be hooked: call
-  `GracefulShutdown.trigger` yourself.
-
-Kubernetes
-----------
-When a pod is deleted, Kubernetes runs its ``preStop`` hook, then sends SIGTERM, and at the
-same time takes the pod out of the Service endpoints; kube-proxy, ingress controllers and
-cloud load balancers need a few seconds to notice. Cover those seconds *either* with
-``drain_delay`` (the default, 5 s: no ``sleep`` binary needed, works in distroless images)
-*or* with a ``preStop`` sleep and ``drain_delay=0``; not both, they add up.
-``terminationGracePeriodSeconds`` counts from the start of ``preStop`` and bounds
-everything, after which the kubelet sends SIGKILL: make it at least preStop +
-``drain_delay`` + ``grace`` + ``close_timeout`` plus a margin. With the defaults that is
-5 + 25 + 10 = 40 s, so the Kubernetes default of 30 s is too short::
-
-    spec:
-      terminationGracePeriodSeconds: 45      # >= drain 5 + grace 25 + close 10, + margin
-      containers:
-        - name: api
-          readinessProbe:
-            httpGet: {path: /health/ready, port: 8000}
-            periodSeconds: 2
-            failureThreshold: 1
-          # Either no preStop (drain_delay=5 does the waiting), or, with drain_delay=0:
-          # lifecycle: {preStop: {sleep: {seconds: 5}}}    # exec: ["sleep", "5"] before 1.30
-
-The readiness flip matters most to load balancers that route by health checks (cloud load
-balancers' target health checks, a proxy outside Kubernetes): make their interval times
-their failure threshold at most ``drain_delay``.
+How each server (uvicorn, ``uvicorn --workers N``, gunicorn with uvicorn workers, others)
+hands its signals over, and the Kubernetes settings that fit these delays
+(``terminationGracePeriodSeconds`` >= ``drain_delay`` + ``grace`` + ``close_timeout`` plus a
+margin; a ``preStop`` sleep *or* ``drain_delay``, not both): docs/asgi.md, "Graceful
+shutdown". With any other server, a previous handler of ``SIG_DFL`` is restored after the
+drain delay and the signal raised again (the default action, delayed); off the main thread
+(a server run in a thread, tests) no signal can be hooked: call `GracefulShutdown.trigger`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 import math
 import os
@@ -95,9 +49,17 @@ from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress.asgi._lifespan import (
+    CloseHook,
+    InnerLifespan,
+    hook_name,
+    run_close_hook,
+    stop_app,
+    wait_within,
+)
 from buttress.asgi._problem import send_problem
 from buttress.asgi._runner import Hooks, Stage
-from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from buttress.asgi._types import ASGIApp, Receive, Scope, Send
 from buttress.errors import ConfigurationError, ErrorCode
 
 __all__ = ["GracefulShutdown"]
@@ -153,67 +115,11 @@ def _signals(values: Iterable[object]) -> tuple[signal.Signals, ...]:
     return tuple(result)
 
 
-def _name_of(hook: Callable[..., object]) -> str:
-    name = getattr(hook, "__qualname__", None) or getattr(hook, "__name__", None)
-    return str(name) if name else repr(hook)
-
-
-def _is_async(hook: Callable[..., object]) -> bool:
-    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
-        getattr(hook, "__call__", None)  # noqa: B004 - instances with an async __call__
-    )
-
-
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
     except ValueError:  # pragma: no cover - not a signal of this platform
         return str(signum)
-
-
-def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def _in_daemon_thread(hook: Callable[[], object], name: str) -> asyncio.Future[Any]:
-    """Run a sync hook in a daemon thread: if it hangs, the process can still exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def target() -> None:
-        try:
-            result = hook()
-        except BaseException as exc:
-            outcome: tuple[object, BaseException | None] = (None, exc)
-        else:
-            outcome = (result, None)
-        with contextlib.suppress(RuntimeError):  # the loop closed while the hook ran
-            loop.call_soon_threadsafe(_settle, future, *outcome)
-
-    threading.Thread(target=target, name=f"buttress-close:{name}", daemon=True).start()
-    return future
-
-
-class _Hook:
-    __slots__ = ("fn", "in_thread", "name")
-
-    def __init__(self, fn: Callable[[], object], name: str, in_thread: bool) -> None:
-        self.fn = fn
-        self.name = name
-        self.in_thread = in_thread
-
-    async def run(self) -> None:
-        if _is_async(self.fn) or not self.in_thread:
-            result = self.fn()
-        else:
-            result = await _in_daemon_thread(self.fn, self.name)
-        if inspect.isawaitable(result):  # e.g. ``lambda: client.aclose()``
-            await result
 
 
 async def _answer_abandoned(scope: Scope, send: Send) -> None:
@@ -232,46 +138,6 @@ async def _answer_abandoned(scope: Scope, send: Send) -> None:
         # then close the connection); knowing it without asking would cost a send wrapper on
         # every request, for the rare request still running when the grace runs out
         _log.debug("request cancelled after its response started", exc_info=True)
-
-
-class _InnerLifespan:
-    """Drives the wrapped app's own lifespan protocol from inside ours."""
-
-    def __init__(self, app: ASGIApp, scope: Scope) -> None:
-        loop = asyncio.get_running_loop()
-        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._reply: asyncio.Future[Message | None] | None = None
-        self.supported = True
-        self.task = loop.create_task(self._run(app, scope))
-        self.task.add_done_callback(self._ended)
-
-    async def _run(self, app: ASGIApp, scope: Scope) -> None:
-        await app(scope, self._inbox.get, self._send)
-
-    async def _send(self, message: Message) -> None:
-        if self._reply is not None and not self._reply.done():
-            self._reply.set_result(message)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved here, reported by whoever asked (error())
-        if self._reply is not None and not self._reply.done():
-            self._reply.set_result(None)
-
-    def exchange(self, message: Message) -> asyncio.Future[Message | None]:
-        """Send ``message``; the future holds the app's answer, or None if it ended first."""
-        self._reply = asyncio.get_running_loop().create_future()
-        if self.task.done():
-            self._reply.set_result(None)
-        else:
-            self._inbox.put_nowait(message)
-        return self._reply
-
-    def error(self) -> BaseException | None:
-        """The exception the app's lifespan ended with, if it did."""
-        if not self.task.done() or self.task.cancelled():
-            return None
-        return self.task.exception()
 
 
 class GracefulShutdown(Stage):
@@ -300,7 +166,7 @@ class GracefulShutdown(Stage):
 
     Example::
 
-        from buttress.asgi import GracefulShutdown, HealthMiddleware
+        from buttress.asgi.middleware import GracefulShutdown, HealthMiddleware
 
         health = HealthMiddleware(app)
         app = shutdown = GracefulShutdown(health, drain_delay=5, grace=25)
@@ -347,7 +213,12 @@ class GracefulShutdown(Stage):
         """Called, without arguments, in the signal handler when the drain begins.
 
         Keep them tiny (set a flag): they run between two bytecodes of the main thread."""
-        self._hooks: list[_Hook] = []
+        self.on_startup: list[Callable[[], object]] = []
+        """Called, without arguments, on the event loop at lifespan startup (before the app's).
+
+        For what needs the server's running loop (a loop exception handler); one that
+        fails is logged and does not stop the startup."""
+        self._hooks: list[CloseHook] = []
         self._requests: set[asyncio.Task[Any]] = set()  # the tasks serving requests
         self._abandoned: set[asyncio.Task[Any]] = set()  # cancelled when the grace ran out
         self._idle: list[asyncio.Future[None]] = []
@@ -405,7 +276,7 @@ class GracefulShutdown(Stage):
         """
         if not callable(hook):
             raise ConfigurationError(f"GracefulShutdown.add_close_hook({hook!r}): not callable")
-        self._hooks.append(_Hook(hook, name or _name_of(hook), in_thread))
+        self._hooks.append(CloseHook(hook, name or hook_name(hook), in_thread))
         return hook
 
     def trigger(self, signum: int = signal.SIGTERM) -> None:
@@ -462,7 +333,7 @@ class GracefulShutdown(Stage):
             try:
                 callback()
             except Exception:
-                _log.exception("on_drain callback %s failed", _name_of(callback))
+                _log.exception("on_drain callback %s failed", hook_name(callback))
 
     def _start_drain(self, signum: int) -> None:
         if self._stopping:  # the server is stopping already: nothing to wait for
@@ -532,34 +403,16 @@ class GracefulShutdown(Stage):
                 signal.signal(sig, signal.SIG_DFL if previous is None else previous)
 
     # ------------------------------------------------------------------ waiting
-    async def _within(self, future: asyncio.Future[Any], limit: float) -> bool:
-        """Wait for ``future`` at most ``limit`` seconds on our clock; True if it is done."""
-        if future.done():
-            return True
-        alarm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def ring() -> None:
-            if not alarm.done():
-                alarm.set_result(None)
-
-        timer = self.clock.call_later(max(limit, 0.0), ring)
-        try:
-            await asyncio.wait((future, alarm), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            alarm.cancel()
-        return future.done()
-
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:
-            await self._within(asyncio.get_running_loop().create_future(), seconds)
+            await wait_within(self.clock, asyncio.get_running_loop().create_future(), seconds)
 
     async def _until_idle(self, limit: float) -> bool:
         if not self._requests:
             return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._idle.append(waiter)
-        return await self._within(waiter, limit)
+        return await wait_within(self.clock, waiter, limit)
 
     def _wake_idle(self) -> None:
         waiters, self._idle = self._idle, []
@@ -726,8 +579,13 @@ class GracefulShutdown(Stage):
         self._reset()
         self._loop = asyncio.get_running_loop()
         self._install()
+        for callback in list(self.on_startup):
+            try:
+                callback()
+            except Exception:
+                _log.exception("on_startup callback %s failed", hook_name(callback))
         try:
-            inner = _InnerLifespan(app, scope)
+            inner = InnerLifespan(app, scope)
             answer = await inner.exchange({"type": "lifespan.startup"})
             if answer is None:
                 inner.supported = False
@@ -751,7 +609,7 @@ class GracefulShutdown(Stage):
         else:
             await send({"type": "lifespan.shutdown.complete"})
 
-    async def _stop(self, inner: _InnerLifespan) -> str | None:
+    async def _stop(self, inner: InnerLifespan) -> str | None:
         """In-flight requests (within the grace), the app's shutdown, then the hooks."""
         self._stopping = True
         self._begin_draining()
@@ -763,7 +621,9 @@ class GracefulShutdown(Stage):
             self.clock.now() + self.grace if deadline is None else deadline
         )
         close_deadline = self.clock.now() + self.close_timeout
-        failed = await self._stop_app(inner, close_deadline)
+        failed = await stop_app(
+            self.clock, inner, min(self.hook_timeout, close_deadline - self.clock.now())
+        )
         for hook in reversed(self._hooks):
             remaining = close_deadline - self.clock.now()
             if remaining <= 0:
@@ -773,47 +633,12 @@ class GracefulShutdown(Stage):
                     self.close_timeout,
                 )
                 continue
-            await self._run_hook(hook, min(self.hook_timeout, remaining))
+            await run_close_hook(
+                self.clock, hook, min(self.hook_timeout, remaining), self._abandoned_hooks
+            )
         if drain is not None and not drain.done():
             drain.cancel()
         return failed
-
-    async def _stop_app(self, inner: _InnerLifespan, close_deadline: float) -> str | None:
-        if not inner.supported or inner.task.done():
-            return None
-        limit = min(self.hook_timeout, close_deadline - self.clock.now())
-        reply = inner.exchange({"type": "lifespan.shutdown"})
-        if not await self._within(reply, limit):
-            _log.error("the app's lifespan shutdown did not finish within %.1f s; abandoned", limit)
-            inner.task.cancel()
-            return None
-        answer = reply.result()
-        if answer is None:
-            error = inner.error()
-            if error is not None:
-                _log.error("the app's lifespan shutdown failed", exc_info=error)
-            return None
-        if answer["type"] == "lifespan.shutdown.failed":
-            message = str(answer.get("message", ""))
-            _log.error("the app's lifespan shutdown failed: %s", message)
-            return message
-        return None
-
-    async def _run_hook(self, hook: _Hook, limit: float) -> None:
-        started = self.clock.now()
-        task = asyncio.get_running_loop().create_task(hook.run())
-        if not await self._within(task, limit):
-            task.cancel()
-            self._abandoned_hooks.add(task)
-            task.add_done_callback(self._abandoned_hooks.discard)
-            _log.error("close hook %s did not finish within %.1f s; abandoned", hook.name, limit)
-            return
-        if task.cancelled():
-            _log.error("close hook %s was cancelled", hook.name)
-        elif (error := task.exception()) is not None:
-            _log.error("close hook %s failed", hook.name, exc_info=error)
-        else:
-            _log.debug("close hook %s done in %.3f s", hook.name, self.clock.now() - started)
 
     def __repr__(self) -> str:
         return (

@@ -544,7 +544,8 @@ class _JWTSubject:
         if found is None:
             try:
                 found = self.decode(token)
-            except Exception:  # any malformed input (JSON depth, unicode...) is invalid
+            # buttress: ignore[BTR303] any malformed token (JSON depth, unicode...) is invalid
+            except Exception:
                 return self.invalid(scope)
             cache = self.cache
             if len(cache) >= 1024:

@@ -30,19 +30,10 @@ from fastapi import FastAPI, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from buttress import Fallback, Pipeline, Timeout
-from buttress.asgi import (
-    CheckResult,
-    DiskCheck,
-    HardenSettings,
-    HttpCheck,
-    Limit,
-    MemoryCheck,
-    RateLimitRule,
-    SQLiteCheck,
-    harden,
-    propagate_context,
-)
+from buttress.asgi import HardenSettings, Limit, RateLimitRule, harden
 from buttress.asgi._idempotency import MAX_KEY_LENGTH
+from buttress.asgi.context import propagate_context
+from buttress.asgi.health import CheckResult, DiskCheck, HttpCheck, MemoryCheck, SQLiteCheck
 from buttress.demo.flaky import FlakyServer
 from buttress.http import async_client
 

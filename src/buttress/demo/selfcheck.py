@@ -155,7 +155,10 @@ async def _fresh_connections(
 
 
 def _shared_state_checks(
-    record: Callable[[str, bool, str], None], store_url: str | None, workers: int
+    record: Callable[[str, bool, str], None],
+    store_url: str | None,
+    workers: int,
+    port: int | None = None,
 ) -> None:
     """Rate limits and idempotency hold across several worker processes and one store."""
     folder = tempfile.mkdtemp(prefix="buttress-selfcheck-")
@@ -168,7 +171,7 @@ def _shared_state_checks(
         # a namespace of its own: an earlier run's limits in a shared Redis do not count
         "BUTTRESS_STORE_NAMESPACE": f"selfcheck-{uuid.uuid4().hex[:8]}",
     }
-    port = _free_port()
+    port = port or _free_port()
     base = f"http://127.0.0.1:{port}"
     with _server(port, env, workers) as proc:
         if not _wait_ready(base, proc):
@@ -196,7 +199,7 @@ def _shared_state_checks(
             and len(served) + len(limited) == len(answers)
             and headers_ok,
             f"40 requests on new connections: {len(served)} served by {len(pids)} "
-            f"worker(s), {len(limited)} x 429 quota-exceeded "
+            f"worker(s), {len(limited)} x 429 rate_limited "
             f"({'with' if headers_ok else 'WITHOUT'} RateLimit + Retry-After)",
         )
         body = json.dumps({"sku": f"sc-{run}", "quantity": 1}).encode()
@@ -291,13 +294,15 @@ def run_selfcheck(
     *,
     store_url: str | None = None,
     workers: int = 2,
+    port: int | None = None,
 ) -> list[Check]:
     """Run the demo service and every check; return the results (bounded: ~150 requests).
 
-    The last checks run the demo with ``workers`` processes sharing ``store_url`` (a SQLite
-    file by default): rate limits and Idempotency-Key must hold across them.
+    The service listens on 127.0.0.1:``port`` (default: a free port). The last checks run
+    the demo again, on the same port, with ``workers`` processes sharing ``store_url`` (a
+    SQLite file by default): rate limits and Idempotency-Key must hold across them.
     """
-    port = _free_port()
+    port = port or _free_port()
     base = f"http://127.0.0.1:{port}"
     checks: list[Check] = []
 
@@ -435,7 +440,9 @@ def run_selfcheck(
         during = _status(f"{base}/orders")
         record(
             "SIGTERM: readiness 503 at once, requests still served while draining",
-            flipped is not None and flipped < 0.1 and during == 200,
+            # "at once": well inside the demo's 1 s drain delay. Not 100 ms: on a busy
+            # machine (a CI runner, a laptop compiling) scheduling alone can take longer
+            flipped is not None and flipped < 0.5 and during == 200,
             f"ready 503 after {flipped if flipped is None else round(flipped * 1000)} ms; "
             f"/orders {during} during the drain",
         )
@@ -450,5 +457,5 @@ def run_selfcheck(
             code in (0, -signal.SIGTERM),
             f"exit code {code} after {time.monotonic() - started:.2f} s",
         )
-    _shared_state_checks(record, store_url, workers)
+    _shared_state_checks(record, store_url, workers, port)
     return checks

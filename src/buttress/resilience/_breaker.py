@@ -19,26 +19,25 @@ Every transition starts a new *generation*. A permit carries the generation it w
 in, and an outcome from an older generation is ignored, so a slow success that started
 before the breaker opened can never close it. Cancellation (`asyncio.CancelledError`,
 `KeyboardInterrupt`) is never a failure: it only gives the permit back.
+
+The window of outcomes and the default failure predicate live in ``_breaker_window.py``;
+the drivers, in ``_drivers_async.py``; the fleet-wide sharing, in ``_fleet_breaker.py``.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from buttress._clock import SYSTEM_CLOCK, Clock
-from buttress.errors import (
-    CircuitOpen,
-    ConfigurationError,
-    DeadlineExceeded,
-    ErrorCode,
-    Rejected,
-    classify,
-)
+from buttress.errors import CircuitOpen, ConfigurationError, ErrorCode, Rejected
 from buttress.resilience import _drivers_async, _drivers_sync
+from buttress.resilience._breaker_window import (
+    BreakerSnapshot,
+    BreakerWindow,
+    default_is_failure,
+)
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
@@ -52,157 +51,11 @@ from buttress.resilience._policy import (
 from buttress.resilience._registry import registry
 from buttress.telemetry import CallRejectedEvent, CircuitStateChangedEvent, Hook, emit
 
-__all__ = ["BreakerSnapshot", "CircuitBreaker"]
-
-_floor = math.floor
+__all__ = ["BreakerSnapshot", "CircuitBreaker", "default_is_failure"]
 
 CLOSED: Final = "closed"
 OPEN: Final = "open"
 HALF_OPEN: Final = "half_open"
-
-
-def default_is_failure(exc: BaseException) -> bool:
-    """The default failure predicate.
-
-    A failure is what says the dependency is unwell: timeouts, connection errors, 5xx,
-    unknown errors. Client errors (a 404, a validation error) and local rejections (a full
-    bulkhead, a rate limit) are not the dependency's fault and do not count.
-    """
-    if isinstance(exc, Rejected):
-        if not isinstance(exc, DeadlineExceeded):
-            return False
-        if exc.code is ErrorCode.DEADLINE_EXCEEDED:
-            return False  # the caller's own deadline ran out: not the dependency's fault
-    info = classify(exc)
-    return info is not None and not info.code.is_client_error
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    """A consistent view of a breaker, for health checks and dashboards."""
-
-    name: str
-    state: str
-    generation: int
-    calls: int
-    failures: int
-    slow_calls: int
-    failure_rate: float
-    consecutive_failures: int
-    open_remaining: float
-
-
-class _Window:
-    """Sliding window of outcomes: time-based (ten buckets) or count-based (a ring)."""
-
-    __slots__ = (
-        "by_count",
-        "calls",
-        "failures",
-        "inv",
-        "n",
-        "ring",
-        "slot",
-        "slow",
-        "tick",
-        "width",
-    )
-
-    def __init__(self, *, seconds: float | None, count: int | None, now: float) -> None:
-        self.calls = self.failures = self.slow = 0
-        if count is not None:
-            self.by_count = True
-            self.n = count
-            self.ring: list[int] = []  # bit 0 failure, bit 1 slow; used as a circular buffer
-            self.tick = 0  # next write position once the ring is full
-            self.width = self.inv = 0.0
-        else:
-            assert seconds is not None  # noqa: S101 - narrowed by the caller
-            self.by_count = False
-            self.n = 10
-            self.width = seconds / self.n
-            self.inv = 1.0 / self.width
-            self.ring = [0] * (3 * self.n)  # per bucket: calls, failures, slow
-            self.tick = math.floor(now * self.inv)
-        self.slot = (self.tick % self.n) * 3  # the current bucket's calls in the ring
-
-    def clear(self) -> None:
-        self.calls = self.failures = self.slow = 0
-        if self.by_count:
-            self.ring.clear()
-            self.tick = 0
-        else:
-            self.ring[:] = [0] * (3 * self.n)
-
-    def record_success(self, now: float) -> None:
-        """Count one success that was not slow (the hot path of a closed breaker)."""
-        if self.by_count:
-            self.record(now, False, False)
-            return
-        tick = _floor(now * self.inv)
-        if tick == self.tick:
-            self.ring[self.slot] += 1
-        else:
-            self._roll(tick)
-            self.ring[(tick % self.n) * 3] += 1
-        self.calls += 1
-
-    def record_failure(self, now: float, slow: bool) -> None:
-        """Count one failure (``slow``: it was a slow call too)."""
-        self.record(now, True, slow)
-
-    def record(self, now: float, failed: bool, slow: bool) -> None:
-        """Count one outcome."""
-        ring = self.ring
-        if self.by_count:
-            code = (1 if failed else 0) | (2 if slow else 0)
-            if len(ring) < self.n:
-                ring.append(code)
-            else:
-                old = ring[self.tick]
-                self.calls -= 1
-                self.failures -= old & 1
-                self.slow -= (old >> 1) & 1
-                ring[self.tick] = code
-                self.tick = (self.tick + 1) % self.n
-        else:
-            tick = math.floor(now * self.inv)
-            if tick != self.tick:
-                self._roll(tick)
-            i = (tick % self.n) * 3
-            ring[i] += 1
-            if failed:
-                ring[i + 1] += 1
-            if slow:
-                ring[i + 2] += 1
-        self.calls += 1
-        if failed:
-            self.failures += 1
-        if slow:
-            self.slow += 1
-
-    def _roll(self, tick: int) -> None:
-        last = self.tick
-        if tick < last:  # clock went backwards (never with a monotonic clock): keep counting
-            return
-        ring = self.ring
-        if tick - last >= self.n:
-            self.clear()
-        else:
-            for t in range(last + 1, tick + 1):
-                i = (t % self.n) * 3
-                self.calls -= ring[i]
-                self.failures -= ring[i + 1]
-                self.slow -= ring[i + 2]
-                ring[i] = ring[i + 1] = ring[i + 2] = 0
-        self.tick = tick
-        self.slot = (tick % self.n) * 3
-
-    def expire(self, now: float) -> None:
-        if not self.by_count:
-            tick = math.floor(now * self.inv)
-            if tick != self.tick:
-                self._roll(tick)
 
 
 class CircuitBreaker(Policy):
@@ -354,7 +207,7 @@ class CircuitBreaker(Policy):
         self._probe_ok = 0
         self._probe_failed = 0
         self._consecutive = 0
-        self._window = _Window(
+        self._window = BreakerWindow(
             seconds=None if self.window_calls is not None else self.window,
             count=self.window_calls,
             now=clock.now(),
@@ -413,11 +266,23 @@ class CircuitBreaker(Policy):
             return permit
         if now is None:
             now = self.clock.now()
-        if self._state is OPEN:
-            until = self._open_until
-            if now < until:
-                raise self._rejected(ctx, self._open_text, until - now)
+        left = self.open_for(now)
+        if left:
+            raise self.rejection(ctx, left)
         return self._acquire_slow(now, ctx)
+
+    def open_for(self, now: float) -> float:
+        """Seconds the breaker stays open after ``now``, when it rejects every call then.
+
+        0.0 when `acquire` might let a call through: closed, half-open, or a break that
+        has elapsed (the next `acquire` moves it to half-open). No lock, no state change:
+        with `rejection`, what a pipeline uses to reject a call up front.
+        """
+        if self._state is OPEN:
+            left = self._open_until - now
+            if left > 0:
+                return left
+        return 0.0
 
     def _acquire_slow(self, now: float, ctx: BuildContext | None) -> int:
         change: CircuitStateChangedEvent | None = None
@@ -441,16 +306,22 @@ class CircuitBreaker(Policy):
         if change is not None:
             self._emit(change)
         if gen == -2:
-            raise self._rejected(ctx, self._open_text, self._open_until - now)
+            raise self.rejection(ctx, self._open_until - now)
         if gen == -1:
-            raise self._rejected(
+            raise self.rejection(
                 ctx,
-                f"circuit {self.name!r} is half-open and its probes are taken",
                 min(self.break_duration, 1.0),
+                f"circuit {self.name!r} is half-open and its probes are taken",
             )
         return gen
 
-    def _rejected(self, ctx: BuildContext | None, text: str, retry_after: float) -> CircuitOpen:
+    def rejection(
+        self, ctx: BuildContext | None, retry_after: float, text: str | None = None
+    ) -> CircuitOpen:
+        """The `CircuitOpen` to raise (``text``: default "circuit ... is open").
+
+        Reports a `CallRejectedEvent` to ``ctx``'s hooks (the pipeline asking), if any.
+        """
         if ctx is not None and ctx.listening:
             ctx.emit(
                 CallRejectedEvent(
@@ -460,7 +331,7 @@ class CircuitBreaker(Policy):
                     retry_after=retry_after,
                 )
             )
-        return CircuitOpen.by_policy(self.name, text, retry_after)
+        return CircuitOpen.by_policy(self.name, text or self._open_text, retry_after)
 
     def on_success(self, permit: int, elapsed: float = 0.0, now: float | None = None) -> None:
         """Record a successful call made under ``permit`` that took ``elapsed`` seconds."""

@@ -23,6 +23,7 @@ from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
+    Passage,
     Policy,
     SyncLink,
     check_int,
@@ -257,6 +258,14 @@ class Bulkhead(Policy):
             except ValueError:  # pragma: no cover - granted is set under the same lock
                 return True
             return False
+
+    def passage(self) -> Passage:
+        """A call an inner policy rejects only borrows a slot, when one is free at once."""
+        return Passage(clock=self.clock, admits=self._free_now)
+
+    def _free_now(self, now: float) -> bool:
+        """Whether `try_acquire` would take a slot now (``now`` unused: slots are not timed)."""
+        return not self._waiters and bool(self._free)
 
     def acquire_sync(self, ctx: BuildContext) -> None:
         """Take a slot for a thread, waiting in the queue if allowed."""

@@ -2,19 +2,34 @@
 
 The pipeline compiles its policies into one chain of links for threads and one for
 asyncio, once, on first use; a call then costs one frame per policy and no dispatch.
+
+When every policy outside its first `CircuitBreaker` has a `Passage` (a `Timeout`, a
+`Retry` with the default ``retry_on``, a `Bulkhead`), the pipeline also answers that
+breaker's rejection up front: while the breaker is open, a call is rejected before any
+link is entered, with the same exception, the same events and the same retry-budget
+deposit as the chain would have produced. A closed breaker costs the check one read.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from buttress.errors import ConfigurationError
 from buttress.resilience._breaker import CircuitBreaker
 from buttress.resilience._hedge import Hedge
-from buttress.resilience._policy import AsyncLink, BuildContext, Policy, SyncLink, call_terminal
+from buttress.resilience._policy import (
+    AsyncLink,
+    BuildContext,
+    Passage,
+    Policy,
+    SyncLink,
+    call_terminal,
+)
 from buttress.resilience._registry import registry
 from buttress.resilience._retry import Retry
 from buttress.resilience._timeout import Timeout
@@ -35,6 +50,8 @@ class Pipeline:
         name: label for events and metrics; named pipelines are listed by
             `buttress.resilience.registry`.
         hooks: event hooks for this pipeline (in addition to the global ones).
+        traced: record a span per call (and per attempt) when OpenTelemetry is on
+            (`buttress.otel`); decided when the pipeline first runs. Default True.
 
     The whole pipeline is validated when it is built: an attempt timeout (a `Timeout`
     inside a `Retry`) must be shorter than the total timeout (one outside it); a breaker's
@@ -59,10 +76,26 @@ class Pipeline:
         async def fetch(url: str) -> bytes: ...
     """
 
-    __slots__ = ("__weakref__", "_async", "_ctx", "_sync", "hooks", "name", "policies")
+    __slots__ = (
+        "__weakref__",
+        "_async",
+        "_ctx",
+        "_gate",
+        "_gate_admits",
+        "_gate_counts",
+        "_sync",
+        "_traced",
+        "hooks",
+        "name",
+        "policies",
+    )
 
     def __init__(
-        self, *policies: Policy, name: str | None = None, hooks: Sequence[Hook] = ()
+        self,
+        *policies: Policy,
+        name: str | None = None,
+        hooks: Sequence[Hook] = (),
+        traced: bool = True,
     ) -> None:
         for i, policy in enumerate(policies):
             if not isinstance(policy, Policy):
@@ -78,10 +111,15 @@ class Pipeline:
         self.policies: tuple[Policy, ...] = tuple(policies)
         self.name = name
         self.hooks: tuple[Hook, ...] = tuple(hooks)
+        self._traced = traced
         _validate(self.policies)
         self._ctx = BuildContext(name, self.hooks)
         self._sync: SyncLink | None = None
         self._async: AsyncLink | None = None
+        self._gate: CircuitBreaker | None = None
+        self._gate_admits: tuple[Callable[[float], bool], ...] = ()
+        self._gate_counts: tuple[Callable[[float], None], ...] = ()
+        self._find_gate()
         if name is not None:
             registry.add_pipeline(self)
 
@@ -91,19 +129,74 @@ class Pipeline:
         return f"Pipeline({inner}{label})"
 
     # ------------------------------------------------------------ compilation
+    def _find_gate(self) -> None:
+        """Find the breaker whose rejections can be answered up front (see the module)."""
+        passages: list[Passage] = []
+        for policy in self.policies:
+            if type(policy) is CircuitBreaker:  # a subclass may drive calls its own way
+                if all(p.clock is policy.clock for p in passages):
+                    self._gate = policy
+                    self._gate_admits = tuple(p.admits for p in passages if p.admits)
+                    self._gate_counts = tuple(p.count for p in passages if p.count)
+                return
+            passage = policy.passage()
+            if passage is None:
+                return
+            passages.append(passage)
+
+    def _reject_if_open(self, gate: CircuitBreaker) -> None:
+        """Raise ``gate``'s rejection now if the chain would raise it; else return."""
+        now = gate.clock.now()
+        left = gate.open_for(now)
+        if not left:
+            return
+        for admits in self._gate_admits:
+            if not admits(now):
+                return
+        for count in self._gate_counts:
+            count(now)
+        raise gate.rejection(self._ctx, left)
+
+    def _tracing(self) -> Any:
+        """OpenTelemetry's links for this pipeline when tracing is on, else None (once)."""
+        if not self._traced or (
+            "opentelemetry.trace" not in sys.modules and not os.environ.get("BUTTRESS_OTEL")
+        ):
+            return None
+        from buttress.otel import pipeline_tracing  # noqa: PLC0415 - only with OpenTelemetry
+
+        tracing = pipeline_tracing(self)
+        if tracing is not None:
+            self._gate = None  # an open breaker's rejection goes through the spans too
+        return tracing
+
     def _build_sync(self) -> SyncLink:
+        tracing = self._tracing()
         link: SyncLink = call_terminal
         for policy in reversed(self.policies):
+            if tracing is not None:
+                link = tracing.inside(policy, link, sync=True)
             link = policy.wrap(link, self._ctx)
+            if tracing is not None:
+                link = tracing.outside(policy, link, sync=True)
+        if tracing is not None:
+            link = tracing.span(link, sync=True)
         self._sync = link
         return link
 
     def _build_async(self) -> AsyncLink:
         # The innermost link returns the coroutine itself; the next link awaits it, which
         # saves one coroutine frame per call.
+        tracing = self._tracing()
         link: AsyncLink = call_terminal
         for policy in reversed(self.policies):
+            if tracing is not None:
+                link = tracing.inside(policy, link, sync=False)
             link = policy.awrap(link, self._ctx)
+            if tracing is not None:
+                link = tracing.outside(policy, link, sync=False)
+        if tracing is not None:
+            link = tracing.span(link, sync=False)
         self._async = link
         return link
 
@@ -111,12 +204,18 @@ class Pipeline:
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through the pipeline (threads)."""
         link = self._sync or self._build_sync()
+        gate = self._gate
+        if gate is not None and gate.closed_permit < 0:
+            self._reject_if_open(gate)
         result: R = link(fn, args, kwargs)
         return result
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn(*args, **kwargs)`` through the pipeline (asyncio)."""
         link = self._async or self._build_async()
+        gate = self._gate
+        if gate is not None and gate.closed_permit < 0:
+            self._reject_if_open(gate)
         result: R = await link(fn, args, kwargs)
         return result
 
@@ -127,23 +226,45 @@ class Pipeline:
 
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a function (sync or async) so that every call goes through the pipeline."""
+        gate = self._gate
         if inspect.iscoroutinefunction(fn):
             pipeline = self
+            if gate is None:
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    link = pipeline._async or pipeline._build_async()
+                    return await link(fn, args, kwargs)
+
+                return async_wrapper
 
             @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            async def gated_async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 link = pipeline._async or pipeline._build_async()
+                if gate.closed_permit < 0:
+                    pipeline._reject_if_open(gate)
                 return await link(fn, args, kwargs)
 
-            return async_wrapper
+            return gated_async_wrapper
         # build now, so that a sync-only mistake (a Hedge) surfaces at decoration time
         link = self._sync or self._build_sync()
 
+        if gate is None:
+
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return link(fn, args, kwargs)
+
+            return wrapper
+        reject_if_open = self._reject_if_open
+
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+        def gated_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if gate.closed_permit < 0:
+                reject_if_open(gate)
             return link(fn, args, kwargs)
 
-        return wrapper
+        return gated_wrapper
 
 
 def _validate(policies: tuple[Policy, ...]) -> None:

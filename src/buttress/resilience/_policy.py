@@ -15,6 +15,11 @@ A policy is two things:
 A link in the chain has the signature ``link(fn, args, kwargs)``: the arguments are
 packed once by the pipeline and unpacked once by the innermost link, so each policy costs
 one frame and no re-packing.
+
+A policy may also describe, with a `Passage`, what its link does with a call that a
+policy inside it rejects before the call starts; a pipeline whose policies outside its
+circuit breaker all have one answers an open breaker's rejection up front, without
+entering their links (see `Policy.passage`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from buttress._clock import Clock
 from buttress.errors import ConfigurationError
 from buttress.telemetry import Event, Hook, emit, global_hooks
 
-__all__ = ["AsyncLink", "BuildContext", "Policy", "SyncLink", "call_terminal"]
+__all__ = ["AsyncLink", "BuildContext", "Passage", "Policy", "SyncLink", "call_terminal"]
 
 SyncLink: TypeAlias = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 """A compiled thread link: ``link(fn, args, kwargs)`` returns what ``fn`` returned."""
@@ -57,6 +63,32 @@ class BuildContext:
     def listening(self) -> bool:
         """Whether any hook would receive an event now (skip building events otherwise)."""
         return bool(self.hooks or global_hooks())
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """What a policy's link does with a call that a policy inside it rejects at once.
+
+    A policy returns one from `Policy.passage` when its link lets such a rejection (an
+    open breaker's `CircuitOpen`) through unchanged, emits no event for it, and does
+    nothing else that ``admits`` and ``count`` do not describe. A pipeline whose
+    policies outside its first `CircuitBreaker` all have a passage checks that breaker
+    before entering any link: when it is open and every ``admits(now)`` is true, it calls
+    every ``count(now)``, outermost first, and raises the breaker's rejection, exactly
+    what the chain would have done, at a fraction of the cost.
+
+    Attributes:
+        clock: the clock the link reads (the pipeline answers up front only when this is
+            the breaker's clock).
+        admits: ``admits(now)``: whether a call arriving at ``now`` would go straight to
+            the inner link (no deadline passed, a free slot...); None: always.
+        count: ``count(now)``: the bookkeeping the link does for such a call (a retry
+            budget's deposit); None: nothing.
+    """
+
+    clock: Clock
+    admits: Callable[[float], bool] | None = None
+    count: Callable[[float], None] | None = None
 
 
 def call_terminal(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -125,9 +157,20 @@ class Policy:
             )
         self.name: str = name or self.kind
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Policies written against the hooks' former, private names (`_wrap`, `_awrap`)
+        # keep working: `wrap`/`awrap` call them.
+        spaces = [vars(k) for k in cls.__mro__ if k is not Policy]
+        cls._legacy_sync = any("_wrap" in space for space in spaces)
+        cls._legacy_async = any("_awrap" in space for space in spaces)
+
+    _legacy_sync: bool = False
+    _legacy_async: bool = False
+
     def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
         """Compile this policy's link for threads around ``inner`` (override it)."""
-        if type(self)._wrap is not Policy._wrap:  # written against the earlier private hook
+        if self._legacy_sync:
             return self._wrap(inner, ctx)
         raise ConfigurationError(
             f"{type(self).__name__} has no driver for threads: use pipeline.acall(), or "
@@ -136,12 +179,21 @@ class Policy:
 
     def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
         """Compile this policy's link for asyncio around ``inner`` (override it)."""
-        if type(self)._awrap is not Policy._awrap:  # written against the earlier private hook
+        if self._legacy_async:
             return self._awrap(inner, ctx)
         raise ConfigurationError(
             f"{type(self).__name__} has no driver for asyncio: use pipeline.call(), or "
             "implement awrap()"
         )
+
+    def passage(self) -> Passage | None:
+        """How this policy's link treats a call an inner policy rejects at once (`Passage`).
+
+        None (the default) when the link does anything with it that a `Passage` cannot
+        describe: catches it, retries it, reports it, spends a token... A pipeline then
+        always runs such a call through the link.
+        """
+        return None
 
     # The hooks' former, private names: policies that override them keep working.
     def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:

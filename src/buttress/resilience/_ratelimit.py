@@ -285,7 +285,8 @@ class RateLimiter(Policy):
             return None
         return self.reserve(key, 1, limit)
 
-    def _wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+    def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
+        """The thread link: take a token, or wait for one up to ``max_wait``, or reject."""
         try_acquire = self.try_acquire
         key_of = self.key
         waits = self.max_wait > 0
@@ -303,7 +304,8 @@ class RateLimiter(Policy):
 
         return limiter_link
 
-    def _awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+    def awrap(self, inner: AsyncLink, ctx: BuildContext) -> AsyncLink:
+        """The asyncio link: take a token, or wait for one up to ``max_wait``, or reject."""
         try_acquire = self.try_acquire
         key_of = self.key
         waits = self.max_wait > 0

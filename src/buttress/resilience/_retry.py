@@ -1,15 +1,15 @@
-"""`Retry`, its `Backoff` schedules and the fleet-protecting `RetryBudget`.
+"""`Retry`: call again after retriable failures.
 
 Semantics (DESIGN.md):
 
 * only errors the taxonomy calls retriable are retried (or your own predicate);
-* full jitter by default (AWS, "Exponential Backoff and Jitter");
+* the delays come from a `Backoff` schedule, full jitter by default;
 * a ``Retry-After`` / ``RateLimit`` hint carried by the error is honoured: the delay is
   ``max(backoff, hint)``; a hint longer than ``max_retry_after`` stops retrying rather
   than hammering a server that asked for patience;
 * no retry whose backoff would outlast the deadline in force;
-* a ratio `RetryBudget` (Finagle: retries <= 20 % of requests + 10/s, credits expire
-  after 10 s) so a fleet cannot amplify an outage;
+* a `RetryBudget` (by default one per policy) caps retries to a share of recent requests,
+  so a fleet cannot amplify an outage;
 * all per-call state (attempt, previous delay) lives in the call, never on the policy;
 * when retries run out the last real exception is re-raised, with a note such as
   ``buttress: gave up after 3 attempts in 1.2 s (attempts exhausted)``.
@@ -17,12 +17,9 @@ Semantics (DESIGN.md):
 
 from __future__ import annotations
 
-import math
 import random
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.errors import (
@@ -34,256 +31,42 @@ from buttress.errors import (
     classify,
 )
 from buttress.resilience import _drivers_async, _drivers_sync
+from buttress.resilience._backoff import Backoff
 from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
     ErrorMatcher,
+    Passage,
     Policy,
     SyncLink,
     check_callable,
     check_int,
     check_positive,
-    check_ratio,
     error_predicate,
 )
+from buttress.resilience._retry_budget import RetryBudget
 from buttress.telemetry import (
     RetryBudgetExhaustedEvent,
     RetryGaveUpEvent,
     RetryScheduledEvent,
 )
 
-__all__ = ["Backoff", "Retry", "RetryBudget"]
+__all__ = ["Retry", "instant_retries_enabled", "set_instant_retries"]
 
-Jitter = Literal["full", "equal", "none", "decorrelated"]
-_JITTERS = ("full", "equal", "none", "decorrelated")
-
-# Set by buttress.testing.instant_retries(): retries skip their sleep.
+# Switched by buttress.testing.instant_retries(): retries skip their sleep.
 _instant = False
 
-_floor = math.floor
 
-# RetryBudget's ring: ticks per ttl (ten), plus one: withdrawals are summed over all eleven
-# (a span >= ttl), deposits over ten
-_RING = 11
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Backoff:
-    """A delay schedule between attempts. Build one with the class methods.
-
-    ``attempt`` counts retries from 1 (the delay before the second call is
-    ``delay(1, ...)``).
-
-    Example::
-
-        Backoff.exponential(base=0.2, cap=5.0, jitter="full")   # 0-0.2, 0-0.4, 0-0.8 ... <= 5 s
-        Backoff.constant(0.5, jitter="none")                     # 0.5, 0.5, ...
-        Backoff.decorrelated(base=0.1, cap=10.0)                 # AWS decorrelated jitter
-    """
-
-    base: float = 0.2
-    cap: float = 5.0
-    multiplier: float = 2.0
-    increment: float = 0.0
-    jitter: Jitter = "full"
-
-    def __post_init__(self) -> None:
-        check_positive("Backoff", "base", self.base, allow_zero=True)
-        check_positive("Backoff", "cap", self.cap, allow_zero=True)
-        if self.cap < self.base:
-            raise ConfigurationError(f"Backoff(cap={self.cap!r}): must be >= base ({self.base!r})")
-        if (
-            isinstance(self.multiplier, bool)
-            or not isinstance(self.multiplier, int | float)
-            or not (1.0 <= self.multiplier <= 100.0)
-        ):
-            raise ConfigurationError(
-                f"Backoff(multiplier={self.multiplier!r}): must be a number in [1, 100]"
-            )
-        check_positive("Backoff", "increment", self.increment, allow_zero=True)
-        if self.jitter not in _JITTERS:
-            raise ConfigurationError(
-                f"Backoff(jitter={self.jitter!r}): must be one of {', '.join(_JITTERS)}"
-            )
-
-    @classmethod
-    def exponential(
-        cls,
-        base: float = 0.2,
-        cap: float = 5.0,
-        *,
-        multiplier: float = 2.0,
-        jitter: Jitter = "full",
-    ) -> Backoff:
-        """``base * multiplier ** (attempt - 1)``, capped, then jittered."""
-        return cls(base=base, cap=cap, multiplier=multiplier, jitter=jitter)
-
-    @classmethod
-    def constant(cls, delay: float, *, jitter: Jitter = "none") -> Backoff:
-        """The same delay every time."""
-        return cls(base=delay, cap=delay, multiplier=1.0, jitter=jitter)
-
-    @classmethod
-    def linear(
-        cls, base: float = 0.2, increment: float = 0.2, cap: float = 5.0, *, jitter: Jitter = "full"
-    ) -> Backoff:
-        """``base + increment * (attempt - 1)``, capped, then jittered."""
-        return cls(base=base, cap=cap, multiplier=1.0, increment=increment, jitter=jitter)
-
-    @classmethod
-    def decorrelated(cls, base: float = 0.2, cap: float = 5.0) -> Backoff:
-        """AWS decorrelated jitter: ``min(cap, uniform(base, previous * 3))``."""
-        return cls(base=base, cap=cap, multiplier=3.0, jitter="decorrelated")
-
-    def nominal(self, attempt: int) -> float:
-        """The un-jittered delay before retry number ``attempt`` (the upper bound)."""
-        if self.jitter == "decorrelated":
-            return self.cap
-        if self.multiplier == 1.0:
-            value = self.base + self.increment * (attempt - 1)
-        else:
-            exponent = min(attempt - 1, 1024)
-            try:
-                value = self.base * self.multiplier**exponent + self.increment * (attempt - 1)
-            except OverflowError:
-                value = math.inf
-        return min(value, self.cap)
-
-    def minimum(self, attempt: int) -> float:
-        """The smallest delay the schedule can produce before retry ``attempt``."""
-        if self.jitter == "full":
-            return 0.0
-        if self.jitter == "equal":
-            return self.nominal(attempt) / 2
-        if self.jitter == "decorrelated":
-            return self.base
-        return self.nominal(attempt)
-
-    def delay(self, attempt: int, previous: float, rng: random.Random | None = None) -> float:
-        """The delay before retry ``attempt``; ``previous`` is the last delay (0 at first)."""
-        uniform = (rng or random).uniform
-        if self.jitter == "decorrelated":
-            low = self.base
-            high = max(low, (previous or low) * self.multiplier)
-            return min(self.cap, uniform(low, high))
-        nominal = self.nominal(attempt)
-        if self.jitter == "full":
-            return uniform(0.0, nominal)
-        if self.jitter == "equal":
-            half = nominal / 2
-            return half + uniform(0.0, half)
-        return nominal
+def set_instant_retries(enabled: bool) -> None:
+    """Make every `Retry` skip (``True``) or perform (``False``) its sleeps, process-wide."""
+    global _instant
+    _instant = bool(enabled)
 
 
-class RetryBudget:
-    """Cap retries to a share of recent requests, so a fleet cannot amplify an outage.
-
-    Every call deposits ``ratio`` of a credit; every retry withdraws one. Credits expire
-    after ``ttl`` seconds. ``min_per_second`` retries per second are always allowed, so
-    low-traffic callers can still retry. (Finagle's ``RetryBudget``.) One budget may be
-    shared by many `Retry` policies to cap a whole dependency.
-
-    Args:
-        ratio: retries allowed per request, in (0, 1] (default 0.2 = 20 %).
-        min_per_second: retries always allowed per second (default 10).
-        ttl: how long a deposit counts, in seconds (default 10).
-        clock: time source.
-
-    Example::
-
-        budget = RetryBudget(ratio=0.2, min_per_second=10)
-        Retry(attempts=3, budget=budget)
-    """
-
-    __slots__ = (
-        "_deposits",
-        "_inv",
-        "_lock",
-        "_tick",
-        "_withdrawals",
-        "clock",
-        "min_per_second",
-        "ratio",
-        "ttl",
-    )
-
-    _N = 10  # ticks per ttl
-
-    def __init__(
-        self,
-        ratio: float = 0.2,
-        min_per_second: float = 10.0,
-        *,
-        ttl: float = 10.0,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.ratio = check_ratio("RetryBudget", "ratio", ratio, allow_zero=True)
-        self.min_per_second = check_positive(
-            "RetryBudget", "min_per_second", min_per_second, allow_zero=True
-        )
-        self.ttl = check_positive("RetryBudget", "ttl", ttl)
-        self.clock = clock
-        self._inv = self._N / self.ttl  # ticks per second; a tick is ttl / 10
-        self._lock = threading.Lock()
-        # counts per tick in a ring; totals are summed when a retry asks (rarely), so the
-        # per-request deposit is one increment and never drifts
-        self._deposits = [0] * _RING
-        self._withdrawals = [0] * _RING
-        self._tick = _floor(clock.now() * self._inv)
-
-    def _roll(self, tick: int) -> None:
-        """Clear the ticks that expired since the last one seen (lock held)."""
-        last = self._tick
-        if tick <= last:
-            return
-        ring = _RING
-        for t in range(last + 1, min(tick, last + ring) + 1):
-            self._deposits[t % ring] = 0
-            self._withdrawals[t % ring] = 0
-        self._tick = tick
-
-    def advance(self, tick: int) -> None:
-        """Move the window to ``tick`` (``floor(now * 10 / ttl)``), expiring old counts."""
-        with self._lock:
-            self._roll(tick)
-
-    def deposit(self, now: float | None = None) -> None:
-        """Record one request (the hot path: one increment, a lock only once per tick)."""
-        tick = _floor((self.clock.now() if now is None else now) * self._inv)
-        if tick != self._tick:
-            self.advance(tick)
-        self._deposits[tick % _RING] += 1
-
-    def _allowed(self, tick: int) -> float:
-        # requests of the last ttl only (the eleventh, oldest tick is already too old)
-        recent = sum(self._deposits) - self._deposits[(tick + 1) % _RING]
-        return self.ratio * recent + self.min_per_second * self.ttl
-
-    def try_withdraw(self, now: float | None = None) -> bool:
-        """Take one retry credit; False when the budget is spent."""
-        tick = _floor((self.clock.now() if now is None else now) * self._inv)
-        with self._lock:
-            self._roll(tick)
-            # retries of the last eleven ticks: a span of at least ttl, so no ttl-long
-            # window ever holds more than the cap
-            if sum(self._withdrawals) + 1 > self._allowed(tick):
-                return False
-            self._withdrawals[tick % _RING] += 1
-            return True
-
-    def balance(self, now: float | None = None) -> float:
-        """Retries still allowed in the current window."""
-        tick = _floor((self.clock.now() if now is None else now) * self._inv)
-        with self._lock:
-            self._roll(tick)
-            return self._allowed(tick) - sum(self._withdrawals)
-
-    def __repr__(self) -> str:
-        return (
-            f"RetryBudget(ratio={self.ratio!r}, min_per_second={self.min_per_second!r}, "
-            f"ttl={self.ttl!r})"
-        )
+def instant_retries_enabled() -> bool:
+    """Whether retries currently skip their sleeps (see `set_instant_retries`)."""
+    return _instant
 
 
 def _is_local_rejection(exc: BaseException) -> bool:
@@ -412,6 +195,18 @@ class Retry(Policy):
     def skip_sleeps(self) -> bool:
         """True while `buttress.testing.instant_retries` is on: drivers do not sleep."""
         return _instant
+
+    def passage(self) -> Passage | None:
+        """With the default ``retry_on``, a local rejection crosses the link untouched.
+
+        The call still counts as a request in the budget (`RetryBudget.deposit`), as it
+        does when it runs through the link. A custom ``retry_on`` might retry it: None.
+        """
+        if self.retry_on is not _default_retry_on:
+            return None
+        return Passage(
+            clock=self.clock, count=self.budget.deposit if self.budget is not None else None
+        )
 
     # ------------------------------------------------------------ sans-I/O core
     def next_delay(

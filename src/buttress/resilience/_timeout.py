@@ -28,6 +28,7 @@ from buttress.resilience._deadline import _DEADLINE
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
+    Passage,
     Policy,
     SyncLink,
     call_terminal,
@@ -46,16 +47,25 @@ def _expired(policy: str) -> DeadlineExceeded:
     )
 
 
+def _deadline_ahead(now: float) -> bool:
+    """Whether the deadline in force, if any, is still ahead at ``now``."""
+    at = _DEADLINE.get()
+    return at is None or at > now
+
+
 if sys.version_info < (3, 12):  # pragma: no cover - depends on the interpreter
-    # 3.11's asyncio.current_task() is pure Python (~250 ns on a small VM); the dict it
-    # reads is the C module's own, so reading it directly is exact and 3x cheaper.
+    # 3.11's asyncio.current_task() calls get_running_loop(), which makes a getpid()
+    # system call every time (3.12 no longer does): ~0.9 µs per call on the 2-vCPU VM of
+    # bench/README.md, where a getpid() costs ~1 µs, against ~40 ns for a read of the
+    # dict it consults, the C module's own, so the read is exact. Measured with
+    # bench/outbound.py (README pipeline, asyncio): a private access the numbers justify.
     _task_of_loop: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
-        asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+        asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]  # noqa: SLF001
     )
-    # 3.11's get_running_loop() makes a getpid() system call every time (~200 ns on a VM;
-    # 3.12 no longer does). A stdlib loop keeps the id of the thread running it in
-    # ``_thread_id`` (None when stopped), so "the loop this link used last runs in this
-    # thread" is a cheap, exact test: one thread runs at most one loop at a time.
+    # For the same getpid(), "the loop this link used last runs in this thread" is tested
+    # with the id of the thread a stdlib loop keeps in ``_thread_id`` (None when stopped):
+    # exact, one thread runs at most one loop at a time; ~50 ns against ~0.65 µs for
+    # get_running_loop() (bench/outbound.py, README pipeline, asyncio).
     _BY_THREAD = True
 else:  # pragma: no cover - depends on the interpreter
     _task_of_loop = asyncio.current_task
@@ -111,6 +121,10 @@ class Timeout(Policy):
     def __repr__(self) -> str:
         return f"Timeout({self.seconds!r})"
 
+    def passage(self) -> Passage:
+        """A call an inner policy rejects only crosses the link, unless the deadline passed."""
+        return Passage(clock=self.clock, admits=_deadline_ahead)
+
     def wrap(self, inner: SyncLink, ctx: BuildContext) -> SyncLink:
         """The thread link: a cooperative deadline (a thread cannot be interrupted)."""
         seconds = self.seconds
@@ -133,8 +147,11 @@ class Timeout(Policy):
                 result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
             finally:
                 var.reset(token)
-            if not (pipeline_hooks or telemetry._global_hooks):
-                return result  # nobody listens for overruns: skip the clock read
+            # nobody listens for overruns: skip the clock read. The module global, not
+            # telemetry.global_hooks(): a call costs ~40 ns, twice per call of the README
+            # pipeline (bench/outbound.py, sync).
+            if not (pipeline_hooks or telemetry._global_hooks):  # noqa: SLF001
+                return result
             end = now()
             if end > at:
                 ctx.emit(
@@ -176,8 +193,8 @@ class Timeout(Policy):
             wheel = wheel_for(loop)
             bucket = wheel.bucket(at, width)
             if width == own_width and (not by_thread or isinstance(loop, std_loop)):
-                high = wheel._last_end
-                cache[0] = (wheel, loop, bucket, wheel._last_start, high, high - margin)
+                high = wheel.last_end
+                cache[0] = (wheel, loop, bucket, wheel.last_start, high, high - margin)
             return wheel, loop, bucket
 
         # The task itself goes into a bucket of the loop's timer wheel under a fresh id;
@@ -201,7 +218,9 @@ class Timeout(Policy):
                         low < at <= high
                         and start < safe  # so the bucket has not fired
                         and (
-                            loop._thread_id == get_ident()  # type: ignore[attr-defined]
+                            # see _BY_THREAD
+                            loop._thread_id  # type: ignore[attr-defined]  # noqa: SLF001
+                            == get_ident()
                             if by_thread
                             else loop is running_loop()
                         )
@@ -272,9 +291,25 @@ class Timeout(Policy):
 
         return timeout_link
 
+    def expired(self, elapsed: float, own: bool) -> tuple[ErrorCode, str]:
+        """What running out means: the code and the message of the `DeadlineExceeded`.
+
+        ``own``: this timeout's budget ran out (else the deadline in force, shorter, did).
+        By default its own is ``upstream_timeout`` (what it bounds was slow); a subclass
+        may say otherwise (the inbound request deadline says ``deadline_exceeded``).
+        """
+        if own:
+            return ErrorCode.UPSTREAM_TIMEOUT, (
+                f"timed out after {elapsed:.3g} s (timeout {self.seconds:g} s)"
+            )
+        return ErrorCode.DEADLINE_EXCEEDED, (
+            f"timed out after {elapsed:.3g} s (timeout {self.seconds:g} s, cut short by "
+            "the deadline in force)"
+        )
+
     def _timed_out(self, ctx: BuildContext, start: float, at: float, own: bool) -> DeadlineExceeded:
         elapsed = self.clock.now() - start
-        code = ErrorCode.UPSTREAM_TIMEOUT if own else ErrorCode.DEADLINE_EXCEEDED
+        code, message = self.expired(elapsed, own)
         ctx.emit(
             TimeoutEvent(
                 pipeline=ctx.pipeline,
@@ -285,9 +320,7 @@ class Timeout(Policy):
             )
         )
         return DeadlineExceeded(
-            f"timed out after {elapsed:.3g} s (timeout {self.seconds:g} s"
-            + ("" if own else ", cut short by the deadline in force")
-            + ")",
+            message,
             code=code,
             policy=self.name,
         )

@@ -4,7 +4,7 @@ Each operation is written once, as a script of `buttress.stores._sql` (the state
 ``buttress/stores/sql/postgres.sql``, package data, and their parameters, built by pure
 code); `PostgresStore._run` sends it on a psycopg `ConnectionPool`,
 `PostgresStore._arun` on a small pool of `psycopg.AsyncConnection` per event loop
-(`_LoopPool`: no background tasks, so a loop can end without closing it; the pool of a
+(`LoopPool`: no background tasks, so a loop can end without closing it; the pool of a
 previous loop is dropped and its sockets closed). Connections are in autocommit mode,
 so a decision is one statement, one round trip, one implicit transaction; psycopg
 prepares a statement after its fifth use on a connection. Every call is bounded by
@@ -67,7 +67,6 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from importlib.resources import files
 from typing import Any, TypeVar
 
 import psycopg
@@ -87,6 +86,8 @@ from buttress.stores._base import (
     store_key,
 )
 from buttress.stores._denials import LocalDenials
+from buttress.stores._postgres_pool import AConn, LoopPool
+from buttress.stores._postgres_sql import Statements, ddl
 from buttress.stores._sql import (
     TABLES,
     Query,
@@ -104,91 +105,14 @@ __all__ = ["PostgresStore"]
 
 T = TypeVar("T")
 Conn = psycopg.Connection[TupleRow]
-AConn = psycopg.AsyncConnection[TupleRow]
 
 _log = logging.getLogger("buttress.stores")
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_NOW = "coalesce(%s::float8, extract(epoch FROM clock_timestamp())::float8)"
 
 
 #: The version of the tables and functions this code reads and writes. 2: the rate-limit
 #: function runs the admission test of `buttress._gcra` (one tolerance for every store).
 SCHEMA_VERSION = 2
-
-
-def _statements() -> dict[str, str]:
-    """The named statements of ``sql/postgres.sql`` (package data), ``@schema`` unfilled."""
-    text = (files("buttress.stores") / "sql" / "postgres.sql").read_text(encoding="utf-8")
-    statements: dict[str, str] = {}
-    for section in text.split("\n-- name: ")[1:]:
-        name, _, body = section.partition("\n")
-        lines = body.strip().splitlines()
-        while lines and lines[0].startswith("--"):  # the statement's own comment
-            del lines[0]
-        statements[name.strip()] = "\n".join(lines)
-    return statements
-
-
-_STATEMENTS = _statements()
-
-
-def _ddl(s: str) -> list[str]:
-    """The statements creating (or completing, or upgrading) the schema in schema ``s``."""
-    return [sql.replace("@schema", s) for name, sql in _STATEMENTS.items() if name[:4] == "ddl_"]
-
-
-def _sweep_sql(s: str) -> str:
-    """One statement sweeping a batch of every table (params: now, then per table)."""
-    ctes = [f"t AS (SELECT {_NOW} AS now)"]
-    results = []
-    for i, table in enumerate(TABLES):
-        name = f"{s}.{table.name}"
-        cols = ", ".join(table.keys)
-        same = " AND ".join(f"x.{c} = y.{c}" for c in table.keys)
-        ctes += [
-            f"s{i} AS ({table.scan('%s', name)})",
-            f"l{i} AS (SELECT {', '.join('x.' + c for c in table.keys)} "
-            f"FROM {name} AS x, s{i} AS y, t WHERE {same} AND y.e <= t.now "
-            f"AND x.{table.expiry} <= t.now FOR UPDATE OF x SKIP LOCKED)",
-            f"d{i} AS (DELETE FROM {name} AS x USING l{i} AS y WHERE {same} RETURNING 1)",
-        ]
-        desc = ", ".join(f"{c} DESC" for c in table.keys)
-        results += [
-            f"(SELECT count(*) FROM s{i})",
-            f"(SELECT ARRAY[{cols}] FROM s{i} ORDER BY {desc} LIMIT 1)",
-            f"(SELECT count(*) FROM d{i})",
-        ]
-    return f"WITH {', '.join(ctes)} SELECT {', '.join(results)}"
-
-
-class _SQL:
-    """The statements of one schema (built once per store)."""
-
-    __slots__ = (
-        "acquire",
-        "acquire_one",
-        "begin",
-        "complete",
-        "publish",
-        "release",
-        "renew",
-        "reports",
-        "sweep",
-    )
-
-    def __init__(self, s: str) -> None:
-        def named(name: str) -> str:
-            return _STATEMENTS[name].replace("@schema", s)
-
-        self.acquire_one = named("acquire_one")
-        self.acquire = named("acquire")
-        self.begin = named("begin")
-        self.renew = named("renew")
-        self.complete = named("complete")
-        self.release = named("release")
-        self.publish = named("publish")
-        self.reports = named("reports")
-        self.sweep = _sweep_sql(s)
 
 
 def _execute(conn: Conn, query: Query) -> Rows:
@@ -199,73 +123,6 @@ def _execute(conn: Conn, query: Query) -> Rows:
 async def _aexecute(conn: AConn, query: Query) -> Rows:
     cur = await conn.execute(query.sql, query.params)
     return await cur.fetchall() if cur.description is not None else []
-
-
-# ---------------------------------------------------------------- async connections
-def _finish(conn: AConn) -> None:
-    """Close ``conn`` now, from any thread, without its event loop (closing is sync)."""
-    conn.pgconn.finish()
-
-
-class _LoopPool:
-    """The async connections of one event loop: reused, at most ``size`` at once.
-
-    Not psycopg_pool's `AsyncConnectionPool`: its maintenance tasks treat cancellation as
-    a task failure and keep running, so a pool left open when its loop ends makes
-    ``asyncio.run()`` hang at exit. This pool has no tasks at all: a connection is opened
-    by the caller that needs it, and a loop that is gone leaves only idle sockets, which
-    `close` shuts from anywhere.
-    """
-
-    __slots__ = ("closed", "conninfo", "idle", "loop", "slots", "timeout")
-
-    def __init__(
-        self, conninfo: str, size: int, timeout: float, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self.conninfo = conninfo
-        self.timeout = timeout
-        self.loop = loop
-        self.idle: list[AConn] = []
-        self.slots = asyncio.Semaphore(size)
-        self.closed = False
-
-    async def get(self) -> AConn:
-        """An idle connection, or a new one; `TimeoutError` after ``timeout`` s."""
-        if self.idle and not self.slots.locked():  # the common case: no wait, no timer
-            await self.slots.acquire()
-            conn = self.idle.pop()
-            if not conn.broken:
-                return conn
-            _finish(conn)
-            self.slots.release()
-        async with asyncio.timeout(self.timeout):
-            await self.slots.acquire()
-            try:
-                while self.idle:
-                    conn = self.idle.pop()
-                    if not conn.broken:
-                        return conn
-                    _finish(conn)
-                return await AConn.connect(self.conninfo, autocommit=True)
-            except BaseException:
-                self.slots.release()
-                raise
-
-    def put(self, conn: AConn) -> None:
-        """Take ``conn`` back; close it when it is broken or mid-statement (cancelled)."""
-        self.slots.release()
-        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if self.closed or conn.broken or not idle:
-            _finish(conn)
-        else:
-            self.idle.append(conn)
-
-    def close(self) -> None:
-        """Close the idle connections (those in use close when they come back)."""
-        self.closed = True
-        idle, self.idle = self.idle, []
-        for conn in idle:
-            _finish(conn)
 
 
 class PostgresStore:
@@ -344,7 +201,7 @@ class PostgresStore:
             **{name: value for name, value in defaults.items() if name not in params},
             options=options.strip(),
         )
-        self._sql = _SQL(schema)
+        self._sql = Statements(schema)
         self._sweeper = Sweeper(self.namespace, sweep_every, sweep_batch)
         # local time: the clock's, else the monotonic system clock (for local denials)
         self._now = clock.now if clock is not None else time.monotonic
@@ -352,7 +209,7 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._ready = False  # the schema was checked by this store
         self._pool: ConnectionPool[Conn] | None = None
-        self._apool: _LoopPool | None = None
+        self._apool: LoopPool | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._label}, schema={self.schema!r})"
@@ -374,19 +231,19 @@ class PostgresStore:
                 self._pool = pool
             return self._pool
 
-    def _aconnect(self, loop: asyncio.AbstractEventLoop) -> _LoopPool:
+    def _aconnect(self, loop: asyncio.AbstractEventLoop) -> LoopPool:
         """The connections of ``loop`` (a pool of another loop is closed)."""
         with self._lock:
             old = self._apool
             if old is not None and old.loop is loop:
                 return old
-            pool = self._apool = _LoopPool(self._conninfo, self.max_connections, self.timeout, loop)
+            pool = self._apool = LoopPool(self._conninfo, self.max_connections, self.timeout, loop)
         if old is not None:
             self._drop(old)
         return pool
 
     @staticmethod
-    def _drop(pool: _LoopPool) -> None:
+    def _drop(pool: LoopPool) -> None:
         """Close ``pool``: in its loop's thread when that loop runs elsewhere, else here."""
         loop = pool.loop
         if loop.is_running():
@@ -423,7 +280,7 @@ class PostgresStore:
                 return
         if not has_schema:
             yield Query(f"CREATE SCHEMA {s}")
-        for statement in _ddl(s):
+        for statement in ddl(s):
             yield Query(statement)
         yield Query(
             f"INSERT INTO {s}.buttress_schema (version) VALUES (%s)",
@@ -699,7 +556,7 @@ class PostgresStore:
         """Async `ping`."""
         await self._arun("ping", self._ping_script(), setup=False, count=False)
 
-    def _take_pools(self) -> tuple[ConnectionPool[Conn] | None, _LoopPool | None]:
+    def _take_pools(self) -> tuple[ConnectionPool[Conn] | None, LoopPool | None]:
         with self._lock:
             taken = self._pool, self._apool
             self._pool = self._apool = None

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from buttress import CircuitBreaker, CircuitOpen, ConfigurationError, Pipeline
 from buttress.errors import BackendError
-from buttress.resilience._shared import FleetView, SharedBreakerState
+from buttress.resilience._fleet_breaker import FleetView, SharedBreakerState
 from buttress.stores import BreakerReport, MemoryStore
 from buttress.testing import FakeClock
 

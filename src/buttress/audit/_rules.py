@@ -1,0 +1,257 @@
+"""The catalogue of ``buttress audit`` rules: id, category, priority, fix hint, docs anchor.
+
+Ids are grouped by category: BTR0xx external calls, BTR1xx write operations, BTR2xx
+resources, BTR3xx error handling, BTR4xx input and security configuration, BTR5xx
+observability, BTR6xx health and lifecycle, BTR9xx the audit itself (not scored).
+
+``APPLIES`` says when a rule's check is applicable (else the scorecard shows ``?`` rather
+than a free pass): when a module of the audited tree imports one of the listed modules,
+``"*"`` for any Python code, ``"app"`` when the tree defines a web app
+(``"asgi-app"``: a FastAPI or Starlette one).
+"""
+
+from __future__ import annotations
+
+from buttress.report import Priority, Rule
+
+__all__ = ["APPLIES", "CATEGORIES", "DOCS", "RULES", "rule"]
+
+DOCS = "https://github.com/buttress-dev/buttress/blob/main/docs/audit.md"
+
+#: The categories in the order reports list them.
+CATEGORIES = (
+    "external-calls",
+    "write-operations",
+    "resources",
+    "error-handling",
+    "input-security",
+    "observability",
+    "health-lifecycle",
+)
+
+_P0, _P1, _P2 = Priority.P0, Priority.P1, Priority.P2
+
+_TABLE: list[tuple[str, str, str, Priority, str]] = [
+    # id, category, title, priority, fix
+    (
+        "BTR001",
+        "external-calls",
+        "HTTP call without a timeout",
+        _P0,
+        "pass timeout= (requests: a (connect, read) tuple such as timeout=(3.05, 27); httpx: "
+        "never timeout=None), or call through buttress.http which always sets one",
+    ),
+    (
+        "BTR002",
+        "external-calls",
+        "Redis client without socket_timeout",
+        _P0,
+        "pass socket_timeout= and socket_connect_timeout= (seconds) to the client or from_url()",
+    ),
+    (
+        "BTR003",
+        "external-calls",
+        "retry without backoff or stop",
+        _P1,
+        "give tenacity a wait (wait_exponential_jitter()) and a stop (stop_after_attempt(3)), "
+        "or use buttress Retry(attempts=3) which backs off with jitter",
+    ),
+    (
+        "BTR101",
+        "write-operations",
+        "write routes without an idempotency mechanism",
+        _P0,
+        "accept an Idempotency-Key on POST/PUT/PATCH and replay the first response "
+        "(harden(app) does it), or make the write naturally idempotent",
+    ),
+    (
+        "BTR201",
+        "resources",
+        "unbounded cache",
+        _P1,
+        "bound it: functools.lru_cache(maxsize=1024), or a TTL cache",
+    ),
+    (
+        "BTR202",
+        "resources",
+        "unbounded queue",
+        _P1,
+        "give the queue a maxsize so producers wait (backpressure) instead of growing memory",
+    ),
+    (
+        "BTR301",
+        "error-handling",
+        "bare except",
+        _P0,
+        "catch the exceptions you expect (except ValueError:), or except Exception: and log "
+        "with logger.exception(...)",
+    ),
+    (
+        "BTR302",
+        "error-handling",
+        "exception silently swallowed",
+        _P0,
+        "log it (logger.exception(...)) or re-raise; if ignoring is right, say why with "
+        "contextlib.suppress(SpecificError)",
+    ),
+    (
+        "BTR303",
+        "error-handling",
+        "broad except that neither logs nor re-raises",
+        _P1,
+        "log the exception with logger.exception(...) (or report it) before falling back, or "
+        "re-raise",
+    ),
+    (
+        "BTR401",
+        "input-security",
+        "CORS allows every origin",
+        _P0,
+        "list the origins that may call the API (allow_origins=['https://app.example.com'])",
+    ),
+    (
+        "BTR402",
+        "input-security",
+        "debug or auto-reload enabled in an entry point",
+        _P0,
+        "take debug/reload from the environment and leave them off in production",
+    ),
+    (
+        "BTR403",
+        "input-security",
+        "TLS certificate verification disabled",
+        _P0,
+        "remove verify=False; trust a private CA with verify='/path/ca.pem'",
+    ),
+    (
+        "BTR404",
+        "input-security",
+        "SQL built from strings",
+        _P0,
+        "pass values as query parameters: execute('... WHERE id = %s', (user_id,))",
+    ),
+    (
+        "BTR405",
+        "input-security",
+        "hardcoded secret",
+        _P0,
+        "read it from the environment or a secret store (os.environ['API_KEY']) and rotate "
+        "the leaked value",
+    ),
+    (
+        "BTR406",
+        "input-security",
+        "password hashed with a fast hash",
+        _P0,
+        "use a password KDF: argon2-cffi, bcrypt, or hashlib.scrypt/pbkdf2_hmac with a salt",
+    ),
+    (
+        "BTR407",
+        "input-security",
+        "no request body size limit",
+        _P0,
+        "limit request bodies (harden(app) does; Flask: MAX_CONTENT_LENGTH; or a body-size "
+        "middleware)",
+    ),
+    (
+        "BTR501",
+        "observability",
+        "print in service code",
+        _P1,
+        "log with logging or structlog (logger.info('order created', extra={...}))",
+    ),
+    (
+        "BTR502",
+        "observability",
+        "f-string log message",
+        _P2,
+        "log a constant message with fields: logger.info('order %s created', order_id) or "
+        "structlog's logger.info('order created', order_id=order_id)",
+    ),
+    (
+        "BTR503",
+        "observability",
+        "no /metrics endpoint",
+        _P1,
+        "expose Prometheus metrics (harden(app) serves /metrics; or prometheus_client's "
+        "make_asgi_app mounted at /metrics)",
+    ),
+    (
+        "BTR601",
+        "health-lifecycle",
+        "no health endpoint",
+        _P0,
+        "serve liveness and readiness endpoints (harden(app): /health/live and /health/ready)",
+    ),
+    (
+        "BTR602",
+        "health-lifecycle",
+        "no graceful shutdown",
+        _P1,
+        "close clients and drain work on shutdown: a lifespan context manager (or "
+        "harden(app), which drains in-flight requests on SIGTERM)",
+    ),
+    (
+        "BTR900",
+        "audit",
+        "suppression without a reason",
+        _P2,
+        "say why after the bracket: # buttress: ignore[BTR001] streaming endpoint, no timeout",
+    ),
+]
+
+RULES: dict[str, Rule] = {
+    rid: Rule(
+        id=rid,
+        title=title,
+        category=category,
+        priority=priority,
+        fix=fix,
+        docs=f"{DOCS}#{rid.lower()}",
+        scored=category != "audit",
+    )
+    for rid, category, title, priority, fix in _TABLE
+}
+
+_HTTP = ("requests", "httpx", "urllib", "urllib3", "aiohttp")
+_WEB = ("fastapi", "starlette", "flask", "django", "uvicorn", "quart")
+
+APPLIES: dict[str, tuple[str, ...]] = {
+    "BTR001": _HTTP,
+    "BTR002": ("redis",),
+    "BTR003": ("tenacity",),
+    "BTR101": ("app",),
+    "BTR201": ("functools",),
+    "BTR202": ("asyncio", "queue", "multiprocessing"),
+    "BTR301": ("*",),
+    "BTR302": ("*",),
+    "BTR303": ("*",),
+    "BTR401": ("app", "flask_cors", "corsheaders", "starlette", "fastapi"),
+    "BTR402": _WEB,
+    "BTR403": (*_HTTP, "ssl"),
+    "BTR404": (
+        "sqlite3",
+        "psycopg",
+        "psycopg2",
+        "pymysql",
+        "MySQLdb",
+        "sqlalchemy",
+        "asyncpg",
+        "aiosqlite",
+        "django",
+    ),
+    "BTR405": ("*",),
+    "BTR406": ("hashlib",),
+    "BTR407": ("app",),
+    "BTR501": ("*",),
+    "BTR502": ("logging", "structlog", "loguru"),
+    "BTR503": ("app",),
+    "BTR601": ("app",),
+    "BTR602": ("asgi-app",),
+    "BTR900": ("*",),
+}
+
+
+def rule(rule_id: str) -> Rule:
+    """The rule with this id (KeyError when there is none)."""
+    return RULES[rule_id]

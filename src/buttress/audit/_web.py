@@ -1,0 +1,407 @@
+"""The web apps of the program and what is missing from them (absence rules).
+
+While each module is walked, `WebFacts` records the apps (FastAPI, Starlette, Flask,
+Quart constructors, at module level or inside factory functions), routers and blueprints
+(and which app includes them), routes with their methods (decorators,
+``add_api_route``/``add_url_rule``, Starlette ``Route``/``Mount``), middleware, shutdown
+hooks, ``harden(app)`` calls (directly, through imports or on a factory's result), and
+program-wide signals (signal handlers, ``timeout_graceful_shutdown``, gunicorn's
+``graceful_timeout``, ``MAX_CONTENT_LENGTH``, idempotency keys, metrics exporters).
+
+`absence_findings` then judges each app: no health endpoint (BTR601), no body size
+limit (BTR407), no /metrics (BTR503), write routes without idempotency (BTR101), no
+graceful shutdown (BTR602, ASGI apps only: WSGI servers drain on SIGTERM themselves).
+Each finding is located at the app's constructor. An app passed to ``harden()`` has all
+five. Routes the index cannot tie to an app (an unresolved receiver, a router never
+included) count for every app: absence findings err towards silence.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from buttress.audit._config import AuditConfig
+from buttress.audit._context import FileContext, const, keyword, location
+from buttress.audit._index import ModuleIndex, Program, dotted
+from buttress.audit._rules import RULES
+from buttress.report import Finding
+
+__all__ = ["App", "WebFacts", "absence_findings", "is_route_decorator"]
+
+APP_CTORS = {
+    "fastapi.FastAPI": "fastapi",
+    "fastapi.applications.FastAPI": "fastapi",
+    "starlette.applications.Starlette": "starlette",
+    "flask.Flask": "flask",
+    "flask.app.Flask": "flask",
+    "quart.Quart": "quart",
+}
+ROUTER_CTORS = frozenset(
+    {"fastapi.APIRouter", "fastapi.routing.APIRouter", "flask.Blueprint",
+     "flask.blueprints.Blueprint", "starlette.routing.Router", "quart.Blueprint"}
+)  # fmt: skip
+HARDEN = frozenset({"buttress.asgi.harden", "buttress.harden", "buttress.asgi._harden.harden"})
+_ROUTE_ATTRS = frozenset(
+    {"get", "post", "put", "patch", "delete", "head", "options", "trace", "route", "api_route",
+     "websocket"}
+)  # fmt: skip
+_WRITE = frozenset({"POST", "PUT", "PATCH"})
+_HEALTH = re.compile(
+    r"(^|/)(health|healthz|healthcheck|health-check|livez|readyz|liveness|readiness|live|"
+    r"ready|alive|ping|heartbeat|status)(/|$|\.)",
+    re.IGNORECASE,
+)
+_BODY_LIMIT = re.compile(
+    r"(body|content|request|upload|payload).*(size|limit|length|max)|max.*(body|content|upload)"
+    r"|limit.*(body|upload|request)",
+    re.IGNORECASE,
+)
+_HEALTH_LIBS = frozenset({"fastapi_health", "healthcheck", "flask_healthz", "health_check"})
+_METRICS_LIBS = frozenset(
+    {"prometheus_fastapi_instrumentator", "prometheus_flask_exporter", "starlette_exporter",
+     "starlette_prometheus", "aioprometheus", "prometheus_async"}
+)  # fmt: skip
+_METRICS_CALLS = frozenset(
+    {"prometheus_client.start_http_server", "prometheus_client.make_asgi_app",
+     "prometheus_client.make_wsgi_app", "prometheus_client.generate_latest",
+     "prometheus_client.start_wsgi_server"}
+)  # fmt: skip
+_IDEMPOTENCY = re.compile(r"idempot", re.IGNORECASE)
+_IDEMPOTENCY_KEY = re.compile(r"^idempotency[-_ ]key$", re.IGNORECASE)  # the header's name
+
+
+@dataclass(slots=True, kw_only=True)
+class App:
+    """One web app constructor in the program."""
+
+    kind: str
+    node: ast.Call
+    module: ModuleIndex
+    hardened: bool = False
+    shutdown: bool = False
+    body_limit: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One route: its path, methods and owner (an app or router constructor, or None)."""
+
+    path: str
+    methods: frozenset[str]
+    owner: int | None
+
+
+@dataclass(slots=True, kw_only=True)
+class WebFacts:
+    """What the walk learned about the program's web apps."""
+
+    apps: dict[int, App] = field(default_factory=dict)
+    routers: set[int] = field(default_factory=set)
+    includes: list[tuple[int, int]] = field(default_factory=list)  # (app or router, router)
+    routes: list[Route] = field(default_factory=list)
+    middleware: list[tuple[int | None, str]] = field(default_factory=list)
+    signals: bool = False  # a SIGTERM handler, or a graceful-shutdown timeout
+    max_content_length: bool = False
+    idempotency: bool = False
+    metrics: bool = False
+
+    # ---------------------------------------------------------------- resolution
+
+    def owners(self, ctx: FileContext, node: ast.expr, depth: int = 0) -> set[int]:
+        """The apps and routers ``node`` may be (ids of their constructor calls)."""
+        found: set[int] = set()
+        if depth > 4:
+            return found
+        for resolved in ctx.program.resolve(ctx.module, node, ctx.scope()):
+            value = resolved.node
+            if not isinstance(value, ast.Call):
+                continue
+            qual = ctx.program.qualname(resolved.module, value.func)
+            if qual in APP_CTORS:
+                self.app(value, resolved.module, qual)
+                found.add(id(value))
+            elif qual in ROUTER_CTORS:
+                self.routers.add(id(value))
+                found.add(id(value))
+            else:
+                function = ctx.program.function_def(resolved.module, value.func)
+                if function is not None:
+                    found |= self.apps_in(ctx.program, *function)
+                elif value.args and depth < 4:
+                    inner = FileContext(
+                        program=ctx.program, module=resolved.module, config=ctx.config
+                    )
+                    found |= self.owners(inner, value.args[0], depth + 1)
+        return found
+
+    def _owners_or_any(self, ctx: FileContext, node: ast.expr) -> set[int | None]:
+        """`owners`, or ``{None}`` (every app) when the receiver cannot be resolved."""
+        found: set[int | None] = set(self.owners(ctx, node))
+        return found or {None}
+
+    def app(self, node: ast.Call, module: ModuleIndex, qual: str) -> App:
+        """The `App` of a constructor call (registered on first sight)."""
+        key = id(node)
+        if key not in self.apps:
+            app = App(kind=APP_CTORS[qual], node=node, module=module)
+            for name in ("lifespan", "on_shutdown"):
+                kw = keyword(node, name)
+                if kw is not None and not const(kw.value, None):
+                    app.shutdown = True
+            self.apps[key] = app
+        return self.apps[key]
+
+    def apps_in(
+        self,
+        program: Program,
+        function: ast.FunctionDef | ast.AsyncFunctionDef,
+        module: ModuleIndex,
+    ) -> set[int]:
+        """The apps a factory function constructs."""
+        found: set[int] = set()
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call):
+                qual = program.qualname(module, node.func)
+                if qual in APP_CTORS:
+                    self.app(node, module, qual)
+                    found.add(id(node))
+        return found
+
+    # ---------------------------------------------------------------- recording
+
+    def on_function(self, ctx: FileContext, func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        """Route and event decorators."""
+        for decorator in func.decorator_list:
+            if not isinstance(decorator, ast.Call) or not isinstance(decorator.func, ast.Attribute):
+                continue
+            attr = decorator.func.attr
+            if attr == "on_event" and decorator.args and const(decorator.args[0], "shutdown"):
+                for owner in self.owners(ctx, decorator.func.value):
+                    if owner in self.apps:
+                        self.apps[owner].shutdown = True
+                continue
+            if attr not in _ROUTE_ATTRS:
+                continue
+            path = _path(decorator)
+            if path is None:
+                continue
+            methods = _methods(decorator, attr)
+            owners = self._owners_or_any(ctx, decorator.func.value)
+            for maybe in owners:
+                self.routes.append(Route(path=path, methods=methods, owner=maybe))
+            if _IDEMPOTENCY.search(" ".join(a.arg for a in func.args.args + func.args.kwonlyargs)):
+                self.idempotency = True
+
+    def on_call(self, ctx: FileContext, call: ast.Call) -> None:
+        """Routes, mounts, includes, middleware, harden() and the program-wide signals."""
+        qual = ctx.qual(call.func)
+        func = call.func
+        if qual in APP_CTORS:
+            self.app(call, ctx.module, qual)
+            return
+        if qual in HARDEN and call.args:
+            for owner in self.owners(ctx, call.args[0]):
+                if owner in self.apps:
+                    self.apps[owner].hardened = True
+            return
+        if qual in ("starlette.routing.Route", "starlette.routing.Mount", "starlette.routing.Host"):
+            path = _path(call)
+            if path is not None:
+                methods = _methods(call, "route") if qual.endswith("Route") else frozenset()
+                self.routes.append(Route(path=path, methods=methods, owner=None))
+            return
+        if qual in ("starlette.middleware.Middleware", "fastapi.middleware.Middleware"):
+            if call.args:
+                self.middleware.append((None, ctx.qual(call.args[0])))
+            return
+        if qual == "signal.signal" and call.args:
+            if ctx.qual(call.args[0]) in ("signal.SIGTERM", "signal.SIGINT"):
+                self.signals = True
+            return
+        if qual in _METRICS_CALLS:
+            self.metrics = True
+        if keyword(call, "timeout_graceful_shutdown") is not None:
+            self.signals = True
+        if keyword(call, "MAX_CONTENT_LENGTH") is not None:
+            self.max_content_length = True
+        if not isinstance(func, ast.Attribute):
+            return
+        attr = func.attr
+        if attr == "add_signal_handler":
+            self.signals = True
+        elif attr in ("add_api_route", "add_route", "add_url_rule", "mount", "add_websocket_route"):
+            path = _path(call)
+            if path is None:
+                return
+            methods = frozenset() if attr == "mount" else _methods(call, "route")
+            for maybe in self._owners_or_any(ctx, func.value):
+                self.routes.append(Route(path=path, methods=methods, owner=maybe))
+        elif attr in ("include_router", "register_blueprint") and call.args:
+            routers = self.owners(ctx, call.args[0])
+            for owner in self.owners(ctx, func.value):
+                for router in routers:
+                    self.includes.append((owner, router))
+        elif attr == "add_middleware" and call.args:
+            name = ctx.qual(call.args[0])
+            for maybe in self._owners_or_any(ctx, func.value):
+                self.middleware.append((maybe, name))
+        elif attr == "add_event_handler" and call.args and const(call.args[0], "shutdown"):
+            for owner in self.owners(ctx, func.value):
+                if owner in self.apps:
+                    self.apps[owner].shutdown = True
+
+    def on_assign(self, ctx: FileContext, target: ast.expr, value: ast.expr) -> None:
+        """Record what assignments say about the apps.
+
+        ``MAX_CONTENT_LENGTH``, ``graceful_timeout``, ``app.wsgi_app = M(app.wsgi_app)``,
+        ``app.router.lifespan_context = ...``.
+        """
+        name = dotted(target) or ""
+        if (
+            isinstance(target, ast.Subscript) and const(target.slice, "MAX_CONTENT_LENGTH")
+        ) or name.rpartition(".")[2] in ("MAX_CONTENT_LENGTH", "max_content_length"):
+            self.max_content_length = True
+        elif name == "graceful_timeout" and not ctx.scopes:
+            self.signals = True
+        elif name.endswith(".router.lifespan_context"):
+            base = (
+                target.value.value
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)
+                else None
+            )
+            if base is not None:
+                for owner in self.owners(ctx, base):
+                    if owner in self.apps:
+                        self.apps[owner].shutdown = True
+        elif name.endswith(".wsgi_app") and isinstance(value, ast.Call):
+            middleware = ctx.qual(value.func)
+            if isinstance(target, ast.Attribute):
+                for owner in self.owners(ctx, target.value):
+                    self.middleware.append((owner, middleware))
+
+    def on_module(self, module: ModuleIndex) -> None:
+        """Program-wide markers visible from imports and string constants."""
+        if module.roots & _METRICS_LIBS:
+            self.metrics = True
+        if any(_IDEMPOTENCY.search(name) for name in module.imported | module.aliases.keys()):
+            self.idempotency = True
+        for node in module.nodes:
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                if _IDEMPOTENCY_KEY.search(text):
+                    self.idempotency = True
+                elif "--timeout-graceful-shutdown" in text or "--graceful-timeout" in text:
+                    self.signals = True
+            elif isinstance(
+                node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+            ) and _IDEMPOTENCY.search(node.name):
+                self.idempotency = True
+
+
+def is_route_decorator(decorator: ast.expr) -> bool:
+    """``@x.get("/path")``, ``@x.route("/path", methods=[...])`` and the like."""
+    return (
+        isinstance(decorator, ast.Call)
+        and isinstance(decorator.func, ast.Attribute)
+        and decorator.func.attr in _ROUTE_ATTRS
+        and _path(decorator) is not None
+    )
+
+
+def _path(call: ast.Call) -> str | None:
+    node = call.args[0] if call.args else None
+    for name in ("path", "rule"):
+        kw = keyword(call, name)
+        if kw is not None:
+            node = kw.value
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _methods(call: ast.Call, attr: str) -> frozenset[str]:
+    if attr not in ("route", "api_route"):
+        return frozenset({attr.upper()})
+    kw = keyword(call, "methods")
+    if kw is None or not isinstance(kw.value, ast.List | ast.Tuple | ast.Set):
+        return frozenset({"GET"})
+    return frozenset(
+        e.value.upper()
+        for e in kw.value.elts
+        if isinstance(e, ast.Constant) and isinstance(e.value, str)
+    )
+
+
+def _routes_of(facts: WebFacts, app_id: int) -> list[Route]:
+    if len(facts.apps) == 1:
+        return list(facts.routes)
+    reach = {app_id}
+    changed = True
+    while changed:
+        changed = False
+        for owner, router in facts.includes:
+            if owner in reach and router not in reach:
+                reach.add(router)
+                changed = True
+    included = {router for _, router in facts.includes}
+    return [
+        r
+        for r in facts.routes
+        if r.owner is None
+        or r.owner in reach
+        or (r.owner in facts.routers and r.owner not in included)
+        or (r.owner not in facts.apps and r.owner not in facts.routers)
+    ]
+
+
+def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> list[Finding]:
+    """The absence findings of every app (see the module docstring)."""
+    findings: list[Finding] = []
+    for app_id, app in facts.apps.items():
+        if app.hardened:
+            continue
+        routes = _routes_of(facts, app_id)
+        paths = [r.path for r in routes]
+        middleware = [name for owner, name in facts.middleware if owner in (None, app_id)]
+        label = f"{app.kind} app `{dotted(app.node.func) or app.kind}()`"
+
+        def emit(rule_id: str, message: str, app: App = app) -> None:
+            if not config.enabled(rule_id):
+                return
+            rule = RULES[rule_id]
+            findings.append(
+                Finding(
+                    rule_id=rule_id,
+                    category=rule.category,
+                    priority=config.severity.get(rule_id, rule.priority),
+                    message=message,
+                    location=location(app.module.source.rel, app.node),
+                    fix=rule.fix,
+                    docs=rule.docs,
+                )
+            )
+
+        if not any(_HEALTH.search(p) for p in paths) and not program.imports_any(
+            tuple(_HEALTH_LIBS)
+        ):
+            emit("BTR601", f"{label} has no health endpoint (/livez, /readyz, /health...)")
+        limited = app.body_limit or any(
+            _BODY_LIMIT.search(m.rpartition(".")[2]) for m in middleware
+        )
+        if app.kind in ("flask", "quart"):
+            limited = limited or facts.max_content_length
+        if not limited:
+            emit("BTR407", f"{label} accepts request bodies of any size")
+        if not facts.metrics and not any("metrics" in p for p in paths):
+            emit("BTR503", f"{label} exposes no /metrics")
+        writes = sorted({f"{m} {r.path}" for r in routes for m in r.methods & _WRITE})
+        if writes and not facts.idempotency and not any(_IDEMPOTENCY.search(m) for m in middleware):
+            shown = ", ".join(writes[:3]) + (
+                f" and {len(writes) - 3} more" if len(writes) > 3 else ""
+            )
+            emit("BTR101", f"{label}: write routes without an idempotency key ({shown})")
+        if app.kind in ("fastapi", "starlette", "quart") and not (app.shutdown or facts.signals):
+            emit("BTR602", f"{label} has no shutdown hook (lifespan, on_shutdown, SIGTERM handler)")
+    return findings

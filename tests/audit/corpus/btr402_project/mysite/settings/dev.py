@@ -1,0 +1,5 @@
+# ruff: noqa
+"""Development settings: DEBUG = True is expected here."""
+
+INSTALLED_APPS = ["django.contrib.auth"]
+DEBUG = True

@@ -1,0 +1,4 @@
+"""Settings of the hardened service."""
+
+ORIGINS = ["https://shop.example.com"]
+PRICE_URL = "https://prices.example.com"

@@ -1,0 +1,4 @@
+"""Settings of the naive service."""
+
+ORIGINS = ["*"]
+PRICE_URL = "https://prices.example.com"
