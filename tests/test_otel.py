@@ -428,3 +428,27 @@ def test_configure_validates_and_keeps_a_users_provider(
     provider = otel.configure(sample_ratio=0.1, service_name="shop", set_global=False)
     assert "0.1" in provider.sampler.get_description()
     assert provider.resource.attributes["service.name"] == "shop"
+
+
+async def test_fastapis_own_tracing_makes_no_second_server_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.enable(provider)
+    try:
+        app = FastAPI(telemetry={"tracer_provider": provider})  # FastAPI would trace too
+
+        @app.get("/items/{item}")
+        async def item(item: str) -> dict[str, str]:
+            return {"item": item}
+
+        response = await _get(harden(app, HardenSettings(**QUIET)), "/items/7")
+    finally:
+        otel.reset()
+        telemetry.remove_hook(otel.span_event)
+        provider.shutdown()
+    assert response.status_code == 200
+    servers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [s.name for s in servers] == ["GET /items/{item}"]
+    trace_id, _ = _hex(servers[0])
+    assert response.headers["traceresponse"].split("-")[1] == trace_id

@@ -158,6 +158,9 @@ class _ServerSpan:
                 method, context=parent_ctx, kind=self.server, attributes=attributes
             )
             ex.otel_token = self.attach(self.in_context(span, parent_ctx))
+        # FastAPI (0.165+) would start a SERVER span of its own from the raw headers, a
+        # second root: its own key for "observed already" (what it sets for a mounted app)
+        scope.setdefault("fastapi.telemetry", None)
         ids = span.get_span_context()
         trace_id = f"{ids.trace_id:032x}"
         span_id = f"{ids.span_id:016x}"
