@@ -390,6 +390,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _add_audit(sub: Any) -> None:
+    from buttress.report._command import add_report_arguments  # noqa: PLC0415 - light
+
     raw = argparse.RawDescriptionHelpFormatter
     audit = sub.add_parser(
         "audit",
@@ -399,24 +401,7 @@ def _add_audit(sub: Any) -> None:
         formatter_class=raw,
     )
     audit.add_argument("path", metavar="PATH", help="a directory or a Python file")
-    audit.add_argument(
-        "--format",
-        choices=("terminal", "json", "markdown", "sarif"),
-        default="terminal",
-        help="output format (terminal)",
-    )
-    audit.add_argument("--output", metavar="FILE", help="write the report to FILE")
-    audit.add_argument(
-        "--fail-on", choices=("P0", "P1", "P2"), help="exit 1 on a new finding this severe"
-    )
-    audit.add_argument(
-        "--fail-under", type=float, metavar="N", help="exit 1 when the score is below N (0-10)"
-    )
-    audit.add_argument(
-        "--fail-under-level",
-        choices=("bronze", "silver", "gold"),
-        help="exit 1 below this level",
-    )
+    add_report_arguments(audit, fail_on_help="exit 1 on a new finding this severe")
     audit.add_argument("--baseline", metavar="FILE", help="forgive the findings listed in FILE")
     audit.add_argument(
         "--write-baseline", metavar="FILE", help="write the current findings to FILE"
@@ -430,7 +415,97 @@ def _add_audit(sub: Any) -> None:
     audit.add_argument(
         "--include-tests", action="store_true", help="audit test, migration and fixture code too"
     )
+    audit.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where results are cached by file content (default: .buttress_cache/audit in "
+        "the tree; $BUTTRESS_AUDIT_CACHE)",
+    )
+    audit.add_argument(
+        "--no-cache", action="store_true", help="read and write no cache (a clean run)"
+    )
     audit.set_defaults(handler=_audit, requests=200, concurrency=10)
+
+
+_PROBE_DESCRIPTION = """\
+Probe a running HTTP service (any language) from the outside: health endpoints (found,
+application/health+json, latency), error answers (unknown path, wrong method, malformed
+JSON, oversized body: 4xx problem+json with a request id, never a 5xx or a stack trace),
+security headers (nosniff, framing, HSTS, Cache-Control, no fingerprinting), CORS
+reflection, X-Forwarded-For spoofing of the rate-limit key, a bounded burst that must get
+429 with Retry-After before any 5xx, and /metrics (counts, duration histograms, not open).
+Each check passes, warns or fails with the request sent and what was seen; the scorecard,
+formats and gates are buttress audit's. Every request has a timeout and every loop a
+bound; traffic goes only to URL, and a URL that is not loopback needs --allow-remote.
+Checks and evidence: docs/probe.md. Exit status: 0 gates passed, 1 a gate failed, 2 usage.
+"""
+
+_PROBE_EPILOG = """\
+examples:
+  buttress probe http://127.0.0.1:8000               the scorecard in the terminal
+  buttress probe http://127.0.0.1:8000 --fail-on P0  CI: fail on any P0 check failing
+  buttress probe http://127.0.0.1:8000 --write-route 'POST /orders' --burst 100
+  buttress probe http://127.0.0.1:8000 --health /live --health /ready --timeout 2
+  buttress probe http://127.0.0.1:8000 --format json --output probe.json
+  buttress probe https://staging.example.com --allow-remote --format markdown
+"""
+
+
+def _probe(args: argparse.Namespace) -> int:
+    try:
+        from buttress.probe._cli import run_probe  # noqa: PLC0415 - only probe pays for it
+    except ModuleNotFoundError as exc:  # httpx: the probe extra
+        print(  # buttress: ignore[BTR501] the command line's one-line answer
+            f"buttress probe needs {exc.name}, which is not installed: "
+            "pip install 'buttress[probe]'",
+            file=sys.stderr,
+        )
+        return 2
+
+    return run_probe(args)
+
+
+def _add_probe(sub: Any) -> None:
+    from buttress.report._command import add_report_arguments  # noqa: PLC0415 - light
+
+    probe = sub.add_parser(
+        "probe",
+        help="probe a running service: health, errors, headers, rate limits, metrics",
+        description=_PROBE_DESCRIPTION,
+        epilog=_PROBE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe.add_argument("url", metavar="URL", help="the service's base URL (http:// or https://)")
+    add_report_arguments(probe, fail_on_help="exit 1 when a check this severe fails", levels=False)
+    probe.add_argument(
+        "--health",
+        action="append",
+        metavar="PATH",
+        help="the liveness path (given twice: liveness, then readiness); else common paths",
+    )
+    probe.add_argument(
+        "--write-route",
+        metavar="'POST /path'",
+        help="a write route for the malformed and oversized bodies (else a POST in /openapi.json)",
+    )
+    probe.add_argument(
+        "--burst-route",
+        metavar="PATH",
+        help="the GET path the burst and X-Forwarded-For checks use (else one that "
+        "reports RateLimit fields)",
+    )
+    probe.add_argument(
+        "--burst", type=int, default=50, metavar="N", help="requests in the burst (50, at most 500)"
+    )
+    probe.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="seconds per request (5)"
+    )
+    probe.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a target that is not loopback (you must own it)",
+    )
+    probe.set_defaults(handler=_probe, requests=200, concurrency=10)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -491,6 +566,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
     _add_audit(sub)
+    _add_probe(sub)
     return parser
 
 

@@ -46,13 +46,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from buttress.asgi._concurrency import (
-    AIMDLimit,
-    ConcurrencyLimiter,
-    ConcurrencyToken,
-    GradientLimit,
-    LimitAlgorithm,
-)
+from buttress.asgi._concurrency import ConcurrencyLimiter, ConcurrencyToken
+from buttress.asgi._limit_algorithms import AIMDLimit, GradientLimit, LimitAlgorithm
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.errors import ConfigurationError, DeadlineExceeded
 from buttress.testing import FakeClock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
         timeout=60,
         check=False,
         cwd=cwd,
+        env={**os.environ, "BUTTRESS_AUDIT_CACHE": "off"},  # no cache written into the samples
     )
 
 
@@ -114,3 +116,12 @@ def test_demo_does_not_import_the_audit_package() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert proc.stdout.strip() == "False"
+
+
+def test_the_cache_answers_a_second_run(tmp_path: Path) -> None:
+    env = {**os.environ, "BUTTRESS_AUDIT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "buttress", "audit", str(NAIVE), "--format", "json"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, env=env)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert list((tmp_path / "cache").glob("*.json"))
+    assert json.loads(first.stdout)["findings"] == json.loads(second.stdout)["findings"]

@@ -2,7 +2,10 @@
 
 Per-file rules run on the whole corpus directory at once (so values followed across
 modules, like ``cors_settings/config.py``, are seen); absence rules, which judge a whole
-program, run on their file alone.
+program, run on their file alone (and ``btrNNN_ok.py``, when there is one, must pass).
+Rules on non-Python files (Dockerfiles, compose, requirements, workflows) have a project
+directory each, ``btrNNN/`` (markers in the files' ``#`` comments), and ``btrNNN_ok/``, a
+tree that must pass.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from buttress.audit import RULES, AuditConfig, audit
 from buttress.report import Report
 
 CORPUS = Path(__file__).parent / "corpus"
-ABSENCE = frozenset({"BTR101", "BTR407", "BTR503", "BTR601", "BTR602"})
+ABSENCE = frozenset(
+    {"BTR007", "BTR101", "BTR102", "BTR407", "BTR503", "BTR601", "BTR602", "BTR604"}
+)
+FILE_RULES = frozenset({"BTR603", "BTR701", "BTR702", "BTR703", "BTR704"})
 EXPECT = re.compile(r"#\s*expect:\s*([A-Z0-9, ]+)")
 
 
@@ -44,13 +50,41 @@ def whole_corpus() -> Report:
 
 
 FILES = sorted(p for p in CORPUS.rglob("*.py") if "__pycache__" not in p.parts)
+OTHER = sorted(
+    p
+    for p in CORPUS.rglob("*")
+    if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts
+)
 
 
 def test_every_rule_has_a_corpus_file_with_positives() -> None:
-    covered = {rule for path in FILES for _, rule in expected(path)}
+    covered = {rule for path in [*FILES, *OTHER] for _, rule in expected(path)}
     assert set(RULES) <= covered, sorted(set(RULES) - covered)
     for rule_id in RULES:
-        assert (CORPUS / f"{rule_id.lower()}.py").is_file(), rule_id
+        if rule_id in FILE_RULES:
+            assert (CORPUS / rule_id.lower()).is_dir(), rule_id
+            assert (CORPUS / f"{rule_id.lower()}_ok").is_dir(), rule_id
+        else:
+            assert (CORPUS / f"{rule_id.lower()}.py").is_file(), rule_id
+
+
+@pytest.mark.parametrize("rule_id", sorted(FILE_RULES))
+def test_rules_on_non_python_files(rule_id: str) -> None:
+    root = CORPUS / rule_id.lower()
+    config = AuditConfig(select=frozenset({rule_id}))
+    report = audit(root, config)
+    want = {
+        (p.relative_to(root).as_posix(), line, rule)
+        for p in OTHER
+        if root in p.parents
+        for line, rule in expected(p)
+        if rule == rule_id
+    }
+    got = {(f.location.path, f.location.line, f.rule_id) for f in report.findings}
+    assert got == want
+    assert want
+    clean = audit(CORPUS / f"{rule_id.lower()}_ok", config)
+    assert [f for f in clean.findings if f.rule_id == rule_id] == []
 
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CORPUS)) for p in FILES])
@@ -70,7 +104,15 @@ def test_per_file_rules(path: Path) -> None:
 def test_absence_rules_on_their_own_program(rule_id: str) -> None:
     path = CORPUS / f"{rule_id.lower()}.py"
     report = audit(path, AuditConfig())
-    assert flagged(report, path.name, absence=True) == expected(path)
+    mine = {
+        (line, rule) for line, rule in flagged(report, path.name, absence=True) if rule == rule_id
+    }
+    assert mine == {(line, rule) for line, rule in expected(path) if rule == rule_id}
+    assert mine
+    ok = CORPUS / f"{rule_id.lower()}_ok.py"
+    if ok.is_file():
+        clean = audit(ok, AuditConfig())
+        assert [f for f in clean.findings if f.rule_id == rule_id] == []
 
 
 def test_suppressed_findings_are_kept_with_their_reason() -> None:

@@ -91,7 +91,7 @@ def test_sarif_marks_suppressions_and_skipped_files() -> None:
 def test_markdown_is_a_pasteable_table() -> None:
     text = to_markdown(naive())
     assert "| Category | Score | Passing checks |" in text
-    assert "| external-calls | 0 | 0/1 |" in text
+    assert "| external-calls | 5 | 1/2 |" in text
     assert "| P0 | BTR601 | `app/main.py:9` |" in text
     assert "level none" in text
 

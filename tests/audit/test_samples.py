@@ -19,7 +19,9 @@ def test_naive_service_misses_everything_at_the_app_definition() -> None:
     assert ("BTR001", "app/clients.py", 9) in found  # through an import of the constant URL
     assert ("BTR401", "app/main.py", 10) in found  # ORIGINS from app/settings.py
     assert ("BTR402", "run.py", 6) in found
-    assert len(found) == len(ABSENCE) + 3
+    assert ("BTR102", "app/main.py", 9) in found  # POST /orders, no rate limit
+    assert ("BTR408", "run.py", 6) in found  # uvicorn.run(host="0.0.0.0")
+    assert len(found) == len(ABSENCE) + 5
     [idempotency] = [f for f in report.findings if f.rule_id == "BTR101"]
     assert "POST /orders" in idempotency.message  # the route of the included router
     card = score(report.checks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ __all__ = [
     "Status",
 ]
 
-# a Redis probe without a timeout of its own: the socket never waits longer than this
+# a probe without a timeout of its own: its connection never waits longer than this
 _PROBE_SOCKET_TIMEOUT = 5.0
 
 
@@ -341,7 +342,10 @@ class PostgresCheck(_LatencyCheck):
             import psycopg  # noqa: PLC0415 - optional dependency, imported when used
 
             assert self._dsn is not None  # noqa: S101 - set when kind is "dsn"
-            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            limit = self.timeout if self.timeout is not None else _PROBE_SOCKET_TIMEOUT
+            conn = await psycopg.AsyncConnection.connect(  # libpq: whole seconds, at least 2
+                self._dsn, autocommit=True, connect_timeout=max(2, math.ceil(limit))
+            )
             async with conn:
                 await (await conn.execute("SELECT 1")).fetchone()
         elif kind == "psycopg_pool":

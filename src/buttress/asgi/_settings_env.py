@@ -30,6 +30,7 @@ OTHER_VARIABLES: Final = frozenset(
         "BUTTRESS_RELEASE",  # buttress.sentry (the release, else BUTTRESS_SERVICE_VERSION)
         "BUTTRESS_OTEL",  # buttress.otel: off, on, console, otlp
         "BUTTRESS_OTEL_SAMPLE_RATIO",  # buttress.otel.configure
+        "BUTTRESS_AUDIT_CACHE",  # buttress audit: the cache directory, or off
     }
 )
 """``BUTTRESS_*`` variables read outside `HardenSettings` (add one here when code reads it)."""

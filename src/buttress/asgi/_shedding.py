@@ -20,12 +20,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Literal
 
 from buttress._clock import SYSTEM_CLOCK, Clock
-from buttress.asgi._concurrency import (
+from buttress.asgi._concurrency import ConcurrencyLimiter, ShedReason
+from buttress.asgi._limit_algorithms import (
     AIMDLimit,
-    ConcurrencyLimiter,
     GradientLimit,
     LimitAlgorithm,
-    ShedReason,
     check_integer,
     check_number,
 )

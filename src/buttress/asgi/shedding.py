@@ -18,14 +18,8 @@ Example::
             token.release(time.monotonic())
 """
 
-from buttress.asgi._concurrency import (
-    AIMDLimit,
-    ConcurrencyLimiter,
-    ConcurrencyToken,
-    GradientLimit,
-    LimitAlgorithm,
-    ShedReason,
-)
+from buttress.asgi._concurrency import ConcurrencyLimiter, ConcurrencyToken, ShedReason
+from buttress.asgi._limit_algorithms import AIMDLimit, GradientLimit, LimitAlgorithm
 
 __all__ = [
     "AIMDLimit",

@@ -49,6 +49,8 @@ _URLLIB3_RETRY = frozenset(
 def collect_clients(ctx: FileContext) -> None:
     """Find the names this module binds to requests sessions and httpx clients."""
     program, module = ctx.program, ctx.module
+    if not module.roots & {"requests", "httpx"}:
+        return  # names bound to sessions and clients come from these imports
     for node in module.nodes:
         pairs: list[tuple[ast.expr, ast.expr]] = []
         if isinstance(node, ast.Assign):

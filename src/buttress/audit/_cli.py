@@ -2,33 +2,29 @@
 
 Exit codes: 0 when every gate passes, 1 when one fails, 2 for a usage error (a path
 that does not exist, an unknown rule, a bad pyproject.toml table or baseline file).
+
+The result cache is on by default (`_cache.default_cache_dir`: ``.buttress_cache/audit``
+in the audited tree, or under ``$XDG_CACHE_HOME`` when the tree is read-only).
+``--cache-dir DIR`` / ``--no-cache`` choose (read with ``getattr``: the options are
+declared in ``buttress.cli``), as does ``$BUTTRESS_AUDIT_CACHE`` (a directory, or ``off``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from buttress.audit._cache import default_cache_dir
 from buttress.audit._config import load_config
 from buttress.audit._rules import RULES
 from buttress.audit._run import audit
 from buttress.audit._suppress import read_baseline, write_baseline
 from buttress.errors import ConfigurationError
-from buttress.report import (
-    EXIT_USAGE,
-    Gates,
-    Level,
-    Priority,
-    Report,
-    evaluate,
-    render,
-    to_json,
-    to_markdown,
-    to_sarif,
-)
+from buttress.report import EXIT_USAGE, Report, finish
 
 __all__ = ["run_audit"]
 
@@ -64,34 +60,35 @@ def run_audit(args: argparse.Namespace) -> int:
         baseline = read_baseline(Path(args.baseline)) if args.baseline else None
     except ConfigurationError as exc:
         return _usage(str(exc))
-    report = _run(path, config, baseline, show_progress=args.format == "terminal")
-    gates = Gates(
-        fail_on=Priority(args.fail_on) if args.fail_on else None,
-        fail_under=args.fail_under,
-        fail_under_level=Level(args.fail_under_level) if args.fail_under_level else None,
+    report = _run(
+        path, config, baseline, show_progress=args.format == "terminal", cache_dir=_cache_dir(args)
     )
-    gate = evaluate(report, gates)
-    shown = gate if gates != Gates() else None  # no gate set: say nothing about gates
     if args.write_baseline:
         write_baseline(Path(args.write_baseline), list(report.findings))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            _write(report, shown, args.format, out, plain=True)
-    else:
-        _write(report, shown, args.format, sys.stdout, plain=not sys.stdout.isatty())
-    if not gate.passed and (args.output or args.format != "terminal"):
-        for reason in gate.reasons:
-            print(f"buttress audit: gate failed: {reason}", file=sys.stderr)
-    return gate.exit_code
+    return finish(report, args, tool="audit")
 
 
-def _run(path: Path, config: Any, baseline: Any, *, show_progress: bool) -> Report:
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """Where the cache lives for this run (None: no cache)."""
+    env = os.environ.get("BUTTRESS_AUDIT_CACHE", "")
+    if getattr(args, "no_cache", False) or env.lower() in ("off", "0", "no", "false"):
+        return None
+    chosen = getattr(args, "cache_dir", None) or env
+    if chosen:
+        return Path(chosen)
+    path = Path(args.path).resolve()
+    return default_cache_dir(path if path.is_dir() else path.parent)
+
+
+def _run(
+    path: Path, config: Any, baseline: Any, *, show_progress: bool, cache_dir: Path | None
+) -> Report:
     if not (show_progress and sys.stderr.isatty()):
-        return audit(path, config, baseline=baseline)
+        return audit(path, config, baseline=baseline, cache_dir=cache_dir)
     try:
         from rich.progress import Progress  # noqa: PLC0415 - the audit extra
     except ImportError:
-        return audit(path, config, baseline=baseline)
+        return audit(path, config, baseline=baseline, cache_dir=cache_dir)
     with Progress(transient=True) as bar:
         task = bar.add_task("auditing", total=None)
 
@@ -99,26 +96,4 @@ def _run(path: Path, config: Any, baseline: Any, *, show_progress: bool) -> Repo
             if total > 200 and done % 50 == 0:
                 bar.update(task, completed=done, total=total)
 
-        return audit(path, config, baseline=baseline, progress=progress)
-
-
-def _write(report: Report, gate: Any, fmt: str, out: TextIO, *, plain: bool) -> None:
-    if fmt == "json":
-        out.write(to_json(report, gate))
-    elif fmt == "sarif":
-        out.write(to_sarif(report))
-    elif fmt == "markdown":
-        out.write(to_markdown(report, gate))
-    else:
-        try:
-            from rich.console import Console  # noqa: PLC0415 - the audit extra
-        except ImportError:
-            print(
-                "buttress audit: the terminal scorecard needs rich (pip install "
-                "'buttress[audit]'); writing Markdown instead",
-                file=sys.stderr,
-            )
-            out.write(to_markdown(report, gate))
-            return
-        console = Console(file=out, no_color=plain, highlight=False, soft_wrap=plain)
-        render(report, console, gate)
+        return audit(path, config, baseline=baseline, progress=progress, cache_dir=cache_dir)

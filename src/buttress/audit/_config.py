@@ -31,7 +31,7 @@ DEFAULT_SKIP_DIRS = frozenset(
     {
         ".git", ".hg", ".svn", ".venv", "venv", ".env", "env", ".tox", ".nox", "node_modules",
         "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache",
-        "site-packages", ".eggs", "htmlcov", ".idea", ".vscode",
+        "site-packages", ".eggs", "htmlcov", ".idea", ".vscode", ".buttress_cache",
     }
 )  # fmt: skip
 

@@ -72,6 +72,7 @@ class FileContext:
     sessions: set[str] = field(default_factory=set)  # names bound to requests sessions
     httpx_clients: set[str] = field(default_factory=set)
     configured_sessions: set[str] = field(default_factory=set)  # sessions with an adapter
+    silent: bool = False  # per-file findings come from the cache: only gather program facts
 
     @property
     def rel(self) -> str:
@@ -100,7 +101,7 @@ class FileContext:
 
     def emit(self, rule_id: str, node: ast.AST, message: str) -> None:
         """Record a finding of ``rule_id`` at ``node`` (if the rule is enabled)."""
-        if not self.config.enabled(rule_id):
+        if self.silent or not self.config.enabled(rule_id):
             return
         rule = RULES[rule_id]
         self.findings.append(

@@ -17,7 +17,38 @@ from dataclasses import dataclass, field
 
 from buttress.audit._walk import SourceFile
 
-__all__ = ["Bindings", "ModuleIndex", "Program", "Resolved", "local_bindings"]
+__all__ = [
+    "LEAVES",
+    "Bindings",
+    "ModuleIndex",
+    "Program",
+    "Resolved",
+    "fast_walk",
+    "local_bindings",
+]
+
+#: Node types no rule looks at (contexts and operators): the walks skip them.
+LEAVES = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+
+
+def fast_walk(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` but the `LEAVES`, breadth first (as `ast.walk`, faster)."""
+    out: list[ast.AST] = [tree]
+    append = out.append
+    index = 0
+    while index < len(out):
+        node = out[index]
+        index += 1
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST) and not isinstance(item, LEAVES):
+                        append(item)
+            elif isinstance(value, ast.AST) and not isinstance(value, LEAVES):
+                append(value)
+    return out
+
 
 #: Local name -> the expressions assigned to it (in source order).
 Bindings = Mapping[str, list[ast.expr]]
@@ -152,7 +183,7 @@ class ModuleIndex:
             is_package=source.rel.endswith("__init__.py"),
         )
         tree = source.tree
-        index.nodes = list(ast.walk(tree))
+        index.nodes = fast_walk(tree)
         for node in index.nodes:
             if isinstance(node, ast.Import):
                 for alias in node.names:

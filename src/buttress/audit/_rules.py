@@ -2,12 +2,15 @@
 
 Ids are grouped by category: BTR0xx external calls, BTR1xx write operations, BTR2xx
 resources, BTR3xx error handling, BTR4xx input and security configuration, BTR5xx
-observability, BTR6xx health and lifecycle, BTR9xx the audit itself (not scored).
+observability, BTR6xx health and lifecycle, BTR7xx supply chain and delivery,
+BTR9xx the audit itself (not scored).
 
 ``APPLIES`` says when a rule's check is applicable (else the scorecard shows ``?`` rather
 than a free pass): when a module of the audited tree imports one of the listed modules,
 ``"*"`` for any Python code, ``"app"`` when the tree defines a web app
-(``"asgi-app"``: a FastAPI or Starlette one).
+(``"asgi-app"``: a FastAPI or Starlette one), ``"file:..."`` when the tree has such a
+non-Python file (``container``: a Dockerfile or compose file; ``requirements``;
+``workflow``: a GitHub Actions workflow).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ CATEGORIES = (
     "input-security",
     "observability",
     "health-lifecycle",
+    "supply-chain",
 )
 
 _P0, _P1, _P2 = Priority.P0, Priority.P1, Priority.P2
@@ -57,12 +61,60 @@ _TABLE: list[tuple[str, str, str, Priority, str]] = [
         "or use buttress Retry(attempts=3) which backs off with jitter",
     ),
     (
+        "BTR004",
+        "external-calls",
+        "network client without a timeout",
+        _P0,
+        "aiohttp: ClientSession(timeout=aiohttp.ClientTimeout(total=10)); smtplib.SMTP(host, "
+        "timeout=10); socket.create_connection(addr, timeout=5)",
+    ),
+    (
+        "BTR005",
+        "external-calls",
+        "database connection without a timeout",
+        _P0,
+        "psycopg: connect(..., connect_timeout=5) (or ?connect_timeout=5 in the URL); asyncpg: "
+        "connect(..., timeout=5, command_timeout=30)",
+    ),
+    (
+        "BTR006",
+        "external-calls",
+        "SQLAlchemy engine without pool_timeout or pool_pre_ping",
+        _P1,
+        "create_engine(url, pool_timeout=10, pool_pre_ping=True) so a drained pool fails fast "
+        "and dead connections are replaced",
+    ),
+    (
+        "BTR007",
+        "external-calls",
+        "no statement_timeout for PostgreSQL",
+        _P1,
+        "set a server-side statement_timeout (options='-c statement_timeout=5000', asyncpg "
+        "server_settings={'statement_timeout': '5000'}, or ALTER ROLE ... SET statement_timeout)",
+    ),
+    (
+        "BTR008",
+        "external-calls",
+        "retry loop without backoff",
+        _P1,
+        "sleep with exponential backoff and jitter between attempts (time.sleep(min(30, "
+        "2 ** attempt) * random.random())), or use tenacity / buttress Retry",
+    ),
+    (
         "BTR101",
         "write-operations",
         "write routes without an idempotency mechanism",
         _P0,
         "accept an Idempotency-Key on POST/PUT/PATCH and replay the first response "
         "(harden(app) does it), or make the write naturally idempotent",
+    ),
+    (
+        "BTR102",
+        "write-operations",
+        "write routes without a rate limit",
+        _P1,
+        "rate-limit public writes: harden(app, rate_limits=[RateLimitRule(...)]), slowapi's "
+        "@limiter.limit('10/minute'), or flask-limiter",
     ),
     (
         "BTR201",
@@ -154,6 +206,14 @@ _TABLE: list[tuple[str, str, str, Priority, str]] = [
         "middleware)",
     ),
     (
+        "BTR408",
+        "input-security",
+        "server bound to 0.0.0.0 in code",
+        _P2,
+        "take the bind address from configuration (host=os.environ.get('HOST', '127.0.0.1')); "
+        "containers set HOST=0.0.0.0 in their environment",
+    ),
+    (
         "BTR501",
         "observability",
         "print in service code",
@@ -192,6 +252,53 @@ _TABLE: list[tuple[str, str, str, Priority, str]] = [
         "harden(app), which drains in-flight requests on SIGTERM)",
     ),
     (
+        "BTR603",
+        "health-lifecycle",
+        "container without a HEALTHCHECK",
+        _P2,
+        "add HEALTHCHECK CMD to the Dockerfile (or healthcheck: to the compose service) "
+        "probing the liveness endpoint",
+    ),
+    (
+        "BTR604",
+        "health-lifecycle",
+        "liveness and readiness not separate",
+        _P1,
+        "serve a liveness endpoint that checks only the process and a readiness endpoint that "
+        "checks dependencies (harden(app): /health/live and /health/ready)",
+    ),
+    (
+        "BTR701",
+        "supply-chain",
+        "dependency not pinned",
+        _P2,
+        "pin application dependencies exactly (package==1.2.3), ideally compiled with hashes "
+        "(pip-compile --generate-hashes, uv pip compile)",
+    ),
+    (
+        "BTR702",
+        "supply-chain",
+        "no lock file",
+        _P2,
+        "commit a lock file (uv.lock, poetry.lock, pdm.lock, or requirements with --hash=)",
+    ),
+    (
+        "BTR703",
+        "supply-chain",
+        "CI runs no tests or swallows failures",
+        _P2,
+        "run the test suite in CI and let it fail the build (no '|| true', no "
+        "continue-on-error: true on test steps)",
+    ),
+    (
+        "BTR704",
+        "supply-chain",
+        "no dependency vulnerability scan",
+        _P2,
+        "scan dependencies in CI (pip-audit, safety, osv-scanner) or enable Dependabot "
+        "(.github/dependabot.yml)",
+    ),
+    (
         "BTR900",
         "audit",
         "suppression without a reason",
@@ -220,7 +327,13 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "BTR001": _HTTP,
     "BTR002": ("redis",),
     "BTR003": ("tenacity",),
+    "BTR004": ("aiohttp", "smtplib", "socket"),
+    "BTR005": ("psycopg", "psycopg2", "asyncpg"),
+    "BTR006": ("sqlalchemy",),
+    "BTR007": ("psycopg", "psycopg2", "asyncpg"),
+    "BTR008": ("*",),
     "BTR101": ("app",),
+    "BTR102": ("app",),
     "BTR201": ("functools",),
     "BTR202": ("asyncio", "queue", "multiprocessing"),
     "BTR301": ("*",),
@@ -243,11 +356,18 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "BTR405": ("*",),
     "BTR406": ("hashlib",),
     "BTR407": ("app",),
+    "BTR408": _WEB,
     "BTR501": ("*",),
     "BTR502": ("logging", "structlog", "loguru"),
     "BTR503": ("app",),
     "BTR601": ("app",),
     "BTR602": ("asgi-app",),
+    "BTR603": ("file:container",),
+    "BTR604": ("app",),
+    "BTR701": ("file:requirements",),
+    "BTR702": ("file:requirements",),
+    "BTR703": ("file:workflow",),
+    "BTR704": ("file:workflow",),
     "BTR900": ("*",),
 }
 

@@ -36,6 +36,7 @@ __all__ = [
     "fingerprint",
     "read_baseline",
     "suppressions",
+    "text_suppressions",
     "write_baseline",
 ]
 
@@ -73,6 +74,22 @@ def suppressions(text: str) -> list[Suppression]:
         if token.line[: token.start[1]].strip() == "":  # alone on its line: the next one
             line += 1
         found.append(Suppression(line, token.start[1] + 1, rules, reason))
+    return found
+
+
+def text_suppressions(text: str) -> list[Suppression]:
+    """The suppression comments of a non-Python file (``#`` comments, read line by line)."""
+    if "buttress:" not in text:
+        return []
+    found: list[Suppression] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _COMMENT.search(line)
+        if match is None:
+            continue
+        rules = frozenset(r.strip().upper() for r in match.group(1).split(",") if r.strip())
+        reason = match.group(2).split("#", 1)[0].strip()
+        alone = line[: match.start()].strip() == ""
+        found.append(Suppression(number + alone, match.start() + 1, rules, reason))
     return found
 
 

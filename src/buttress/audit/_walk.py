@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,19 @@ from pathlib import Path
 from buttress.audit._config import DEFAULT_SKIP_DIRS, TEST_DIRS, AuditConfig
 from buttress.report import Skipped
 
-__all__ = ["SourceFile", "discover", "is_test_path", "load", "module_name"]
+__all__ = [
+    "STATS",
+    "SourceFile",
+    "discover",
+    "is_test_path",
+    "load",
+    "module_name",
+    "parse",
+    "read",
+]
+
+#: Timing-independent counters of the work done (``parses``: files given to ``ast.parse``).
+STATS: Counter[str] = Counter()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,8 +88,18 @@ def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def discover(root: Path, config: AuditConfig) -> tuple[list[tuple[Path, str]], list[Skipped]]:
-    """The ``(path, relative path)`` of every Python file to audit, and what was skipped."""
+def discover(
+    root: Path,
+    config: AuditConfig,
+    others: list[tuple[Path, str]] | None = None,
+) -> tuple[list[tuple[Path, str]], list[Skipped]]:
+    """The ``(path, relative path)`` of every Python file to audit, and what was skipped.
+
+    ``others`` receives the non-Python files the audit reads as text (Dockerfiles,
+    compose files, requirements, lock files, CI workflows: see `_check_files.kind_of`).
+    """
+    from buttress.audit._check_files import kind_of  # noqa: PLC0415 - a cycle otherwise
+
     skipped: list[Skipped] = []
     if root.is_file() or (root.is_symlink() and not root.is_dir()):
         return [(root, root.name)], skipped
@@ -126,6 +149,8 @@ def discover(root: Path, config: AuditConfig) -> tuple[list[tuple[Path, str]], l
                 if config.skip_tests and is_test_path(child):
                     continue
                 yield Path(entry.path), child
+            elif is_file and others is not None and kind_of(child) is not None:
+                others.append((Path(entry.path), child))
 
     found.extend(walk(root, ""))
     return found, skipped
@@ -141,6 +166,14 @@ def _os_reason(exc: OSError) -> str:
 
 def load(path: Path, rel: str, config: AuditConfig) -> SourceFile | Skipped:
     """Read and parse one file, or say why it was skipped."""
+    data = read(path, rel, config)
+    if isinstance(data, Skipped):
+        return data
+    return parse(path, rel, data)
+
+
+def read(path: Path, rel: str, config: AuditConfig) -> bytes | Skipped:
+    """The bytes of one file, or why it was skipped (not a file, too large, unreadable)."""
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
@@ -150,14 +183,19 @@ def load(path: Path, rel: str, config: AuditConfig) -> SourceFile | Skipped:
                 path=rel,
                 reason=f"too large ({info.st_size} bytes > max-file-size {config.max_file_size})",
             )
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         return Skipped(path=rel, reason=_os_reason(exc))
+
+
+def parse(path: Path, rel: str, data: bytes) -> SourceFile | Skipped:
+    """Decode and parse one file's bytes, or say why it was skipped."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Skipped(path=rel, reason=f"not UTF-8 (byte {exc.start})")
     text = text.removeprefix("\ufeff")
+    STATS["parses"] += 1
     try:
         tree = ast.parse(text, filename=rel)
     except SyntaxError as exc:

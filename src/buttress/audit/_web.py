@@ -22,6 +22,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from buttress.audit._check_clients import DbFacts
 from buttress.audit._config import AuditConfig
 from buttress.audit._context import FileContext, const, keyword, location
 from buttress.audit._index import ModuleIndex, Program, dotted
@@ -48,6 +49,14 @@ _ROUTE_ATTRS = frozenset(
      "websocket"}
 )  # fmt: skip
 _WRITE = frozenset({"POST", "PUT", "PATCH"})
+_PUBLIC_WRITE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_RATE_LIMIT_LIBS = frozenset(
+    {"slowapi", "flask_limiter", "fastapi_limiter", "starlette_limiter", "ratelimit",
+     "asgi_ratelimit", "ratelimiter", "django_ratelimit"}
+)  # fmt: skip
+_HARDEN_SETTINGS = frozenset(
+    {"buttress.HardenSettings", "buttress.asgi.HardenSettings", "buttress.settings.HardenSettings"}
+)  # fmt: skip
 _HEALTH = re.compile(
     r"(^|/)(health|healthz|healthcheck|health-check|livez|readyz|liveness|readiness|live|"
     r"ready|alive|ping|heartbeat|status)(/|$|\.)",
@@ -80,6 +89,7 @@ class App:
     node: ast.Call
     module: ModuleIndex
     hardened: bool = False
+    rate_limited: bool = False  # harden(app, rate_limits=[...])
     shutdown: bool = False
     body_limit: bool = False
 
@@ -106,6 +116,8 @@ class WebFacts:
     max_content_length: bool = False
     idempotency: bool = False
     metrics: bool = False
+    rate_limit: bool = False  # a rate limiter somewhere in the program
+    db: DbFacts = field(default_factory=DbFacts)
 
     # ---------------------------------------------------------------- resolution
 
@@ -202,10 +214,19 @@ class WebFacts:
             self.app(call, ctx.module, qual)
             return
         if qual in HARDEN and call.args:
+            limits = keyword(call, "rate_limits")
+            limited = limits is not None and not (
+                isinstance(limits.value, ast.List | ast.Tuple) and not limits.value.elts
+            )
             for owner in self.owners(ctx, call.args[0]):
                 if owner in self.apps:
                     self.apps[owner].hardened = True
+                    self.apps[owner].rate_limited |= limited
             return
+        if (qual in _HARDEN_SETTINGS or qual.endswith(".HardenSettings")) and keyword(
+            call, "rate_limits"
+        ) is not None:
+            self.rate_limit = True
         if qual in ("starlette.routing.Route", "starlette.routing.Mount", "starlette.routing.Host"):
             path = _path(call)
             if path is not None:
@@ -285,8 +306,17 @@ class WebFacts:
         """Program-wide markers visible from imports and string constants."""
         if module.roots & _METRICS_LIBS:
             self.metrics = True
+        if module.roots & _RATE_LIMIT_LIBS or any(
+            target.startswith("buttress.")
+            and target.rpartition(".")[2] in ("RateLimitRule", "Limit", "RateLimit")
+            for target in module.aliases.values()
+        ):
+            self.rate_limit = True
         if any(_IDEMPOTENCY.search(name) for name in module.imported | module.aliases.keys()):
             self.idempotency = True
+        lowered = module.source.text.lower()
+        if "idempot" not in lowered and "graceful" not in lowered:
+            return  # nothing the node scan below could find (it is the costly part)
         for node in module.nodes:
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 text = node.value
@@ -356,12 +386,14 @@ def _routes_of(facts: WebFacts, app_id: int) -> list[Route]:
     ]
 
 
+def _shown(writes: list[str]) -> str:
+    return ", ".join(writes[:3]) + (f" and {len(writes) - 3} more" if len(writes) > 3 else "")
+
+
 def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> list[Finding]:
     """The absence findings of every app (see the module docstring)."""
     findings: list[Finding] = []
     for app_id, app in facts.apps.items():
-        if app.hardened:
-            continue
         routes = _routes_of(facts, app_id)
         paths = [r.path for r in routes]
         middleware = [name for owner, name in facts.middleware if owner in (None, app_id)]
@@ -383,10 +415,27 @@ def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> 
                 )
             )
 
-        if not any(_HEALTH.search(p) for p in paths) and not program.imports_any(
-            tuple(_HEALTH_LIBS)
-        ):
+        writes = sorted({f"{m} {r.path}" for r in routes for m in r.methods & _PUBLIC_WRITE})
+        limited = (
+            app.rate_limited
+            or facts.rate_limit
+            or any(
+                "limit" in m.rpartition(".")[2].lower() and "rate" in m.lower() for m in middleware
+            )
+        )
+        if writes and not limited:
+            emit("BTR102", f"{label}: write routes without a rate limit ({_shown(writes)})")
+        if app.hardened:
+            continue
+        health = sorted({p for p in paths if _HEALTH.search(p)})
+        health_lib = program.imports_any(tuple(_HEALTH_LIBS))
+        if not health and not health_lib:
             emit("BTR601", f"{label} has no health endpoint (/livez, /readyz, /health...)")
+        elif len(health) == 1 and not health_lib:
+            emit(
+                "BTR604",
+                f"{label} serves one health endpoint ({health[0]}) for both liveness and readiness",
+            )
         limited = app.body_limit or any(
             _BODY_LIMIT.search(m.rpartition(".")[2]) for m in middleware
         )
@@ -398,10 +447,27 @@ def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> 
             emit("BTR503", f"{label} exposes no /metrics")
         writes = sorted({f"{m} {r.path}" for r in routes for m in r.methods & _WRITE})
         if writes and not facts.idempotency and not any(_IDEMPOTENCY.search(m) for m in middleware):
-            shown = ", ".join(writes[:3]) + (
-                f" and {len(writes) - 3} more" if len(writes) > 3 else ""
-            )
-            emit("BTR101", f"{label}: write routes without an idempotency key ({shown})")
+            emit("BTR101", f"{label}: write routes without an idempotency key ({_shown(writes)})")
         if app.kind in ("fastapi", "starlette", "quart") and not (app.shutdown or facts.signals):
             emit("BTR602", f"{label} has no shutdown hook (lifespan, on_shutdown, SIGTERM handler)")
+    db = facts.db
+    if (
+        db.postgres
+        and not db.statement_timeout
+        and db.first_connect is not None
+        and config.enabled("BTR007")
+    ):
+        rule = RULES["BTR007"]
+        findings.append(
+            Finding(
+                rule_id="BTR007",
+                category=rule.category,
+                priority=config.severity.get("BTR007", rule.priority),
+                message="PostgreSQL is used and no statement_timeout is set anywhere: a runaway "
+                "query holds its connection forever",
+                location=db.first_connect,
+                fix=rule.fix,
+                docs=rule.docs,
+            )
+        )
     return findings

@@ -15,6 +15,7 @@ Example::
     sys.exit(evaluate(report, Gates(fail_on=Priority.P0)).exit_code)
 """
 
+from buttress.report._command import add_report_arguments, finish, gates_from, write_report
 from buttress.report._gate import (
     EXIT_GATE,
     EXIT_OK,
@@ -59,8 +60,11 @@ __all__ = [
     "Rule",
     "Scorecard",
     "Skipped",
+    "add_report_arguments",
     "evaluate",
+    "finish",
     "gate_scorecard",
+    "gates_from",
     "render",
     "schema_path",
     "score",
@@ -69,6 +73,7 @@ __all__ = [
     "to_markdown",
     "to_sarif",
     "to_sarif_dict",
+    "write_report",
 ]
 
 

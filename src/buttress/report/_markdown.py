@@ -30,7 +30,12 @@ def to_markdown(report: Report, gate: GateResult | None = None, *, limit: int = 
         f"{len(active)} finding{'s' if len(active) != 1 else ''} "
         f"({sum(1 for f in active if f.priority.value == 'P0')} P0), "
         f"{sum(1 for f in report.findings if f.suppressed)} suppressed, "
-        f"{report.files} files, buttress {report.version}",
+        + (
+            f"{report.extra['requests']} requests"
+            if "requests" in report.extra
+            else f"{report.files} files"
+        )
+        + f", buttress {report.version}",
         "",
     ]
     if gate is not None:
@@ -42,6 +47,14 @@ def to_markdown(report: Report, gate: GateResult | None = None, *, limit: int = 
     for row in card.categories:
         lines.append(f"| {_cell(row.category)} | {row.shown} | {row.passed}/{row.applicable} |")
     lines.append("")
+    if any(c.evidence for c in report.checks):  # black box: what was sent and seen
+        lines += ["| Check | Priority | Status | Evidence |", "| --- | --- | --- | --- |"]
+        for check in report.checks:
+            lines.append(
+                f"| {check.rule.id} {_cell(check.rule.title)} | {check.rule.priority.value} | "
+                f"{check.status.value} | {_cell(check.evidence)} |"
+            )
+        lines.append("")
     failing = [c for c in report.checks if c.status.value == "fail"]
     if failing:
         lines += ["| Check | Priority | Rule | Status |", "| --- | --- | --- | --- |"]

@@ -75,6 +75,10 @@ class CheckStatus(enum.Enum):
     PASS = "pass"  # noqa: S105 - a status, not a password
     FAIL = "fail"
     NOT_APPLICABLE = "not-applicable"
+    #: Ran, but could not confirm the protection (``buttress probe``: no 429 within the
+    #: burst). Applicable and not passing in the scores; lowers neither the level nor
+    #: trips ``--fail-on`` (a warn has no findings).
+    WARN = "warn"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +105,8 @@ class Location:
     """Where a finding is: a path relative to the target (posix), 1-based line and column.
 
     ``line`` 0 means the whole file or target (a finding with no place in the source).
+    Black-box reports (``buttress probe``) put the absolute URL requested in ``path``
+    (``http://...``), line 0; the writers show it as it is (`is_url`).
     """
 
     path: str
@@ -108,6 +114,11 @@ class Location:
     column: int = 0
     end_line: int = 0
     end_column: int = 0
+
+    @property
+    def is_url(self) -> bool:
+        """True when ``path`` is an absolute http(s) URL (a black-box finding)."""
+        return self.path.startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,8 @@ Every rule run is described in ``runs[0].tool.driver.rules`` (id, name, descript
 GitHub sorts by); each finding is a result with ``ruleId``, ``ruleIndex``, ``level``
 (P0 error, P1 warning, P2 note), one physical location relative to ``%SRCROOT%`` and a
 ``partialFingerprints`` entry. Absence findings are located where the producer put them
-(``buttress audit``: the app's definition). Suppressed findings carry an ``inSource``
+(``buttress audit``: the app's definition; ``buttress probe``: the absolute URL
+requested, with no ``uriBaseId``). Suppressed findings carry an ``inSource``
 suppression with its justification; with a baseline, results carry ``baselineState``.
 Skipped inputs become tool execution notifications.
 """
@@ -39,6 +40,12 @@ def _region(finding: Finding) -> dict[str, int]:
     return region
 
 
+def _artifact(finding: Finding) -> dict[str, str]:
+    if finding.location.is_url:  # a black-box finding: the URL requested, absolute
+        return {"uri": finding.location.path}
+    return {"uri": finding.location.path or ".", "uriBaseId": "%SRCROOT%"}
+
+
 def to_sarif_dict(report: Report) -> dict[str, Any]:
     """The SARIF log as plain data."""
     rules = sorted(report.rules, key=lambda r: r.id)
@@ -52,10 +59,7 @@ def to_sarif_dict(report: Report) -> dict[str, Any]:
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": {
-                            "uri": finding.location.path or ".",
-                            "uriBaseId": "%SRCROOT%",
-                        },
+                        "artifactLocation": _artifact(finding),
                         "region": _region(finding),
                     }
                 }
@@ -132,6 +136,8 @@ def to_sarif_dict(report: Report) -> dict[str, Any]:
 
 
 def _root_uri(target: str) -> str:
+    if target.startswith(("http://", "https://")):  # buttress probe: the service's URL
+        return target if target.endswith("/") else target + "/"
     path = Path(target).resolve()
     uri = path.as_uri()
     return uri if uri.endswith("/") else uri + "/"

@@ -29,6 +29,35 @@ def _bar(value: float | None) -> str:
     return f"[{colour}]{'█' * full}[/{colour}][dim]{'·' * (10 - full)}[/dim]"
 
 
+_STATUS_STYLE = {"pass": "green", "fail": "red", "warn": "yellow", "not-applicable": "dim"}
+
+
+def _inputs(report: Report) -> str:
+    """What was judged: files and lines, or (black box) the requests sent."""
+    if "requests" in report.extra:
+        return f"{report.extra['requests']} requests"
+    return f"{report.files} files, {report.lines} lines"
+
+
+def _render_evidence(report: Report, console: Any) -> None:
+    """Black-box reports: one line per check with its status and what was seen."""
+    from rich.markup import escape  # noqa: PLC0415 - the audit extra
+
+    if not any(c.evidence for c in report.checks):
+        return
+    console.print()
+    for check in report.checks:
+        status = check.status.value
+        style = _STATUS_STYLE[status]
+        label = "n/a" if status == "not-applicable" else status
+        console.print(
+            f"  [{style}]{label:>4}[/{style}]  {check.rule.id} {escape(check.rule.title)}"
+            f" [dim]({check.rule.priority.value})[/dim]"
+        )
+        if check.evidence:
+            console.print(f"        [dim]{escape(check.evidence)}[/dim]")
+
+
 def render(
     report: Report, console: Any, gate: GateResult | None = None, *, limit: int = 100
 ) -> None:
@@ -49,8 +78,9 @@ def render(
     console.print(
         f"score [bold]{card.aggregate_shown}[/bold]/10 (risk-weighted)   level "
         f"[{_LEVEL_STYLE[level]}]{level}[/{_LEVEL_STYLE[level]}]   "
-        f"{report.files} files, {report.lines} lines in {report.duration:.2f} s"
+        f"{_inputs(report)} in {report.duration:.2f} s"
     )
+    _render_evidence(report, console)
     shown = [f for f in report.findings if not f.suppressed]
     for priority in Priority:
         mine = sorted((f for f in shown if f.priority is priority), key=sort_key)

@@ -1,0 +1,263 @@
+"""The probe's HTTP client: one origin, a hard deadline on every request, bounded bodies.
+
+Every request goes to the origin given (paths only; redirects are not followed, proxies
+from the environment are not used), is bounded by ``timeout`` seconds in total (connect,
+send, headers and body, under `asyncio.wait_for`), reads at most `MAX_BODY` bytes of the
+answer, and never raises: a transport failure (refused, reset, timed out, not HTTP) is
+an `Exchange` with ``error`` set. After `GIVE_UP` transport failures in a row, or once the
+run's deadline has passed, the client stops sending and answers every further request
+with an error at once, so a target that hangs costs a few timeouts, not one per check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+__all__ = ["GIVE_UP", "MAX_BODY", "Client", "Exchange"]
+
+MAX_BODY = 256 * 1024
+GIVE_UP = 3
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request sent and what came back (or why nothing did)."""
+
+    method: str
+    url: str
+    status: int = 0
+    headers: httpx.Headers = field(default_factory=httpx.Headers)
+    body: bytes = b""
+    elapsed: float = 0.0  # seconds
+    error: str = ""  # set when no HTTP answer arrived
+    sent: bool = True  # False when the client had given up before this one
+
+    @property
+    def ok(self) -> bool:
+        """An HTTP answer arrived."""
+        return not self.error
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower case, without parameters."""
+        value: str = self.headers.get("content-type", "")
+        return value.split(";", maxsplit=1)[0].strip().lower()
+
+    def header(self, name: str) -> str:
+        """A header's value ('' when absent)."""
+        value: str = self.headers.get(name, "")
+        return value
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        import json  # noqa: PLC0415
+
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def short(self) -> str:
+        """``GET /path -> 404 application/problem+json (3 ms)`` or the error."""
+        path = httpx.URL(self.url).raw_path.decode("ascii", "replace")
+        if self.error:
+            return f"{self.method} {path} -> {self.error}"
+        kind = f" {self.content_type}" if self.content_type else ""
+        return f"{self.method} {path} -> {self.status}{kind} ({self.elapsed * 1000:.0f} ms)"
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or failed"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "not a valid HTTP answer (connection closed or garbage)"
+    if isinstance(exc, httpx.ReadError):
+        return "connection reset while reading"
+    if isinstance(exc, httpx.WriteError):
+        return "connection reset while sending"
+    if isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
+        return "connection reset or closed without an answer"
+    if isinstance(exc, (ValueError, IndexError, asyncio.LimitOverrunError)):
+        return "not a valid HTTP answer (garbage)"
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+class Client:
+    """Requests to one origin, each bounded in time and size; never raises."""
+
+    def __init__(self, base: str, *, timeout: float, budget: float) -> None:
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+        self.deadline = time.monotonic() + budget
+        self.sent = 0
+        self._failures = 0
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+            headers={"user-agent": "buttress-probe"},
+        )
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    @property
+    def gave_up(self) -> bool:
+        """True once the target stopped answering or the run's time is up."""
+        return self._failures >= GIVE_UP or time.monotonic() >= self.deadline
+
+    def url(self, path: str) -> str:
+        """The absolute URL of ``path`` on the target."""
+        return self.base + (path if path.startswith("/") else "/" + path)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> Exchange:
+        """Send one request; the answer, or an `Exchange` with ``error`` set."""
+        url = self.url(path)
+        seen = Exchange(method=method, url=url)
+        if self.gave_up:
+            seen.sent = False
+            seen.error = (
+                "not sent: the run's time is up"
+                if time.monotonic() >= self.deadline
+                else "not sent: the target stopped answering"
+            )
+            return seen
+        self.sent += 1
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._exchange(seen, headers, content), self.timeout)
+        except Exception as exc:
+            seen.error = _describe(exc, self.timeout)
+            seen.status = 0
+            self._failures += 1
+        else:
+            self._failures = 0
+        seen.elapsed = time.monotonic() - started
+        return seen
+
+    async def send_large(
+        self, method: str, path: str, *, size: int, headers: dict[str, str]
+    ) -> Exchange:
+        """Send a ``size``-byte JSON body as a careful client does (``Expect: 100-continue``).
+
+        The body goes out only after ``100 Continue`` (or a second without an answer),
+        in chunks, and stops as soon as an answer arrives.
+
+        A server that refuses the declared length at once answers before any body is
+        sent, so its close cannot reset the connection under its own answer.
+        """
+        url = self.url(path)
+        seen = Exchange(method=method, url=url)
+        if self.gave_up:
+            seen.sent = False
+            seen.error = "not sent: the target stopped answering"
+            return seen
+        self.sent += 1
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._large(seen, size, headers), self.timeout)
+        except Exception as exc:  # any failure is a result, never a traceback
+            seen.error = _describe(exc, self.timeout)
+            seen.status = 0
+            self._failures += 1
+        else:
+            self._failures = 0
+        seen.elapsed = time.monotonic() - started
+        return seen
+
+    async def _large(self, seen: Exchange, size: int, headers: dict[str, str]) -> None:
+        target = httpx.URL(seen.url)
+        context = None
+        if target.scheme == "https":
+            import ssl  # noqa: PLC0415
+
+            context = ssl.create_default_context()
+        port = target.port or (443 if target.scheme == "https" else 80)
+        reader, writer = await asyncio.open_connection(target.host, port, ssl=context)
+        try:
+            lines = [
+                f"{seen.method} {target.raw_path.decode('ascii')} HTTP/1.1",
+                f"host: {target.netloc.decode('ascii')}",
+                "user-agent: buttress-probe",
+                f"content-length: {size}",
+                "expect: 100-continue",
+                "connection: close",
+                *(f"{k}: {v}" for k, v in headers.items()),
+            ]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            await writer.drain()
+            head = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+            try:
+                await asyncio.wait({head}, timeout=min(1.0, self.timeout / 2))
+                if head.done() and head.result().startswith(b"HTTP/1.1 100"):
+                    head = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+                if not head.done():
+                    await self._body(writer, head, size)
+                raw = await head
+            finally:
+                head.cancel()
+            status_line, *header_lines = raw.decode("latin-1").split("\r\n")
+            seen.status = int(status_line.split()[1])
+            pairs = [h.split(":", 1) for h in header_lines if ":" in h]
+            seen.headers = httpx.Headers([(k.strip(), v.strip()) for k, v in pairs])
+            length = seen.headers.get("content-length", "")
+            want = min(int(length), MAX_BODY) if length.isdigit() else MAX_BODY
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                seen.body = await reader.readexactly(want) if length.isdigit() else b""
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _body(writer: asyncio.StreamWriter, head: asyncio.Future[bytes], size: int) -> None:
+        prefix = b'{"pad": "'
+        sent = 0
+        while sent < size and not head.done():
+            chunk = prefix if sent == 0 else b"a" * min(65536, size - sent)
+            writer.write(chunk)
+            sent += len(chunk)
+            drain = asyncio.ensure_future(writer.drain())
+            waiting: set[asyncio.Future[Any]] = {drain, head}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not drain.done():
+                drain.cancel()
+                return
+            if drain.exception() is not None:
+                return  # the server closed: its answer (if any) is in ``head``
+
+    async def _exchange(
+        self, seen: Exchange, headers: dict[str, str] | None, content: bytes | None
+    ) -> None:
+        request = self._http.build_request(seen.method, seen.url, headers=headers, content=content)
+        response = await self._http.send(request, stream=True)
+        try:
+            seen.status = response.status_code
+            seen.headers = response.headers
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_BODY:
+                    break
+            seen.body = b"".join(chunks)[:MAX_BODY]
+        finally:
+            await response.aclose()

@@ -1,0 +1,647 @@
+"""The probe run: every check in order, each a pass, warn, fail or n/a with evidence.
+
+The order matters: the rate-limit burst runs last (it spends the budget the
+``X-Forwarded-For`` check needs). Every check reads `Exchange` objects from the bounded
+`Client`, so a target that hangs, resets or answers garbage gives failed checks quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from buttress import __version__
+from buttress.probe._http import Client, Exchange
+from buttress.probe._rules import RULES
+from buttress.report import Check, CheckStatus, Finding, Location, Report
+
+__all__ = ["ProbeOptions", "is_loopback", "probe", "run"]
+
+PASS, FAIL, WARN, NA = (
+    CheckStatus.PASS,
+    CheckStatus.FAIL,
+    CheckStatus.WARN,
+    CheckStatus.NOT_APPLICABLE,
+)
+MAX_BURST = 500
+BURST_CONCURRENCY = 8
+LIVE_PATHS = ("/health/live", "/livez", "/healthz", "/health")
+READY_PATHS = ("/health/ready", "/readyz", "/healthz", "/health")
+HEALTH_STATUSES = {"pass", "warn", "fail", "ok", "up", "down"}
+PROBLEM = "application/problem+json"
+REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "request-id", "x-trace-id")
+LEAKS = (
+    "Traceback (most recent call last)",
+    'File "/',
+    "Werkzeug Debugger",
+    "DEBUG = True",
+    "Exception Value:",
+    "at java.",
+    "at org.",
+    "node_modules",
+    "<title>Internal Server Error</title>",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeOptions:
+    """What to probe and how hard (the command line's options)."""
+
+    url: str
+    timeout: float = 5.0  # seconds, per request, in total
+    health: tuple[str, ...] = ()  # liveness path, then readiness path
+    write_route: str | None = None  # "POST /orders"
+    burst: int = 50
+    burst_route: str | None = None  # a GET path
+    budget: float = 60.0  # seconds for the whole run, the burst included
+
+
+def is_loopback(url: str) -> bool:
+    """True when ``url``'s host is localhost or a loopback address (no DNS asked)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class _Outcome:
+    status: CheckStatus
+    evidence: str
+    where: str = ""  # the URL a failure is located at
+
+
+@dataclass(slots=True)
+class _State:
+    client: Client
+    opts: ProbeOptions
+    outcomes: dict[str, _Outcome] = field(default_factory=dict)
+    samples: list[Exchange] = field(default_factory=list)  # answers for header checks
+    errors: list[Exchange] = field(default_factory=list)  # the error probes
+    get_paths: list[str] = field(default_factory=list)
+    post_paths: list[str] = field(default_factory=list)
+    live: Exchange | None = None
+
+    def set(self, rid: str, status: CheckStatus, evidence: str, where: str = "") -> None:
+        self.outcomes[rid] = _Outcome(status, evidence, where or self.client.url("/"))
+
+
+def _problem_4xx(seen: Exchange) -> bool:
+    return 400 <= seen.status < 500 and seen.content_type == PROBLEM
+
+
+# -- discovery -------------------------------------------------------------------
+
+
+def _fill(path: str, params: Iterable[Any]) -> str:
+    kinds = {}
+    for p in params:
+        if isinstance(p, dict) and p.get("in") == "path":
+            schema = p.get("schema") if isinstance(p.get("schema"), dict) else {}
+            kinds[str(p.get("name"))] = schema.get("type", "string") if schema else "string"
+    return re.sub(
+        r"\{([^}/]+)\}",
+        lambda m: "1" if kinds.get(m.group(1)) in ("integer", "number") else "probe",
+        path,
+    )
+
+
+async def _discover(st: _State) -> None:
+    seen = await st.client.send("GET", "/openapi.json")
+    doc = seen.json() if seen.status == 200 else None
+    paths = doc.get("paths") if isinstance(doc, dict) else None
+    if not isinstance(paths, dict):
+        return
+    for path, ops in list(paths.items())[:200]:
+        if not isinstance(path, str) or not path.startswith("/") or not isinstance(ops, dict):
+            continue
+        shared = ops.get("parameters", []) if isinstance(ops.get("parameters"), list) else []
+        for method in ("get", "post"):
+            op = ops.get(method)
+            if not isinstance(op, dict):
+                continue
+            own = op.get("parameters", []) if isinstance(op.get("parameters"), list) else []
+            filled = _fill(path, [*shared, *own])
+            (st.get_paths if method == "get" else st.post_paths).append(filled)
+
+
+# -- health ----------------------------------------------------------------------
+
+
+async def _find(st: _State, paths: Iterable[str], ok: tuple[int, ...]) -> Exchange | None:
+    tried: list[Exchange] = []
+    for path in dict.fromkeys(paths):
+        seen = await st.client.send("GET", path)
+        tried.append(seen)
+        if seen.status in ok:
+            return seen
+    return None
+
+
+def _tried(paths: Iterable[str]) -> str:
+    return ", ".join(dict.fromkeys(paths))
+
+
+async def _health(st: _State) -> None:
+    given = st.opts.health
+    live_paths = [*given[:1], *LIVE_PATHS]
+    ready_paths = [*given[1:2], *given[:1], *READY_PATHS]
+    live = await _find(st, live_paths, (200,))
+    st.live = live
+    if live is None:
+        st.set("PRB001", FAIL, f"no 200 from GET {_tried(live_paths)}")
+    else:
+        st.samples.append(live)
+        st.set("PRB001", PASS, live.short(), live.url)
+    ready = await _find(st, ready_paths, (200, 503))
+    if ready is None:
+        st.set("PRB002", FAIL, f"no 200 or 503 from GET {_tried(ready_paths)}")
+    elif ready.status == 503:
+        st.set("PRB002", FAIL, f"{ready.short()}: the service says it is not ready", ready.url)
+    elif live is not None and ready.url == live.url:
+        st.set("PRB002", WARN, f"{ready.short()}: one endpoint serves liveness and readiness")
+    else:
+        st.set("PRB002", PASS, ready.short(), ready.url)
+    found = [x for x in (live, ready) if x is not None]
+    if len(found) == 2 and found[0].url == found[1].url:
+        found = found[:1]
+    if not found:
+        st.set("PRB003", NA, "no health endpoint found")
+        st.set("PRB004", NA, "no health endpoint found")
+        return
+    shapes = []
+    verdict = PASS
+    for seen in found:
+        body = seen.json()
+        status = body.get("status") if isinstance(body, dict) else None
+        good = isinstance(status, str) and status.lower() in HEALTH_STATUSES
+        if seen.content_type == "application/health+json" and good:
+            shapes.append(f"{seen.short()} status={status}")
+        elif good:
+            verdict = WARN if verdict is PASS else verdict
+            shapes.append(f"{seen.short()} has a status but not application/health+json")
+        else:
+            verdict = FAIL
+            shapes.append(f"{seen.short()} has no health+json status field")
+    st.set("PRB003", verdict, "; ".join(shapes), found[0].url)
+    timings = []
+    worst = 0.0
+    failed = ""
+    for seen in found:
+        samples = [seen.elapsed]
+        for _ in range(2):
+            again = await st.client.send("GET", _path(seen.url))
+            if not again.ok:
+                failed = again.short()
+                break
+            samples.append(again.elapsed)
+        worst = max(worst, *samples)
+        timings.append(f"{_path(seen.url)} max {max(samples) * 1000:.0f} ms of {len(samples)}")
+    if failed:
+        st.set("PRB004", FAIL, f"{failed}; " + "; ".join(timings), found[0].url)
+    elif worst < 0.5:
+        st.set("PRB004", PASS, "; ".join(timings))
+    else:
+        st.set("PRB004", WARN, "slower than 500 ms: " + "; ".join(timings), found[0].url)
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def _write_route(st: _State) -> tuple[str, str] | None:
+    if st.opts.write_route:
+        method, _, path = st.opts.write_route.strip().partition(" ")
+        return method.upper(), path.strip() or "/"
+    if st.post_paths:
+        return "POST", st.post_paths[0]
+    return None
+
+
+async def _errors(st: _State) -> None:
+    client = st.client
+    unknown = await client.send("GET", f"/buttress-probe-{secrets.token_hex(4)}-missing")
+    st.errors.append(unknown)
+    if unknown.ok:
+        st.samples.append(unknown)
+    verdict = PASS if _problem_4xx(unknown) else FAIL
+    st.set("PRB010", verdict, unknown.short(), unknown.url)
+
+    target = _path(st.live.url) if st.live is not None else "/"
+    wrong = await client.send("DELETE", target)
+    st.errors.append(wrong)
+    if wrong.status == 405 and wrong.content_type == PROBLEM:
+        allow = wrong.header("allow")
+        st.set("PRB011", PASS, wrong.short() + (f", Allow: {allow}" if allow else ""))
+    elif _problem_4xx(wrong):
+        st.set("PRB011", WARN, f"{wrong.short()} (4xx problem+json, not 405)", wrong.url)
+    else:
+        st.set("PRB011", FAIL, wrong.short(), wrong.url)
+
+    route = _write_route(st)
+    if route is None:
+        note = "no write route: give --write-route 'POST /path' (no POST in /openapi.json)"
+        st.set("PRB012", NA, note)
+        st.set("PRB013", NA, note)
+    else:
+        method, path = route
+        headers = {
+            "content-type": "application/json",
+            "idempotency-key": f"buttress-probe-{secrets.token_hex(8)}",
+        }
+        bad = await client.send(method, path, headers=headers, content=b'{"broken": ')
+        st.errors.append(bad)
+        st.set("PRB012", PASS if _problem_4xx(bad) else FAIL, bad.short(), bad.url)
+        headers["idempotency-key"] = f"buttress-probe-{secrets.token_hex(8)}"
+        huge = await client.send_large(method, path, size=2 * 1024 * 1024, headers=headers)
+        st.errors.append(huge)
+        evidence = f"2 MiB body: {huge.short()}"
+        if huge.status == 413 and huge.content_type == PROBLEM:
+            st.set("PRB013", PASS, evidence)
+        elif _problem_4xx(huge):
+            st.set("PRB013", WARN, f"{evidence} (refused, but not as too large)", huge.url)
+        elif not huge.ok and huge.sent and "reset" in huge.error and _answers(st):
+            st.set("PRB013", WARN, f"{evidence} (closed without an answer)", huge.url)
+        else:
+            st.set("PRB013", FAIL, evidence, huge.url)
+
+    answered = [e for e in st.errors if e.ok]
+    if not answered:
+        st.set("PRB014", FAIL, "no error probe got an answer: " + st.errors[0].error)
+    else:
+        bad_ones = []
+        for seen in answered:
+            text = seen.body.decode("utf-8", "replace")
+            leak = next((m for m in LEAKS if m in text), "")
+            if seen.status >= 500 or leak:
+                bad_ones.append(seen.short() + (f" contains {leak!r}" if leak else ""))
+        if bad_ones:
+            st.set("PRB014", FAIL, "; ".join(bad_ones), answered[0].url)
+        else:
+            st.set("PRB014", PASS, f"{len(answered)} error answers, no 5xx, no internals")
+    if not answered:
+        st.set("PRB015", FAIL, "no error probe got an answer")
+    else:
+        missing = [s.short() for s in answered if not _request_id(s)]
+        if missing:
+            st.set("PRB015", FAIL, "no request id header: " + "; ".join(missing))
+        else:
+            ids = {_request_id(s) for s in answered}
+            st.set("PRB015", PASS, f"{len(answered)} error answers carry {', '.join(ids)}")
+
+
+def _answers(st: _State) -> bool:
+    """The target answered the other error probes (a reset is then about the body)."""
+    return any(e.ok for e in st.errors[:-1])
+
+
+def _request_id(seen: Exchange) -> str:
+    return next((h for h in REQUEST_ID_HEADERS if seen.header(h)), "")
+
+
+# -- security --------------------------------------------------------------------
+
+
+def _every(st: _State, rid: str, test: Any, what: str) -> None:
+    answered = [s for s in st.samples if s.ok]
+    if not answered:
+        st.set(rid, FAIL, "no answer to check headers on")
+        return
+    missing = [s for s in answered if not test(s)]
+    if missing:
+        shown = "; ".join(s.short() for s in missing[:3])
+        st.set(rid, FAIL, f"missing {what}: {shown}", missing[0].url)
+    else:
+        st.set(rid, PASS, f"{what} on {len(answered)} answers")
+
+
+def _frames_denied(seen: Exchange) -> bool:
+    csp = seen.header("content-security-policy").lower()
+    xfo = seen.header("x-frame-options").lower()
+    return "frame-ancestors" in csp or xfo in ("deny", "sameorigin")
+
+
+async def _security(st: _State, root: Exchange) -> None:
+    if root.ok:
+        st.samples.insert(0, root)
+    _every(
+        st,
+        "PRB020",
+        lambda s: s.header("x-content-type-options").lower() == "nosniff",
+        "X-Content-Type-Options: nosniff",
+    )
+    _every(st, "PRB021", _frames_denied, "CSP frame-ancestors or X-Frame-Options")
+    https = st.client.base.startswith("https://")
+    answered = [s for s in st.samples if s.ok]
+    hsts = [s for s in answered if "max-age=" in s.header("strict-transport-security")]
+    if https:
+        _every(
+            st,
+            "PRB022",
+            lambda s: "max-age=" in s.header("strict-transport-security"),
+            "Strict-Transport-Security",
+        )
+    elif answered and len(hsts) == len(answered):
+        st.set("PRB022", PASS, "Strict-Transport-Security sent (browsers honour it over https)")
+    else:
+        st.set("PRB022", NA, "http target: HSTS only applies over https; probe the https URL")
+    _every(
+        st,
+        "PRB023",
+        lambda s: bool(s.header("cache-control") or s.header("referrer-policy")),
+        "Cache-Control or Referrer-Policy",
+    )
+    if not answered:
+        st.set("PRB024", FAIL, "no answer to check headers on")
+    else:
+        loud = []
+        server = ""
+        for s in answered:
+            names = ("x-powered-by", "x-aspnet-version", "x-aspnetmvc-version")
+            loud += [f"{name}: {s.header(name)}" for name in names if s.header(name)]
+            if s.header("server"):
+                server = s.header("server")
+        if server and re.search(r"\d", server):
+            loud.append(f"server: {server}")
+        if loud:
+            st.set("PRB024", FAIL, "; ".join(sorted(set(loud))), answered[0].url)
+        elif server:
+            st.set("PRB024", WARN, f"server: {server} names the stack (no version)")
+        else:
+            st.set("PRB024", PASS, "no Server version, no X-Powered-By")
+    await _cors(st)
+
+
+async def _cors(st: _State) -> None:
+    origin = f"https://buttress-probe-{secrets.token_hex(4)}.example"
+    path = st.get_paths[0] if st.get_paths else "/"
+    plain = await st.client.send("GET", path, headers={"origin": origin})
+    pre = await st.client.send(
+        "OPTIONS",
+        path,
+        headers={"origin": origin, "access-control-request-method": "POST"},
+    )
+    answered = [s for s in (plain, pre) if s.ok]
+    if not answered:
+        st.set("PRB025", FAIL, f"no answer: {plain.short()}")
+        return
+    worst = PASS
+    notes = []
+    for s in answered:
+        allow = s.header("access-control-allow-origin")
+        creds = s.header("access-control-allow-credentials").lower() == "true"
+        if (allow in (origin, "*") and creds) or (allow == "null" and creds):
+            worst = FAIL
+            notes.append(f"{s.short()} allows {allow} with credentials")
+        elif allow == origin:
+            worst = WARN if worst is PASS else worst
+            notes.append(f"{s.short()} reflects Origin {origin} (no credentials)")
+        else:
+            notes.append(f"{s.short()} Access-Control-Allow-Origin: {allow or '(none)'}")
+    st.set("PRB025", worst, f"Origin: {origin}: " + "; ".join(notes), answered[0].url)
+
+
+_REMAINING = re.compile(r"(?:^|[;,\s])r=(\d+)")
+
+
+def _remaining(seen: Exchange) -> int | None:
+    """The remaining quota: RateLimit (draft 8+), RateLimit-Remaining or X-RateLimit-*."""
+    values = []
+    for value in seen.headers.get_list("ratelimit"):
+        values += [int(m) for m in _REMAINING.findall(value)]
+    for name in ("ratelimit-remaining", "x-ratelimit-remaining"):
+        raw = seen.header(name).split(",")[0].strip()
+        if raw.isdigit():
+            values.append(int(raw))
+    return min(values) if values else None
+
+
+async def _limited_route(st: _State) -> tuple[str, Exchange | None]:
+    """The GET route the burst aims at: given, else the first one that reports a quota."""
+    if st.opts.burst_route:
+        return st.opts.burst_route, None
+    skip = ("/health", "/livez", "/readyz", "/healthz", "/metrics", "/docs", "/redoc", "/openapi")
+    candidates = [p for p in st.get_paths if not p.startswith(skip)][:6]
+    first_ok: str | None = None
+    for path in candidates:
+        seen = await st.client.send("GET", path)
+        if _remaining(seen) is not None:
+            return path, seen
+        if first_ok is None and 200 <= seen.status < 300:
+            first_ok = path
+    return first_ok or "/", None
+
+
+async def _forwarded(st: _State, path: str) -> None:
+    counters = []
+    shown = []
+    for xff in ("", "203.0.113.10", "198.51.100.20"):
+        headers = {"x-forwarded-for": xff, "x-real-ip": xff} if xff else {}
+        seen = await st.client.send("GET", path, headers=headers)
+        counters.append(_remaining(seen))
+        shown.append(
+            f"{'XFF ' + xff if xff else 'no XFF'}: {seen.short()} remaining={counters[-1]}"
+        )
+    known = [c for c in counters if c is not None]
+    if len(known) < len(counters):
+        st.set("PRB026", NA, f"GET {path} reports no RateLimit remaining: " + "; ".join(shown))
+    elif all(a > b for a, b in itertools.pairwise(known)):
+        st.set("PRB026", PASS, "one budget, decreasing: " + "; ".join(shown))
+    elif known[0] == 0:
+        st.set("PRB026", NA, "the budget is spent (run again later): " + "; ".join(shown))
+    else:
+        st.set("PRB026", FAIL, "a forged X-Forwarded-For gets another budget: " + "; ".join(shown))
+
+
+# -- rate limits -----------------------------------------------------------------
+
+
+async def _burst(st: _State, path: str) -> None:
+    total = max(1, min(st.opts.burst, MAX_BURST))
+    client = st.client
+    end = min(client.deadline, time.monotonic() + 20.0)
+    answers: list[Exchange] = []
+    state = {"next": 0, "stop": False}
+
+    async def worker() -> None:
+        while not state["stop"] and state["next"] < total and time.monotonic() < end:
+            state["next"] += 1
+            seen = await client.send("GET", path)
+            answers.append(seen)
+            if seen.status == 429 or seen.status >= 500 or client.gave_up:
+                state["stop"] = True
+
+    await asyncio.gather(*(worker() for _ in range(min(BURST_CONCURRENCY, total))))
+    first_429 = next((i for i, s in enumerate(answers) if s.status == 429), None)
+    first_5xx = next((i for i, s in enumerate(answers) if s.status >= 500), None)
+    failed = [s for s in answers if not s.ok]
+    head = f"burst of up to {total} GET {path} ({BURST_CONCURRENCY} at a time): {len(answers)} sent"
+    if first_5xx is not None and (first_429 is None or first_5xx < first_429):
+        bad = answers[first_5xx]
+        st.set("PRB030", FAIL, f"{head}; {bad.short()} before any 429", bad.url)
+    elif first_429 is not None:
+        st.set("PRB030", PASS, f"{head}; 429 at request {first_429 + 1}")
+    elif failed and len(failed) == len(answers):
+        st.set("PRB030", FAIL, f"{head}; {failed[0].short()}", failed[0].url)
+    else:
+        note = f"; {len(failed)} without an answer" if failed else ""
+        st.set("PRB030", WARN, f"{head}; no 429 within the burst{note}")
+    if first_429 is None:
+        st.set("PRB031", NA, "no 429 seen")
+        return
+    limited = answers[first_429]
+    retry = limited.header("retry-after")
+    fields = [
+        name
+        for name in (
+            "ratelimit",
+            "ratelimit-policy",
+            "ratelimit-remaining",
+            "x-ratelimit-remaining",
+        )
+        if limited.header(name)
+    ]
+    evidence = (
+        f"{limited.short()} Retry-After: {retry or '(none)'}; "
+        f"fields: {', '.join(fields) or '(none)'}"
+    )
+    if retry and fields:
+        st.set("PRB031", PASS, evidence)
+    elif retry:
+        st.set("PRB031", WARN, evidence + " (no RateLimit fields)", limited.url)
+    else:
+        st.set("PRB031", FAIL, evidence, limited.url)
+
+
+# -- metrics ---------------------------------------------------------------------
+
+_TYPE = re.compile(r"^# TYPE (\S+) (counter|histogram)\s*$", re.MULTILINE)
+
+
+async def _metrics(st: _State) -> None:
+    seen = await st.client.send("GET", "/metrics")
+    if seen.status in (401, 403):
+        st.set("PRB040", NA, f"{seen.short()}: needs a token this probe does not have")
+        st.set("PRB041", PASS, f"{seen.short()}: refused without a token")
+        return
+    if seen.status != 200:
+        st.set("PRB040", FAIL, seen.short(), seen.url)
+        st.set("PRB041", NA, f"{seen.short()}: no /metrics")
+        return
+    types = _TYPE.findall(seen.body.decode("utf-8", "replace"))
+    counters = [n for n, t in types if t == "counter" and "request" in n]
+    histograms = [
+        n
+        for n, t in types
+        if t == "histogram"
+        and "request" in n
+        and ("duration" in n or "latency" in n or "seconds" in n)
+    ]
+    if counters and histograms:
+        st.set("PRB040", PASS, f"{seen.short()}: {counters[0]}, {histograms[0]}")
+    else:
+        missing = [
+            w
+            for w, got in (("request counter", counters), ("duration histogram", histograms))
+            if not got
+        ]
+        st.set("PRB040", FAIL, f"{seen.short()}: no {' and no '.join(missing)}", seen.url)
+    outside = await st.client.send(
+        "GET",
+        "/metrics",
+        headers={"x-forwarded-for": "203.0.113.7", "forwarded": "for=203.0.113.7"},
+    )
+    if outside.status in (401, 403, 404):
+        st.set(
+            "PRB041", PASS, f"forwarded for 203.0.113.7: {outside.short()} (plain: {seen.status})"
+        )
+    else:
+        st.set(
+            "PRB041",
+            WARN,
+            f"forwarded for 203.0.113.7: {outside.short()}; from here this probe cannot tell "
+            "whether the world can read it: check the proxy blocks /metrics",
+            outside.url,
+        )
+
+
+# -- the run ---------------------------------------------------------------------
+
+
+async def run(opts: ProbeOptions) -> Report:
+    """Probe ``opts.url``; the report (never raises for anything the target does)."""
+    started = time.monotonic()
+    client = Client(opts.url, timeout=opts.timeout, budget=opts.budget)
+    st = _State(client=client, opts=opts)
+    try:
+        root = await client.send("GET", "/")
+        await _discover(st)
+        await _health(st)
+        await _errors(st)
+        await _security(st, root)
+        await _metrics(st)
+        route, _ = await _limited_route(st)
+        await _forwarded(st, route)
+        await _burst(st, route)
+    finally:
+        await client.aclose()
+    return _report(st, opts, time.monotonic() - started)
+
+
+def _report(st: _State, opts: ProbeOptions, duration: float) -> Report:
+    checks = []
+    findings = []
+    for rid, definition in RULES.items():
+        outcome = st.outcomes.get(rid, _Outcome(NA, "not run (the run's time was up)"))
+        fail = outcome.status is FAIL
+        checks.append(
+            Check(
+                rule=definition,
+                status=outcome.status,
+                findings=int(fail),
+                evidence=outcome.evidence,
+            )
+        )
+        if fail:
+            findings.append(
+                Finding(
+                    rule_id=rid,
+                    category=definition.category,
+                    priority=definition.priority,
+                    message=f"{definition.title}: no. {outcome.evidence}"[:1000],
+                    location=Location(path=outcome.where or st.client.url("/")),
+                    fix=definition.fix,
+                    docs=definition.docs,
+                    fingerprint=f"{rid}:{_path(outcome.where)}",
+                )
+            )
+    return Report(
+        tool="buttress probe",
+        version=__version__,
+        target=opts.url,
+        rules=tuple(RULES.values()),
+        checks=tuple(checks),
+        findings=tuple(findings),
+        duration=duration,
+        extra={"requests": str(st.client.sent)},
+    )
+
+
+def probe(opts: ProbeOptions) -> Report:
+    """Probe synchronously (`run` in a fresh event loop)."""
+    return asyncio.run(run(opts))
