@@ -489,6 +489,12 @@ def _add_probe(sub: Any) -> None:
         help="a write route for the malformed and oversized bodies (else a POST in /openapi.json)",
     )
     probe.add_argument(
+        "--write-body",
+        metavar="JSON",
+        help="the JSON body of the idempotency checks (else one built from the route's "
+        "schema in /openapi.json, else {})",
+    )
+    probe.add_argument(
         "--burst-route",
         metavar="PATH",
         help="the GET path the burst and X-Forwarded-For checks use (else one that "

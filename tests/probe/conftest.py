@@ -72,7 +72,8 @@ def naive_app() -> FastAPI:
     """No hardening: framework errors as application/json, no security headers, CORS that
     reflects any origin with credentials, X-Powered-By, a rate limit keyed on the client
     address (which uvicorn takes from X-Forwarded-For on loopback) and 429 without
-    Retry-After, /health as plain JSON serving liveness and readiness, no /metrics."""
+    Retry-After, /health as plain JSON serving liveness and readiness, no /metrics, and a
+    POST /items that creates a new item (a new id) every time, ignoring Idempotency-Key."""
     app = FastAPI()
     app.add_middleware(
         CORSMiddleware,
@@ -103,9 +104,12 @@ def naive_app() -> FastAPI:
         response.headers["RateLimit-Remaining"] = str(left)
         return [{"name": "a", "price": 1.0}]
 
-    @app.post("/items")
-    async def create(item: Item) -> Item:
-        return item
+    created = iter(range(1, 1_000_000))
+
+    @app.post("/items", status_code=201)
+    async def create(item: Item) -> dict[str, Any]:
+        """Creates a new item every time: the Idempotency-Key is ignored."""
+        return {"id": next(created), **item.model_dump()}
 
     return app
 

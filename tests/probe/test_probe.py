@@ -53,6 +53,28 @@ def test_demo_passes_every_check(
     assert all(c["evidence"] for c in data["checks"])
 
 
+def test_demo_replays_with_a_given_body(
+    demo_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "probe.json"
+    argv = [
+        demo_url,
+        "--write-route",
+        "POST /orders",
+        "--write-body",
+        '{"sku": "abc-1", "quantity": 3}',
+    ]
+    code = main(["probe", *argv, "--burst", "5", "--format", "json", "--output", str(out)])
+    assert "Traceback" not in capsys.readouterr().err
+    checks = {c["rule"]: c for c in json.loads(out.read_text())["checks"]}
+    for rid in ("PRB050", "PRB051", "PRB052"):
+        assert checks[rid]["status"] == "pass", checks[rid]["evidence"]
+    assert "Idempotent-Replayed: true" in checks["PRB050"]["evidence"]
+    assert "422 application/problem+json" in checks["PRB051"]["evidence"]
+    assert "gave up" in checks["PRB052"]["evidence"] or "[id" in checks["PRB052"]["evidence"]
+    assert code == 0
+
+
 def test_naive_app_reports_each_missing_protection(
     naive_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -80,8 +102,11 @@ def test_naive_app_reports_each_missing_protection(
         "PRB031": "fail",  # ... without Retry-After
         "PRB040": "fail",  # no /metrics
         "PRB041": "not-applicable",
+        "PRB050": "fail",  # POST /items creates a new id for the same key
+        "PRB051": "fail",  # ... and for another body under it
+        "PRB052": "fail",  # ... and for every retry
     }
-    assert code == 1  # P0 failures: CORS, XFF
+    assert code == 1  # P0 failures: CORS, XFF, idempotency
     failed = [f for f in data["findings"] if f["rule"] == "PRB025"]
     assert failed
     assert failed[0]["path"].startswith(naive_url)

@@ -8,6 +8,7 @@ in one line before any request is sent.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from urllib.parse import urlsplit
@@ -44,6 +45,11 @@ def _problem(args: argparse.Namespace) -> str | None:
         method, _, path = args.write_route.strip().partition(" ")
         if method.upper() not in ("POST", "PUT", "PATCH") or not path.strip().startswith("/"):
             return f"--write-route {args.write_route!r}: expected 'POST /path' (or PUT, PATCH)"
+    if args.write_body is not None:
+        try:
+            json.loads(args.write_body)
+        except ValueError as exc:
+            return f"--write-body is not JSON: {exc}"
     for path in [*(args.health or []), *([args.burst_route] if args.burst_route else [])]:
         if not path.startswith("/"):
             return f"{path!r}: a path starts with /"
@@ -62,6 +68,7 @@ def run_probe(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         health=tuple(args.health or ()),
         write_route=args.write_route,
+        write_body=args.write_body,
         burst=args.burst,
         burst_route=args.burst_route,
     )

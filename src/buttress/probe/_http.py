@@ -182,6 +182,76 @@ class Client:
         seen.elapsed = time.monotonic() - started
         return seen
 
+    async def send_and_give_up(
+        self, method: str, path: str, *, headers: dict[str, str], content: bytes, wait: float
+    ) -> Exchange:
+        """Send a whole request, then wait only ``wait`` seconds: a client that times out.
+
+        The request is written in full (so the service has it), then the connection is
+        closed unless an answer began within ``wait``. The `Exchange` has ``error`` set
+        when the client gave up; an answer that did arrive in time is kept as far as read.
+        """
+        url = self.url(path)
+        seen = Exchange(method=method, url=url)
+        if self.gave_up:
+            seen.sent = False
+            seen.error = "not sent: the target stopped answering"
+            return seen
+        self.sent += 1
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._give_up(seen, headers, content, wait), self.timeout)
+        except Exception as exc:  # any failure is a result, never a traceback
+            seen.error = _describe(exc, self.timeout)
+            seen.status = 0
+            self._failures += 1
+        else:
+            self._failures = 0
+        seen.elapsed = time.monotonic() - started
+        return seen
+
+    async def _give_up(
+        self, seen: Exchange, headers: dict[str, str], content: bytes, wait: float
+    ) -> None:
+        target = httpx.URL(seen.url)
+        context = None
+        if target.scheme == "https":
+            import ssl  # noqa: PLC0415
+
+            context = ssl.create_default_context()
+        port = target.port or (443 if target.scheme == "https" else 80)
+        reader, writer = await asyncio.open_connection(target.host, port, ssl=context)
+        try:
+            lines = [
+                f"{seen.method} {target.raw_path.decode('ascii')} HTTP/1.1",
+                f"host: {target.netloc.decode('ascii')}",
+                "user-agent: buttress-probe",
+                f"content-length: {len(content)}",
+                "connection: close",
+                *(f"{k}: {v}" for k, v in headers.items()),
+            ]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + content)
+            await writer.drain()
+            try:
+                raw = await asyncio.wait_for(reader.read(MAX_BODY), wait)
+            except TimeoutError:
+                seen.error = f"the client gave up after {wait * 1000:g} ms (on purpose)"
+                return
+            head, _, body = raw.partition(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            parts = status_line.split()
+            if len(parts) < 2 or not parts[1].isdigit():
+                seen.error = "not a valid HTTP answer (garbage)"
+                return
+            seen.status = int(parts[1])
+            pairs = [h.split(":", 1) for h in header_lines if ":" in h]
+            seen.headers = httpx.Headers([(k.strip(), v.strip()) for k, v in pairs])
+            seen.body = body
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 0.5)
+
     async def _large(self, seen: Exchange, size: int, headers: dict[str, str]) -> None:
         target = httpx.URL(seen.url)
         context = None

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from buttress import __version__
 from buttress.probe._http import Client, Exchange
+from buttress.probe._idem import example_body, idempotency
 from buttress.probe._rules import RULES
 from buttress.report import Check, CheckStatus, Finding, Location, Report
 
@@ -59,6 +60,7 @@ class ProbeOptions:
     timeout: float = 5.0  # seconds, per request, in total
     health: tuple[str, ...] = ()  # liveness path, then readiness path
     write_route: str | None = None  # "POST /orders"
+    write_body: str | None = None  # JSON; else from /openapi.json's schema, else {}
     burst: int = 50
     burst_route: str | None = None  # a GET path
     budget: float = 60.0  # seconds for the whole run, the burst included
@@ -92,6 +94,8 @@ class _State:
     get_paths: list[str] = field(default_factory=list)
     post_paths: list[str] = field(default_factory=list)
     live: Exchange | None = None
+    openapi: Any = None
+    write_schemas: dict[str, Any] = field(default_factory=dict)  # "POST /path" -> schema
 
     def set(self, rid: str, status: CheckStatus, evidence: str, where: str = "") -> None:
         self.outcomes[rid] = _Outcome(status, evidence, where or self.client.url("/"))
@@ -123,6 +127,7 @@ async def _discover(st: _State) -> None:
     paths = doc.get("paths") if isinstance(doc, dict) else None
     if not isinstance(paths, dict):
         return
+    st.openapi = doc
     for path, ops in list(paths.items())[:200]:
         if not isinstance(path, str) or not path.startswith("/") or not isinstance(ops, dict):
             continue
@@ -134,6 +139,15 @@ async def _discover(st: _State) -> None:
             own = op.get("parameters", []) if isinstance(op.get("parameters"), list) else []
             filled = _fill(path, [*shared, *own])
             (st.get_paths if method == "get" else st.post_paths).append(filled)
+        for method in ("post", "put", "patch"):
+            op = ops.get(method)
+            body = op.get("requestBody") if isinstance(op, dict) else None
+            content = body.get("content") if isinstance(body, dict) else None
+            media = content.get("application/json") if isinstance(content, dict) else None
+            if isinstance(op, dict) and isinstance(media, dict) and "schema" in media:
+                own = op.get("parameters", []) if isinstance(op.get("parameters"), list) else []
+                key = f"{method.upper()} {_fill(path, [*shared, *own])}"
+                st.write_schemas[key] = media["schema"]
 
 
 # -- health ----------------------------------------------------------------------
@@ -303,6 +317,34 @@ async def _errors(st: _State) -> None:
         else:
             ids = {_request_id(s) for s in answered}
             st.set("PRB015", PASS, f"{len(answered)} error answers carry {', '.join(ids)}")
+
+
+# -- idempotency -----------------------------------------------------------------
+
+
+def _write_body(st: _State, method: str, path: str) -> Any:
+    import json  # noqa: PLC0415
+
+    if st.opts.write_body is not None:
+        return json.loads(st.opts.write_body)
+    schema = st.write_schemas.get(f"{method} {path}")
+    if schema is None:
+        return {}
+    body = example_body(schema, st.openapi)
+    return {} if body is None else body
+
+
+async def _idempotency(st: _State) -> None:
+    route = _write_route(st)
+    if route is None:
+        note = "no write route: give --write-route 'POST /path' (no POST in /openapi.json)"
+        for rid in ("PRB050", "PRB051", "PRB052"):
+            st.set(rid, NA, note)
+        return
+    method, path = route
+    outcomes = await idempotency(st.client, method, path, _write_body(st, method, path))
+    for rid, (status, evidence, where) in outcomes.items():
+        st.set(rid, status, evidence, where if status is FAIL else "")
 
 
 def _answers(st: _State) -> bool:
@@ -595,6 +637,7 @@ async def run(opts: ProbeOptions) -> Report:
         await _errors(st)
         await _security(st, root)
         await _metrics(st)
+        await _idempotency(st)
         route, _ = await _limited_route(st)
         await _forwarded(st, route)
         await _burst(st, route)
