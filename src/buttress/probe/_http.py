@@ -210,9 +210,11 @@ class Client:
         seen.elapsed = time.monotonic() - started
         return seen
 
-    async def _give_up(
-        self, seen: Exchange, headers: dict[str, str], content: bytes, wait: float
-    ) -> None:
+    @staticmethod
+    async def _raw(
+        seen: Exchange, headers: dict[str, str], length: int, *extra: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection of its own to ``seen.url``, the request's head written on it."""
         target = httpx.URL(seen.url)
         context = None
         if target.scheme == "https":
@@ -221,16 +223,42 @@ class Client:
             context = ssl.create_default_context()
         port = target.port or (443 if target.scheme == "https" else 80)
         reader, writer = await asyncio.open_connection(target.host, port, ssl=context)
+        lines = [
+            f"{seen.method} {target.raw_path.decode('ascii')} HTTP/1.1",
+            f"host: {target.netloc.decode('ascii')}",
+            "user-agent: buttress-probe",
+            f"content-length: {length}",
+            *extra,
+            "connection: close",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        return reader, writer
+
+    @staticmethod
+    def _head(seen: Exchange, raw: bytes) -> bool:
+        """The status and headers of an answer's head into ``seen``; False: not HTTP."""
+        status_line, *header_lines = raw.decode("latin-1").split("\r\n")
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            return False
+        seen.status = int(parts[1])
+        pairs = [h.split(":", 1) for h in header_lines if ":" in h]
+        seen.headers = httpx.Headers([(k.strip(), v.strip()) for k, v in pairs])
+        return True
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 0.5)
+
+    async def _give_up(
+        self, seen: Exchange, headers: dict[str, str], content: bytes, wait: float
+    ) -> None:
+        reader, writer = await self._raw(seen, headers, len(content))
         try:
-            lines = [
-                f"{seen.method} {target.raw_path.decode('ascii')} HTTP/1.1",
-                f"host: {target.netloc.decode('ascii')}",
-                "user-agent: buttress-probe",
-                f"content-length: {len(content)}",
-                "connection: close",
-                *(f"{k}: {v}" for k, v in headers.items()),
-            ]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + content)
+            writer.write(content)
             await writer.drain()
             try:
                 raw = await asyncio.wait_for(reader.read(MAX_BODY), wait)
@@ -238,40 +266,16 @@ class Client:
                 seen.error = f"the client gave up after {wait * 1000:g} ms (on purpose)"
                 return
             head, _, body = raw.partition(b"\r\n\r\n")
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            parts = status_line.split()
-            if len(parts) < 2 or not parts[1].isdigit():
+            if not self._head(seen, head):
                 seen.error = "not a valid HTTP answer (garbage)"
                 return
-            seen.status = int(parts[1])
-            pairs = [h.split(":", 1) for h in header_lines if ":" in h]
-            seen.headers = httpx.Headers([(k.strip(), v.strip()) for k, v in pairs])
             seen.body = body
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 0.5)
+            await self._close(writer)
 
     async def _large(self, seen: Exchange, size: int, headers: dict[str, str]) -> None:
-        target = httpx.URL(seen.url)
-        context = None
-        if target.scheme == "https":
-            import ssl  # noqa: PLC0415
-
-            context = ssl.create_default_context()
-        port = target.port or (443 if target.scheme == "https" else 80)
-        reader, writer = await asyncio.open_connection(target.host, port, ssl=context)
+        reader, writer = await self._raw(seen, headers, size, "expect: 100-continue")
         try:
-            lines = [
-                f"{seen.method} {target.raw_path.decode('ascii')} HTTP/1.1",
-                f"host: {target.netloc.decode('ascii')}",
-                "user-agent: buttress-probe",
-                f"content-length: {size}",
-                "expect: 100-continue",
-                "connection: close",
-                *(f"{k}: {v}" for k, v in headers.items()),
-            ]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             await writer.drain()
             head = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
             try:
@@ -283,18 +287,15 @@ class Client:
                 raw = await head
             finally:
                 head.cancel()
-            status_line, *header_lines = raw.decode("latin-1").split("\r\n")
-            seen.status = int(status_line.split()[1])
-            pairs = [h.split(":", 1) for h in header_lines if ":" in h]
-            seen.headers = httpx.Headers([(k.strip(), v.strip()) for k, v in pairs])
+            if not self._head(seen, raw.rstrip(b"\r\n")):
+                seen.error = "not a valid HTTP answer (garbage)"
+                return
             length = seen.headers.get("content-length", "")
             want = min(int(length), MAX_BODY) if length.isdigit() else MAX_BODY
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                 seen.body = await reader.readexactly(want) if length.isdigit() else b""
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await self._close(writer)
 
     @staticmethod
     async def _body(writer: asyncio.StreamWriter, head: asyncio.Future[bytes], size: int) -> None:
