@@ -11,11 +11,15 @@ import io
 import logging
 import os
 import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from buttress import telemetry
@@ -38,6 +42,47 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     if "x-request-id" in response.headers:
         assert body["request_id"] == response.headers["x-request-id"]
     return body
+
+
+@contextlib.contextmanager
+def served(
+    args: list[str],
+    ready_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process started from ``args``, up once ``ready_url`` answers 200; stopped after.
+
+    Fails the test (with the end of its stderr) if it exits or does not answer in time.
+    """
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally; a file, not a pipe
+    proc = subprocess.Popen(  # noqa: S603 - this interpreter, a command of the tests
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(ready_url, timeout=1.0).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(timeout=10)
+                errors.seek(0)
+                err = errors.read().decode(errors="replace")
+                pytest.fail(f"{' '.join(args[:4])}... did not start: {err[-2000:]}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # a stuck shutdown
+            proc.kill()
+            proc.wait(timeout=10)
+        errors.close()
 
 
 def free_port() -> int:

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -51,7 +50,7 @@ from buttress.asgi._limit_algorithms import AIMDLimit, GradientLimit, LimitAlgor
 from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.errors import ConfigurationError, DeadlineExceeded
 from buttress.testing import FakeClock
-from tests.conftest import free_port
+from tests.conftest import free_port, served
 
 PROBLEM_TYPE = "https://buttress.dev/problems/overloaded"
 
@@ -1085,48 +1084,22 @@ def shedding_server(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "shed_app.py").write_text(SERVER_APP)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "shed_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "shed_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"uvicorn did not start: {err[-2000:]}")
-            time.sleep(0.05)
+    with served(args, f"{url}/health", env=env, cwd=tmp_path, timeout=20):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.mark.process

@@ -15,14 +15,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, served
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = "127.0.0.1:8000"
@@ -62,32 +60,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "BUTTRESS_DEMO_DB": str(tmp_path_factory.mktemp("demo") / "o.db")}
     env.pop("BUTTRESS_STORE_URL", None)
     code = "import sys; from buttress.cli import main; sys.exit(main(sys.argv[1:]))"
-    server = subprocess.Popen(  # noqa: S603 - this interpreter, the project's own CLI
-        [sys.executable, "-c", code, "demo", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, "the demo exited"
-            assert time.monotonic() < deadline, "the demo did not answer within 30 s"
-            time.sleep(0.1)
-        yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a stuck shutdown
-            server.kill()
-            server.wait()
+    args = [sys.executable, "-c", code, "demo", "--host", "127.0.0.1", "--port", str(port)]
+    with served(args, f"http://127.0.0.1:{port}/health/live", env=env):
+        yield f"127.0.0.1:{port}"
 
 
 def sh(command: str) -> subprocess.CompletedProcess[str]:

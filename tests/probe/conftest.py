@@ -9,58 +9,30 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until_up(url: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up within {deadline} s")
+from tests.conftest import free_port, served
 
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
     """``python -m buttress demo`` on a free loopback port."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "buttress", "demo", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url + "/health/live")
+    with served(
+        [sys.executable, "-m", "buttress", "demo", "--port", str(port)], url + "/health/live"
+    ):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 class Item(BaseModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,28 +130,7 @@ class Client:
         content: bytes | None = None,
     ) -> Exchange:
         """Send one request; the answer, or an `Exchange` with ``error`` set."""
-        url = self.url(path)
-        seen = Exchange(method=method, url=url)
-        if self.gave_up:
-            seen.sent = False
-            seen.error = (
-                "not sent: the run's time is up"
-                if time.monotonic() >= self.deadline
-                else "not sent: the target stopped answering"
-            )
-            return seen
-        self.sent += 1
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(self._exchange(seen, headers, content), self.timeout)
-        except Exception as exc:
-            seen.error = _describe(exc, self.timeout)
-            seen.status = 0
-            self._failures += 1
-        else:
-            self._failures = 0
-        seen.elapsed = time.monotonic() - started
-        return seen
+        return await self._timed(method, path, lambda seen: self._exchange(seen, headers, content))
 
     async def send_large(
         self, method: str, path: str, *, size: int, headers: dict[str, str]
@@ -163,24 +143,7 @@ class Client:
         A server that refuses the declared length at once answers before any body is
         sent, so its close cannot reset the connection under its own answer.
         """
-        url = self.url(path)
-        seen = Exchange(method=method, url=url)
-        if self.gave_up:
-            seen.sent = False
-            seen.error = "not sent: the target stopped answering"
-            return seen
-        self.sent += 1
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(self._large(seen, size, headers), self.timeout)
-        except Exception as exc:  # any failure is a result, never a traceback
-            seen.error = _describe(exc, self.timeout)
-            seen.status = 0
-            self._failures += 1
-        else:
-            self._failures = 0
-        seen.elapsed = time.monotonic() - started
-        return seen
+        return await self._timed(method, path, lambda seen: self._large(seen, size, headers))
 
     async def send_and_give_up(
         self, method: str, path: str, *, headers: dict[str, str], content: bytes, wait: float
@@ -191,16 +154,27 @@ class Client:
         closed unless an answer began within ``wait``. The `Exchange` has ``error`` set
         when the client gave up; an answer that did arrive in time is kept as far as read.
         """
-        url = self.url(path)
-        seen = Exchange(method=method, url=url)
+        return await self._timed(
+            method, path, lambda seen: self._give_up(seen, headers, content, wait)
+        )
+
+    async def _timed(
+        self, method: str, path: str, work: Callable[[Exchange], Awaitable[None]]
+    ) -> Exchange:
+        """Run one exchange within the timeout: counted, timed, any failure a result."""
+        seen = Exchange(method=method, url=self.url(path))
         if self.gave_up:
             seen.sent = False
-            seen.error = "not sent: the target stopped answering"
+            seen.error = (
+                "not sent: the run's time is up"
+                if time.monotonic() >= self.deadline
+                else "not sent: the target stopped answering"
+            )
             return seen
         self.sent += 1
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._give_up(seen, headers, content, wait), self.timeout)
+            await asyncio.wait_for(work(seen), self.timeout)
         except Exception as exc:  # any failure is a result, never a traceback
             seen.error = _describe(exc, self.timeout)
             seen.status = 0
