@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import socket
@@ -424,7 +425,7 @@ def _add_audit(sub: Any) -> None:
     audit.add_argument(
         "--no-cache", action="store_true", help="read and write no cache (a clean run)"
     )
-    audit.set_defaults(handler=_audit, requests=200, concurrency=10)
+    audit.set_defaults(handler=_audit)
 
 
 _PROBE_DESCRIPTION = """\
@@ -511,7 +512,13 @@ def _add_probe(sub: Any) -> None:
         action="store_true",
         help="allow a target that is not loopback (you must own it)",
     )
-    probe.set_defaults(handler=_probe, requests=200, concurrency=10)
+    probe.set_defaults(handler=_probe)
+
+
+# Commands that live in their own package: each module has ``add_command(subparsers)``,
+# which adds its parser with ``set_defaults(handler=...)`` and imports nothing heavy (the
+# handler imports what the command needs, so ``buttress --help`` stays fast).
+_COMMANDS: tuple[str, ...] = ()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -556,7 +563,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start the service, verify every feature over HTTP, exit non-zero on failure",
     )
-    serve.set_defaults(handler=_serve_demo, requests=200, concurrency=10)
+    serve.set_defaults(handler=_serve_demo)
     demo = sub.add_parser(
         "resilience-demo",
         help="a flaky local dependency, called naively and through a Pipeline",
@@ -573,16 +580,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     _add_audit(sub)
     _add_probe(sub)
+    for module in _COMMANDS:
+        importlib.import_module(module).add_command(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    if not 10 <= args.requests <= 1000:
+    if args.command == "resilience-demo" and not 10 <= args.requests <= 1000:
         print("buttress: --requests must be between 10 and 1000", file=sys.stderr)
         return 2
-    if not 1 <= args.concurrency <= 50:
+    if args.command == "resilience-demo" and not 1 <= args.concurrency <= 50:
         print("buttress: --concurrency must be between 1 and 50", file=sys.stderr)
         return 2
     try:
