@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the buttress benchmarks: ``python bench/run.py NAME``.
 
-NAME: outbound, ratelimit, asgi, stores, memory, metrics, or all. ``./dev bench NAME`` calls
+NAME: outbound, ratelimit, quotas, asgi, stores, memory, metrics, or all. ``./dev bench NAME`` calls
 this. Extra arguments go to each script (see ``--help`` of ``bench/outbound.py``,
 ``bench/ratelimit.py``, ``bench/asgi.py``, ``bench/stores.py``, ``bench/memory.py`` and
 ``bench/metrics.py``).
@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = {
     "outbound": "outbound.py",
     "ratelimit": "ratelimit.py",
+    "quotas": "quotas.py",
     "asgi": "asgi.py",
     "stores": "stores.py",
     "memory": "memory.py",
@@ -37,6 +38,7 @@ NEEDS = {
         "aiolimiter",
     ],
     "ratelimit": ["limits", "aiolimiter", "pyrate_limiter"],
+    "quotas": ["starlette", "slowapi"],
     "asgi": [
         "starlette",
         "uvicorn",

@@ -452,3 +452,45 @@ async def test_fastapis_own_tracing_makes_no_second_server_span() -> None:
     assert [s.name for s in servers] == ["GET /items/{item}"]
     trace_id, _ = _hex(servers[0])
     assert response.headers["traceresponse"].split("-")[1] == trace_id
+
+
+async def test_an_outbound_retry_names_each_attempt_span_in_its_traceparent(
+    spans: InMemorySpanExporter,
+) -> None:
+    """buttress.http with propagate_context: the server called sees each attempt as parent."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from buttress.asgi.context import propagate_context
+    from buttress.http import async_client, is_retriable_response
+
+    seen: list[str] = []
+
+    async def stock(request: Request) -> PlainTextResponse:
+        seen.append(request.headers["traceparent"])
+        first = len(seen) == 1
+        return PlainTextResponse("busy" if first else "7", 503 if first else 200)
+
+    upstream = Starlette(routes=[Route("/stock", stock)])
+    outbound = Pipeline(Retry(attempts=2, retry_on_result=is_retriable_response), name="inventory")
+    app = FastAPI()
+
+    @app.get("/order")
+    async def order() -> dict[str, str]:
+        async with async_client(
+            transport=httpx.ASGITransport(app=upstream),
+            base_url="http://inventory.test",
+            pipeline=outbound,
+            on_request=[propagate_context],
+        ) as inventory:
+            return {"stock": (await inventory.get("/stock")).text}
+
+    response = await _get(harden(app, HardenSettings(**QUIET)), "/order")
+    assert response.json() == {"stock": "7"}
+    attempts = sorted(_by_name(spans)["buttress.attempt"], key=lambda s: s.start_time or 0)
+    assert len(attempts) == 2 == len(seen)
+    for header, attempt in zip(seen, attempts, strict=True):
+        trace_id, span_id = _hex(attempt)
+        assert header == f"00-{trace_id}-{span_id}-{_flags(attempt)}"

@@ -43,6 +43,7 @@ __all__ = [
     "Rate",
     "RateDecision",
     "RateRequest",
+    "charge_request",
     "decide",
     "gcra",
 ]
@@ -281,3 +282,33 @@ def gcra(
             now_d, _ = decide(stored, now, interval, interval * rate.burst, rate.burst, 0)
             decisions[i] = RateDecision(False, rate.burst, now_d.remaining, 0.0, now_d.reset_after)
     return decisions, None
+
+
+# ---------------------------------------------------------------- charging after the fact
+def charge_request(key: str, rate: Rate, cost: int, slack: int = 0) -> RateRequest:
+    """The request that charges ``cost`` units to ``key`` *after* the work was done.
+
+    A cost known only from the response (rows exported, tokens generated, bytes stored)
+    cannot be refused any more; it must be counted. This request's burst is widened by
+    ``max(cost, 0) + slack``, which turns GCRA's admission test into
+
+        max(TAT, now) + cost*T  <=  now + (B + max(cost, 0) + slack)*T
+        <=>  max(TAT, now)  <=  now + tau + slack*T           (cost >= 0)
+
+    so, with ``slack`` 0, the charge lands exactly when the key is not overdrawn, and then
+    leaves it at most ``cost`` units beyond its limit. When a request is admitted only
+    while the key is not overdrawn (a cost-0 check before the handler), a key whose
+    requests are served one at a time is never more than one request's cost beyond its
+    limit, and refused until it is back under it. A charge that finds the key overdrawn
+    already (another request's charge landed in between) is retried by the caller with
+    ``slack`` covering the overdraft, so nothing is forgotten. A negative ``cost`` is a
+    refund (storage freed); the stored TAT never goes below ``now`` (nothing is owed).
+
+    Example::
+
+        day = Rate(1000, 86400.0)
+        request = charge_request("rows:tenant-7", day, 250)
+        request.rate.burst, request.cost            # (1250, 250)
+    """
+    burst = rate.burst + max(cost, 0) + max(slack, 0)
+    return RateRequest(key, Rate(rate.limit, rate.period, burst), cost)

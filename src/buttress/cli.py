@@ -381,6 +381,8 @@ examples:
   buttress audit . --write-baseline .buttress-baseline.json   adopt on an old codebase...
   buttress audit . --baseline .buttress-baseline.json --fail-on P1   ...fail on new ones
   buttress audit . --select BTR001,BTR002 --format json
+  buttress audit . --diff                           what --fix would change
+  buttress audit . --fix                            apply the mechanical fixes
 """
 
 
@@ -425,6 +427,24 @@ def _add_audit(sub: Any) -> None:
     audit.add_argument(
         "--no-cache", action="store_true", help="read and write no cache (a clean run)"
     )
+    audit.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes for parsing and the per-file rules (default: one per CPU; 1: none "
+        "forked); the report is the same for any N",
+    )
+    audit.add_argument(
+        "--fix",
+        action="store_true",
+        help="rewrite the mechanical fixes in place (timeouts, bare except, cache bounds, "
+        "debug flags, verify=False), then report what is left",
+    )
+    audit.add_argument(
+        "--diff",
+        action="store_true",
+        help="print the --fix changes as a unified diff and write nothing (exit 1 if any)",
+    )
     audit.set_defaults(handler=_audit)
 
 
@@ -434,11 +454,20 @@ application/health+json, latency), error answers (unknown path, wrong method, ma
 JSON, oversized body: 4xx problem+json with a request id, never a 5xx or a stack trace),
 security headers (nosniff, framing, HSTS, Cache-Control, no fingerprinting), CORS
 reflection, X-Forwarded-For spoofing of the rate-limit key, a bounded burst that must get
-429 with Retry-After before any 5xx, and /metrics (counts, duration histograms, not open).
-Each check passes, warns or fails with the request sent and what was seen; the scorecard,
-formats and gates are buttress audit's. Every request has a timeout and every loop a
-bound; traffic goes only to URL, and a URL that is not loopback needs --allow-remote.
-Checks and evidence: docs/probe.md. Exit status: 0 gates passed, 1 a gate failed, 2 usage.
+429 with Retry-After before any 5xx, /metrics (counts, duration histograms, not open) and
+Idempotency-Key replays. Each check passes, warns or fails with the request sent and what
+was seen; the scorecard, formats and gates are buttress audit's.
+
+Modes, after the checks: --load (a bounded load with k6-style --threshold gates and a live
+display; --emit locust|k6 FILE writes the same scenario for a distributed runner);
+--start CMD (start the service, SIGTERM it under load: requests lost, readiness 503, exit);
+--fault CMD --recover CMD (readiness 503 and liveness 200 while a dependency is down, then
+both recover); --compare URL (parity of two environments). --watch DURATION is the deploy
+gate: it polls the service (or --prometheus URL) and runs --on-fail CMD when a threshold
+breaks. Every request has a timeout and every loop a bound; traffic goes only to the URLs
+given, and one that is not loopback needs --allow-remote. Commands are split like a shell
+line and run without a shell. Checks and evidence: docs/probe.md.
+Exit status: 0 gates passed, 1 a gate or a threshold failed, 2 usage.
 """
 
 _PROBE_EPILOG = """\
@@ -449,6 +478,15 @@ examples:
   buttress probe http://127.0.0.1:8000 --health /live --health /ready --timeout 2
   buttress probe http://127.0.0.1:8000 --format json --output probe.json
   buttress probe https://staging.example.com --allow-remote --format markdown
+  buttress probe http://127.0.0.1:8000 --load --rate 50 --threshold 'p95<200ms'
+  buttress probe http://127.0.0.1:8000 --load-route /orders --emit locust locustfile.py
+  buttress probe http://127.0.0.1:8000 --start 'buttress demo --port 8000'
+  buttress probe http://127.0.0.1:8000 --fault 'docker stop redis' --recover 'docker start redis'
+  buttress probe http://127.0.0.1:8000 --watch 5m --threshold 'error_rate<1%' \
+      --on-fail './rollback.sh'
+  buttress probe http://127.0.0.1:8000 --watch 5m --prometheus http://127.0.0.1:9090 \
+      --threshold 'p95<500ms' --on-fail './rollback.sh'
+  buttress probe http://127.0.0.1:8000 --compare http://127.0.0.1:8001
 """
 
 
@@ -512,16 +550,120 @@ def _add_probe(sub: Any) -> None:
         action="store_true",
         help="allow a target that is not loopback (you must own it)",
     )
+
+    def seconds(text: str) -> float:
+        """``5m`` -> 300.0 (``ms``, ``s``, ``m``, ``h``; a bare number is seconds)."""
+        import re  # noqa: PLC0415
+
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", text)
+        if m is None:
+            raise argparse.ArgumentTypeError(f"{text!r}: a duration like 10s, 5m, 1h or 500ms")
+        return float(m[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}[m[2]]
+
+    load = probe.add_argument_group("load (PRB060-PRB062)")
+    load.add_argument(
+        "--load", action="store_true", help="run a bounded load after the checks (see --duration)"
+    )
+    load.add_argument(
+        "--threshold",
+        action="append",
+        metavar="EXPR",
+        help="a k6-style gate, repeatable: p50..p99.9, med, avg, min, max (ms, s), error_rate "
+        "(%%), rps; e.g. 'p95<500ms', 'error_rate<1%%' (default with --load: those two)",
+    )
+    load.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        metavar="N",
+        help="requests in flight (8, at most 256)",
+    )
+    load.add_argument(
+        "--rate", type=float, metavar="R", help="requests started a second (default: no pacing)"
+    )
+    load.add_argument(
+        "--duration", type=seconds, default=10.0, metavar="D", help="of the load (10s, at most 10m)"
+    )
+    load.add_argument(
+        "--load-route",
+        metavar="PATH",
+        help="the GET path loaded or watched (else the first plain GET route of /openapi.json)",
+    )
+    load.add_argument(
+        "--emit",
+        nargs=2,
+        metavar=("TOOL", "FILE"),
+        help="write the load as a locust or k6 script to FILE and exit (no traffic)",
+    )
+    life = probe.add_argument_group("shutdown and faults (PRB070-PRB082)")
+    life.add_argument(
+        "--start",
+        metavar="CMD",
+        help="start the service with CMD; SIGTERM it under load at the end",
+    )
+    life.add_argument(
+        "--shutdown-timeout",
+        type=seconds,
+        default=30.0,
+        metavar="D",
+        help="from SIGTERM to exit before it is killed (30s)",
+    )
+    life.add_argument("--fault", metavar="CMD", help="a command that cuts a dependency")
+    life.add_argument("--recover", metavar="CMD", help="a command that restores it")
+    life.add_argument(
+        "--fault-timeout",
+        type=seconds,
+        default=30.0,
+        metavar="D",
+        help="to wait for readiness 503, and for recovery (30s)",
+    )
+    gate = probe.add_argument_group("deploy gate and parity (PRB090-PRB099)")
+    gate.add_argument(
+        "--watch", type=seconds, metavar="D", help="watch the thresholds for D (e.g. 5m) instead"
+    )
+    gate.add_argument("--on-fail", metavar="CMD", help="run CMD when a threshold breaks (rollback)")
+    gate.add_argument(
+        "--prometheus", metavar="URL", help="judge the thresholds from Prometheus' HTTP API"
+    )
+    gate.add_argument(
+        "--selector", metavar="MATCHERS", help="""label matchers for the queries: 'job="orders"'"""
+    )
+    gate.add_argument(
+        "--window", type=seconds, default=60.0, metavar="D", help="thresholds look back D (60s)"
+    )
+    gate.add_argument(
+        "--interval", type=seconds, default=1.0, metavar="D", help="between judgements (1s)"
+    )
+    gate.add_argument(
+        "--compare", metavar="URL", help="run the checks on URL too and report what differs"
+    )
     probe.set_defaults(handler=_probe)
 
 
-# Commands that live in their own package: each module has ``add_command(subparsers)``,
-# which adds its parser with ``set_defaults(handler=...)`` and imports nothing heavy (the
-# handler imports what the command needs, so ``buttress --help`` stays fast).
-_COMMANDS: tuple[str, ...] = ()
+# Commands that live in their own package, by name: each module has ``add_command(sub)``,
+# which adds its parser with ``set_defaults(handler=...)``. Only the package of the command
+# being run is imported (`_parser` looks at the command line first), so ``buttress
+# healthcheck`` in a container's HEALTHCHECK does not pay for the jobs or the backup code;
+# ``buttress --help`` imports them all to list them.
+_COMMANDS: dict[str, str] = {
+    "slo": "buttress.slo._cli",
+    "migrate": "buttress.migrate._cli",
+    "backup": "buttress.backup._cli",
+    "jobs": "buttress.jobs._cli",
+    "healthcheck": "buttress.healthcheck._cli",
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+_COMMAND_HELP: dict[str, str] = {
+    "slo": "SLO specs to Prometheus rules, burn-rate alerts, dashboards and runbooks",
+    "migrate": "rehearse a migration on a restored copy before it touches production",
+    "backup": "back up PostgreSQL or SQLite, verify a backup restores, retention",
+    "jobs": "background jobs: the dead-letter queue (list, show, replay, purge)",
+    "healthcheck": "exit 0 when a health URL answers 2xx (for container HEALTHCHECK lines)",
+}
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="buttress",
@@ -580,14 +722,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     _add_audit(sub)
     _add_probe(sub)
-    for module in _COMMANDS:
-        importlib.import_module(module).add_command(sub)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    chosen = words[0] if words and words[0] in _COMMANDS else None
+    for name, module in _COMMANDS.items():
+        if chosen is None or name == chosen:
+            importlib.import_module(module).add_command(sub)
+        else:  # listed in --help; parsed only when chosen (then its module adds the real one)
+            sub.add_parser(name, help=_COMMAND_HELP[name])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     if args.command == "resilience-demo" and not 10 <= args.requests <= 1000:
         print("buttress: --requests must be between 10 and 1000", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ import contextlib
 import functools
 import ipaddress
 import ssl
+import sys
 import threading
 import urllib.request
 import uuid
@@ -53,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.errors import ConfigurationError, DeadlineExceeded, ErrorCode, classify
+from buttress.otel import current_traceparent
 from buttress.resilience import (
     Backoff,
     CircuitBreaker,
@@ -346,6 +348,14 @@ def _fit_deadline(
     request.extensions = {**request.extensions, "timeout": fitted}
 
 
+def _name_attempt(request: httpx.Request) -> None:
+    """A propagated ``traceparent`` names this attempt's span when OpenTelemetry traces."""
+    if "opentelemetry.trace" in sys.modules and "traceparent" in request.headers:
+        header = current_traceparent()
+        if header is not None:
+            request.headers["traceparent"] = header
+
+
 def _origin(url: httpx.URL) -> str:
     """``scheme://host[:port]``: the unit of breakers, and safe to log (no path, no query)."""
     return f"{url.scheme}://{url.netloc.decode('ascii')}"
@@ -446,6 +456,7 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         exchange.release()  # the previous attempt's response is not wanted: free its connection
         _fit_deadline(request, exchange.timeouts, self.clock)
+        _name_attempt(request)
         response = inner.handle_request(request)
         exchange.responses.append(response)
         return response
@@ -472,6 +483,7 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         await exchange.arelease()
         _fit_deadline(request, exchange.timeouts, self.clock)
+        _name_attempt(request)
         response = await inner.handle_async_request(request)
         exchange.responses.append(response)
         return response

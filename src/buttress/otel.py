@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from contextvars import ContextVar
 from dataclasses import fields
@@ -64,11 +65,16 @@ __all__ = [
     "CALL",
     "SAMPLE_RATIO_ENV",
     "SWITCH_ENV",
+    "OtelMeter",
     "configure",
+    "current_traceparent",
     "disable",
+    "disable_metrics",
     "enable",
+    "enable_metrics",
     "error_type",
     "event_attributes",
+    "metrics_configured",
     "pipeline_tracing",
     "reset",
     "span_event",
@@ -639,3 +645,133 @@ def pipeline_tracing(pipeline: Any) -> PipelineTracing | None:
     """The tracing links for ``pipeline``, or None when tracing is off (see `tracer`)."""
     found = tracer()
     return None if found is None else PipelineTracing(found, pipeline)
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current OpenTelemetry span, or None (no OTel, no span).
+
+    `buttress.http` puts it on each attempt of a request that carries a ``traceparent``
+    (`buttress.asgi.context.propagate_context`), so the server called sees the attempt's
+    span as its parent: a retried call shows as two attempts, each with its server span.
+    """
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from opentelemetry import trace  # noqa: PLC0415 - imported already
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+# ------------------------------------------------------------------ metrics
+#: the semantic conventions' advice for ``db.client.operation.duration`` (seconds)
+_DB_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+
+class OtelMeter:
+    """The measurements of `buttress.telemetry.Meter` as OpenTelemetry metrics.
+
+    Instruments (on the meter ``buttress``):
+
+    * ``buttress.pipeline.call.duration`` (histogram, s): every call of a named pipeline,
+      attributes ``buttress.pipeline``, ``buttress.outcome`` and, when it failed,
+      ``error.type`` (the taxonomy's code: bounded);
+    * ``db.client.operation.duration`` (histogram, s, the semantic conventions' name and
+      buckets): every round trip of a Redis, PostgreSQL or SQLite store, attributes
+      ``db.system.name``, ``db.operation.name`` and ``error.type`` when it failed;
+    * ``buttress.idempotency.requests`` (counter): requests with an Idempotency-Key,
+      attribute ``buttress.idempotency.outcome`` (``first``, ``replay``, ``conflict``,
+      ``in_flight``, ``store_unavailable``).
+
+    Example::
+
+        from opentelemetry.sdk.metrics import MeterProvider
+        otel.enable_metrics(MeterProvider(metric_readers=[reader]))
+    """
+
+    def __init__(self, provider: Any = None) -> None:
+        from opentelemetry import metrics  # noqa: PLC0415 - optional dependency
+
+        source = provider if provider is not None else metrics.get_meter_provider()
+        meter = source.get_meter(_SCOPE_NAME, _version())
+        self.calls = meter.create_histogram(
+            "buttress.pipeline.call.duration",
+            unit="s",
+            description="Duration of calls through a named buttress pipeline",
+        )
+        self.store = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of round trips to the buttress store",
+            explicit_bucket_boundaries_advisory=list(_DB_BUCKETS),
+        )
+        self.idempotent = meter.create_counter(
+            "buttress.idempotency.requests",
+            unit="{request}",
+            description="Requests with an Idempotency-Key, by outcome",
+        )
+
+    def pipeline_call(self, pipeline: str, seconds: float, outcome: str) -> None:
+        """Record one pipeline call."""
+        attributes = {"buttress.pipeline": pipeline, "buttress.outcome": outcome}
+        if outcome != "ok":
+            attributes["error.type"] = outcome
+        self.calls.record(seconds, attributes)
+
+    def store_call(self, system: str, operation: str, seconds: float, outcome: str) -> None:
+        """Record one store round trip."""
+        attributes = {"db.system.name": system, "db.operation.name": operation}
+        if outcome != "ok":
+            attributes["error.type"] = outcome
+        self.store.record(seconds, attributes)
+
+    def idempotency(self, outcome: str) -> None:
+        """Count one idempotent request."""
+        self.idempotent.add(1, {"buttress.idempotency.outcome": outcome})
+
+
+_meter: list[OtelMeter] = []
+
+
+def enable_metrics(provider: Any = None) -> OtelMeter:
+    """Send buttress's call measurements to OpenTelemetry metrics (``provider``: default global).
+
+    Adds one `OtelMeter` as a `buttress.telemetry` meter (replacing one added before);
+    pipelines first used from now on are measured. `disable_metrics` undoes it.
+    """
+    from buttress._startup import require_modules  # noqa: PLC0415
+    from buttress.telemetry import add_meter  # noqa: PLC0415
+
+    require_modules("buttress OpenTelemetry metrics", ("opentelemetry.metrics",), "otel")
+    meter = OtelMeter(provider)
+    with _lock:
+        _disable_metrics_locked()
+        _meter.append(meter)
+        add_meter(meter)
+    return meter
+
+
+def disable_metrics() -> None:
+    """Stop sending measurements to OpenTelemetry (undoes `enable_metrics`)."""
+    with _lock:
+        _disable_metrics_locked()
+
+
+def _disable_metrics_locked() -> None:
+    """`disable_metrics` with the module's lock held."""
+    from buttress.telemetry import remove_meter  # noqa: PLC0415
+
+    for meter in _meter:
+        remove_meter(meter)
+    _meter.clear()
+
+
+def metrics_configured() -> bool:
+    """Whether an OpenTelemetry SDK ``MeterProvider`` is set globally (not the no-op)."""
+    if "opentelemetry.metrics" not in sys.modules:
+        return False
+    from opentelemetry import metrics  # noqa: PLC0415
+
+    provider = metrics.get_meter_provider()
+    return type(provider).__module__.startswith("opentelemetry.sdk")

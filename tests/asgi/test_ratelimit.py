@@ -857,3 +857,41 @@ def test_a_client_obeying_retry_after_is_admitted_and_one_second_less_is_not(
         assert loop.run_until_complete(probe()) == 200
     finally:
         loop.close()
+
+
+# ---------------------------------------------------------------- one global limit
+async def test_one_global_limit_with_top_keys_decides_and_counts() -> None:
+    """The production set-up: one global limit in process, top keys counted per client."""
+    from buttress.asgi._heavy_hitters import NoisyNeighbours  # noqa: PLC0415
+
+    clock = FakeClock(1000.0)
+    noisy = NoisyNeighbours(top=3, clock=clock)
+    mw = RateLimitMiddleware(
+        bare_app, [Limit("burst", "3/minute")], clock=clock, key_secret=b"s" * 16, top_keys=noisy
+    )
+    answers = []
+    for address in ("203.0.113.9", "198.51.100.7"):
+        async with client_for(mw, (address, 5000)) as client:
+            for path in ("/x", "/x", "/health/ready", "/y", "/x", "/x"):
+                answers.append((await client.get(path)).status_code)
+            clock.advance(25.0)
+    assert answers == [200, 200, 200, 200, 429, 429] * 2  # /health/ready is exempt
+    top = [(t.key, t.count) for t in noisy.heaviest("burst", True)]
+    refused = [(t.key, t.count) for t in noisy.heaviest("burst", False)]
+    assert sorted(top) == [("ip:198.51.100.7", 3), ("ip:203.0.113.9", 3)]
+    assert sorted(refused) == [("ip:198.51.100.7", 2), ("ip:203.0.113.9", 2)]
+
+
+async def test_a_failing_resolver_of_a_global_limit_lets_requests_through_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(scope: Any) -> str:
+        raise RuntimeError("resolver bug")
+
+    mw = RateLimitMiddleware(bare_app, [Limit("only", "1/minute", key=broken)])
+    async with client_for(mw) as client:
+        for _ in range(3):
+            r = await client.get("/x")
+            assert r.status_code == 200
+            assert "ratelimit" not in r.headers
+    assert sum("key resolver failed" in rec.getMessage() for rec in caplog.records) == 1

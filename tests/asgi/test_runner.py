@@ -384,6 +384,7 @@ def test_harden_composes_the_stages_in_the_documented_order() -> None:
             "GracefulShutdown",
             "ErrorMiddleware",
             "HealthMiddleware",
+            "TopKeysView",
             "RateLimitMiddleware",
             "LoadSheddingMiddleware",
             "BodyLimitMiddleware",

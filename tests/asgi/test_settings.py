@@ -30,6 +30,11 @@ SAMPLES = {
     "cors_expose_headers": "x-total-count",
     "deadline_exempt_paths": "/stream",
     "rate_limits": "burst=20/second",
+    "health_live_paths": "/ping",
+    "health_ready_paths": "/api/ready",
+    "health_report_paths": "/health/detailed",
+    "health_startup_paths": "/startupz",
+    "chaos_faults": "latency 1% 1ms",
 }
 
 

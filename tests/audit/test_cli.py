@@ -125,3 +125,14 @@ def test_the_cache_answers_a_second_run(tmp_path: Path) -> None:
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert list((tmp_path / "cache").glob("*.json"))
     assert json.loads(first.stdout)["findings"] == json.loads(second.stdout)["findings"]
+
+
+def test_jobs_choose_the_processes_and_the_report_does_not_change() -> None:
+    one = run(NAIVE, "--format", "json", "--jobs", "1")
+    two = run(NAIVE, "--format", "json", "--jobs", "2")
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    strip = lambda out: {k: v for k, v in json.loads(out).items() if k != "summary"}  # noqa: E731
+    assert strip(one.stdout) == strip(two.stdout)
+    bad = run(NAIVE, "--jobs", "0")
+    assert bad.returncode == 2
+    assert "--jobs 0" in bad.stderr

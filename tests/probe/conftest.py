@@ -26,11 +26,11 @@ from tests.conftest import free_port, served
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
-    """``python -m buttress demo`` on a free loopback port."""
+    """``python -m buttress demo`` on a free loopback port, ready (its start-up work done)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with served(
-        [sys.executable, "-m", "buttress", "demo", "--port", str(port)], url + "/health/live"
+        [sys.executable, "-m", "buttress", "demo", "--port", str(port)], url + "/health/ready"
     ):
         yield url
 

@@ -30,6 +30,7 @@ from buttress.asgi import (
     metrics,
     middleware,
     problems,
+    quotas,
     security,
     shedding,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "metrics",
     "middleware",
     "problems",
+    "quotas",
     "redact",
     "security",
     "shedding",

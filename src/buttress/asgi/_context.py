@@ -326,10 +326,18 @@ def found_client(
     ``found`` must hold every header of `PROXY_HEADERS` but ``via`` that the request has
     (the runner's ``ex.found`` does, for a stage that reads them).
     """
+    if ADDRESS_HEADERS.isdisjoint(found):  # the common case: the peer, as resolve_client
+        client = scope.get("client")
+        if not client:
+            return None
+        host = client[0]
+        if not isinstance(host, str):
+            return UNKNOWN_CLIENT
+        peer = _peers.get(host)
+        return peer if peer is not None else _canonical(host)
     values = found.get(b"x-forwarded-for")
     xff = b",".join(values) if values else None
-    forwarded = xff is not None or not ADDRESS_HEADERS.isdisjoint(found)
-    return resolve_client(scope.get("client"), xff, forwarded, trusted, cache)
+    return resolve_client(scope.get("client"), xff, True, trusted, cache)
 
 
 def resolve_client(
@@ -501,8 +509,10 @@ class RequestContextMiddleware(Stage):
                 response = f"00-{parsed[0]}-{span}-{parsed[2]:02x}".encode("ascii")
             else:  # a new trace: its id and our span from one draw, neither all zeros
                 ids = (getrandbits(192) | _NONZERO).to_bytes(24, "big").hex()
-                trace = _new_trace(TraceContext, (ids[:32], ids[32:], None, 1))
-                response = b"00-%s-%s-01" % (ids[:32].encode("ascii"), ids[32:].encode("ascii"))
+                trace_id = ids[:32]
+                span = ids[32:]
+                trace = _new_trace(TraceContext, (trace_id, span, None, 1))
+                response = f"00-{trace_id}-{span}-01".encode("ascii")
             if request_id is None and not self.custom_ids:
                 request_id = trace[0]  # a fresh id: the trace id (one id to grep for)
             headers = [(b"traceresponse", response)]

@@ -125,5 +125,12 @@ class DeadlineMiddleware(Stage):
 
     @staticmethod
     async def _timed_out(send: Send, exc: DeadlineExceeded) -> bool:
-        await send_problem(send, ErrorCode.DEADLINE_EXCEEDED, detail=str(exc), headers=[_CLOSE])
+        # retriable for the client: the service was slow this time (Retry-After, 1 s)
+        await send_problem(
+            send,
+            ErrorCode.DEADLINE_EXCEEDED,
+            detail=str(exc),
+            headers=[_CLOSE],
+            retriable=True,
+        )
         return True

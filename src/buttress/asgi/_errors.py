@@ -1,34 +1,67 @@
 """The error edge: every failure becomes RFC 9457 problem+json, logged once with context.
 
 `ErrorMiddleware` catches what escapes the application: buttress errors answer with their
-own status and ``Retry-After``; anything else is a 500 ``internal_error`` with no internals
-in the body, logged with the request id, method and path. `install_exception_handlers`
-teaches Starlette and FastAPI to answer their own errors (404, 405, ``HTTPException``,
-request validation) in the same format.
+own status and ``Retry-After`` (every retriable answer has one; per-code overrides in
+``retry_after``, see `buttress.asgi._problem.resolve_retry_after`); anything else is a 500
+``internal_error`` with no internals in the body, logged with the request id, method and
+path. `install_exception_handlers` teaches Starlette and FastAPI to answer their own errors
+(404, 405, ``HTTPException``, request validation) in the same format.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Any
+import math
+from collections.abc import Awaitable, Mapping
+from typing import Any, Final
 
 from buttress.asgi._context import current_request_id
 from buttress.asgi._problem import (
     code_for_status,
     problem_body,
     problem_for_exception,
+    reset_retry_after_overrides,
+    resolve_retry_after,
+    retry_after_overrides,
     send_problem,
 )
 from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Scope
-from buttress.errors import ButtressError, ErrorCode
+from buttress.errors import ButtressError, ConfigurationError, ErrorCode
 from buttress.telemetry import RequestErrorEvent, emit
 
 __all__ = ["ErrorMiddleware", "install_exception_handlers"]
 
 
 _log = logging.getLogger("buttress.asgi")
+
+# the codes a Retry-After override may name: the retriable ones, and the request deadline's
+RETRY_AFTER_CODES: Final = frozenset(
+    {code.wire for code in ErrorCode if code.retriable} | {ErrorCode.DEADLINE_EXCEEDED.wire}
+)
+
+
+def check_retry_after(owner: str, overrides: Mapping[str, float]) -> dict[str, float]:
+    """Validated per-code ``Retry-After`` overrides (wire code -> seconds in (0, 86400])."""
+    if not isinstance(overrides, Mapping):
+        raise ConfigurationError(
+            f"{owner}(retry_after={overrides!r}): a mapping of code to seconds, such as "
+            "{'overloaded': 5}"
+        )
+    checked: dict[str, float] = {}
+    for code, seconds in overrides.items():
+        if code not in RETRY_AFTER_CODES:
+            raise ConfigurationError(
+                f"{owner}(retry_after={{{code!r}: ...}}): not a retriable code; one of "
+                + ", ".join(sorted(RETRY_AFTER_CODES))
+            )
+        ok = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not ok or not 0 < seconds <= 86400 or not math.isfinite(seconds):
+            raise ConfigurationError(
+                f"{owner}(retry_after={{{code!r}: {seconds!r}}}): seconds in (0, 86400]"
+            )
+        checked[code] = float(seconds)
+    return checked
 
 
 def _logger() -> Any:
@@ -46,6 +79,9 @@ class ErrorMiddleware(Stage):
     Args:
         app: the ASGI application.
         logger: a structlog or stdlib logger (default: structlog's ``buttress.asgi``).
+        retry_after: seconds of ``Retry-After`` per retriable code
+            (``{"overloaded": 5, "deadline_exceeded": 2}``) for every problem answered
+            from this layer inwards, whoever answers it.
 
     An exception after the response has started cannot change the status any more: it is
     logged and the connection is left for the server to close.
@@ -55,13 +91,34 @@ class ErrorMiddleware(Stage):
         app = ErrorMiddleware(app)
     """
 
-    def __init__(self, app: ASGIApp, *, logger: Any = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, logger: Any = None, retry_after: Mapping[str, float] | None = None
+    ) -> None:
         self.app = app
         self.logger = logger if logger is not None else (_logger() or _log)
+        self.retry_after = check_retry_after("ErrorMiddleware", retry_after or {})
 
     def stage_hooks(self) -> Hooks:
-        """Fail: an exception becomes problem+json (or is logged, once answering began)."""
-        return Hooks(fail=self.fail)
+        """Fail: an exception becomes problem+json (or is logged, once answering began).
+
+        With ``retry_after`` overrides, also arrive and finish: they hold the overrides
+        for the request.
+        """
+        if not self.retry_after:
+            return Hooks(fail=self.fail)
+        return Hooks(
+            arrive=self._overrides_on,
+            fail=self.fail,
+            finish=self._overrides_off,
+            fields=("retry_after_token",),
+        )
+
+    def _overrides_on(self, ex: Any) -> None:
+        ex.retry_after_token = retry_after_overrides(self.retry_after)
+
+    @staticmethod
+    def _overrides_off(ex: Any) -> None:
+        reset_retry_after_overrides(ex.retry_after_token)
 
     def fail(self, ex: Any, exc: BaseException) -> Awaitable[bool] | None:
         """Take every `Exception` (cancellations go on): log it, answer it if still possible."""
@@ -168,7 +225,8 @@ def install_exception_handlers(app: Any) -> bool:
 
     async def on_buttress_error(request: Any, exc: Any) -> Any:
         code, retry_after, detail = problem_for_exception(exc)
-        headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after else None
+        retry_after = resolve_retry_after(code, retry_after)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
         return respond(code, code.http_status, detail, headers)
 
     async def on_exception(request: Any, exc: Exception) -> Any:

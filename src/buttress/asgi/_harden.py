@@ -17,10 +17,13 @@ The stages, outermost first (each is also its own middleware class), and why thi
 6. `HealthMiddleware`: ``/health/live``, ``/health/ready``, ``/health`` answered before
    any limit or deadline applies;
 7. `RateLimitMiddleware` (when limits are configured): 429 rate-limited before an
-   abusive client takes a shedding slot;
+   abusive client takes a shedding slot; with it `TopKeysView` (``/health/ratelimit``,
+   the noisy neighbours, behind the health token);
 8. `LoadSheddingMiddleware`: a hard in-flight cap and an adaptive concurrency limit
    (Gradient2) answer 503 + ``Retry-After`` before the service tips over; its latency
    samples include the deadline's 504s;
+   then `ChaosMiddleware` (only when ``chaos_faults`` are set): injected faults reach
+   the handler's side only, after health, limits and shedding have seen the request;
 9. `BodyLimitMiddleware`, then `DeadlineMiddleware`: cheap refusals before the handler,
    and the handler runs under the request deadline (the one stage "around" it);
 10. `IdempotencyMiddleware`, innermost, as the handler the deadline runs: the deadline
@@ -38,13 +41,15 @@ Rate limits and idempotency records live in one store (``store=``, else
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buttress import process_errors
+from buttress import process_errors, telemetry
 from buttress._startup import configuration_boundary, require_modules
 from buttress.asgi._body_limit import BodyLimitMiddleware
+from buttress.asgi._chaos import ChaosMiddleware
 from buttress.asgi._context import RequestContextMiddleware, current_trace
 from buttress.asgi._deadline import DeadlineMiddleware
 from buttress.asgi._errors import ErrorMiddleware, install_exception_handlers
@@ -56,9 +61,11 @@ from buttress.asgi._headers import (
 )
 from buttress.asgi._health import HealthMiddleware
 from buttress.asgi._health_checks import Check
+from buttress.asgi._heavy_hitters import NoisyNeighbours
 from buttress.asgi._idempotency import IdempotencyMiddleware
 from buttress.asgi._logging import AccessLogMiddleware, configure_logging
 from buttress.asgi._metrics import HttpMetrics, MetricsMiddleware
+from buttress.asgi._noisy import mount_top_keys
 from buttress.asgi._openapi import document_answers
 from buttress.asgi._ratelimit import Limit, RateLimitMiddleware, RateLimitRule
 from buttress.asgi._runner import Runner, Stage
@@ -67,7 +74,8 @@ from buttress.asgi._shedding import LoadSheddingMiddleware
 from buttress.asgi._shutdown import GracefulShutdown
 from buttress.asgi._types import ASGIApp, Scope
 from buttress.asgi._wsgi import asgi_app
-from buttress.stores import Store, open_store
+from buttress.auditlog import AuditLog, configure_audit_log
+from buttress.stores import Store, metered, open_store
 
 __all__ = ["HardenSettings", "HardenedApp", "HardenedParts", "harden"]
 
@@ -89,6 +97,8 @@ class HardenedParts:
         store: the shared `buttress.stores.Store` (rate limits, idempotency records).
         rate_limits: the `RateLimitMiddleware`, or None when no limit is configured.
         idempotency: the `IdempotencyMiddleware`, or None when switched off.
+        chaos: the `ChaosMiddleware` (``enable()``, ``disable()``, ``apply_settings()``),
+            or None when no fault is configured.
     """
 
     health: HealthMiddleware | None = None
@@ -98,6 +108,7 @@ class HardenedParts:
     store: Store | None = None
     rate_limits: RateLimitMiddleware | None = None
     idempotency: IdempotencyMiddleware | None = None
+    chaos: ChaosMiddleware | None = None
 
 
 class HardenedApp(Runner):
@@ -111,6 +122,32 @@ class HardenedApp(Runner):
 
 
 @configuration_boundary  # a ConfigurationError while a server loads the app stops it
+def _operator_paths(s: HardenSettings) -> tuple[str, ...]:
+    """The paths probes and scrapers poll: never shed, counted, timed or logged per request."""
+    paths = ["/metrics"]
+    if s.health:
+        for probe in (
+            s.health_live_paths,
+            s.health_ready_paths,
+            s.health_report_paths,
+            s.health_startup_paths,
+        ):
+            paths.extend(probe)
+    return tuple(dict.fromkeys(paths))
+
+
+def _meter_otel() -> None:
+    """Give the call measurements to OpenTelemetry too, when an SDK MeterProvider is set."""
+    if "opentelemetry.metrics" not in sys.modules:
+        return
+    from buttress import otel  # noqa: PLC0415 - only with OpenTelemetry
+
+    if otel.metrics_configured() and not any(
+        isinstance(m, otel.OtelMeter) for m in telemetry.meters()
+    ):
+        otel.enable_metrics()
+
+
 def harden(
     app: ASGIApp,
     settings: HardenSettings | None = None,
@@ -120,6 +157,7 @@ def harden(
     store: Store | None = None,
     rate_limits: Sequence[RateLimitRule | Limit] = (),
     principal: Callable[[Scope], str | None] | None = None,
+    startup_checks: Sequence[Check | Callable[[], object]] = (),
 ) -> HardenedApp:
     """Wrap any ASGI app (FastAPI, Starlette, bare) in buttress's inbound hardening.
 
@@ -133,6 +171,8 @@ def harden(
     are per-route `RateLimitRule` objects, added to the global ``settings.rate_limits``;
     ``principal`` names the caller for idempotency scoping (default: the authenticated
     ``scope["state"]["principal"]``, else a hash of the Authorization header).
+    ``startup_checks`` (checks, or functions sync or async) gate ``/health/startup`` and
+    readiness until they pass once (migrations applied, caches warm).
 
     Example::
 
@@ -154,11 +194,16 @@ def harden(
     if s.process_errors:  # threads and sys.excepthook now; the event loop at lifespan startup
         process_errors.install()
     install_exception_handlers(app)
+    audit_log: AuditLog | None = None
+    if s.audit_url is not None or s.audit_key is not None:  # refused without a key: settings
+        audit_log = AuditLog(url=s.audit_url, key=s.audit_key, retention=s.audit_retention)
+        configure_audit_log(audit_log)
     if s.metrics:  # built first: inner stages report to it (shedding counts its 503s)
         parts.metrics = HttpMetrics(
             registry=registry,
             exemplars=s.metrics_exemplars,
             trace_id=_current_trace_id,
+            detail=s.metrics_detail,
         )
     rules = list(rate_limits)
     global_rule = s.rate_limit_rule()
@@ -166,6 +211,10 @@ def harden(
         rules.append(global_rule)
     if store is None and (rules or s.idempotency != "off" or s.idempotency_routes):
         store = open_store(s.store_url)  # the URL is None: $BUTTRESS_STORE_URL, else memory
+    if s.metrics_detail:
+        _meter_otel()
+    if store is not None and s.metrics_detail:
+        store = metered(store)  # every round trip timed (a memory store stays as it is)
     parts.store = store
     handler: ASGIApp = app
     if s.idempotency != "off" or s.idempotency_routes:
@@ -204,6 +253,16 @@ def harden(
                 wrapped(), max_bytes=s.max_body_bytes, routes=dict(s.body_limit_routes) or None
             )
         )
+    if s.chaos or s.chaos_faults:  # inside health and the limits: probes never see it
+        parts.chaos = ChaosMiddleware(
+            wrapped(),
+            faults=s.chaos_faults,
+            enabled=s.chaos,
+            seed=s.chaos_seed,
+            environment=s.environment,
+            allow_production=s.chaos_allow_production,
+        )
+        stages.append(parts.chaos)
     if s.shedding and (s.shed_max_in_flight is not None or s.shed_adaptive is not None):
         parts.shedding = LoadSheddingMiddleware(
             wrapped(),
@@ -211,6 +270,7 @@ def harden(
             adaptive=s.shed_adaptive,  # type: ignore[arg-type] # validated by the middleware
             retry_after=s.shed_retry_after,
             on_shed=parts.metrics.shed if parts.metrics is not None else None,
+            exempt_paths=_operator_paths(s),
         )
         stages.append(parts.shedding)
     if rules:
@@ -224,19 +284,37 @@ def harden(
             trusted_proxies=s.trusted_proxies,
             store_timeout=s.rate_limit_store_timeout,
             on_limited=parts.metrics.limited if parts.metrics is not None else None,
+            top_keys=(
+                NoisyNeighbours(top=s.rate_limit_top_keys) if s.rate_limit_top_keys else None
+            ),
         )
         stages.append(parts.rate_limits)
+        if parts.rate_limits.top_keys is not None:  # /health/ratelimit and the metric
+            stages.append(
+                mount_top_keys(
+                    wrapped(),
+                    parts.rate_limits.top_keys,
+                    parts.rate_limits.key_hash,
+                    parts.metrics,
+                    s.health_token,
+                )
+            )
     if s.health:
         parts.health = HealthMiddleware(
             wrapped(),
             checks=checks,
+            startup_checks=startup_checks,
+            live_path=s.health_live_paths,
+            ready_path=s.health_ready_paths,
+            health_path=s.health_report_paths,
+            startup_path=s.health_startup_paths,
             token=s.health_token,
             cache_ttl=s.health_cache_ttl,
             check_timeout=s.health_check_timeout,
             version=s.service_version,
         )
         stages.append(parts.health)
-    stages.append(ErrorMiddleware(wrapped()))
+    stages.append(ErrorMiddleware(wrapped(), retry_after=s.retry_after))
     if s.graceful_shutdown:
         parts.shutdown = GracefulShutdown(
             wrapped(),
@@ -250,6 +328,8 @@ def harden(
             parts.shutdown.on_drain.append(parts.health.mark_draining)
         if store is not None:
             parts.shutdown.add_close_hook(store.aclose, name="buttress store")
+        if audit_log is not None:  # flushed (within its timeout) after the handlers ended
+            parts.shutdown.add_close_hook(audit_log.close, name="buttress audit log")
         if parts.idempotency is not None:  # hooks run last-added first: before the store
             parts.shutdown.add_close_hook(
                 parts.idempotency.adrain, name="idempotent handlers still running"
@@ -280,11 +360,19 @@ def harden(
     if parts.metrics is not None:
         stages.append(
             MetricsMiddleware(
-                wrapped(), metrics=parts.metrics, token=s.metrics_token, expose=s.metrics_expose
+                wrapped(),
+                metrics=parts.metrics,
+                token=s.metrics_token,
+                expose=s.metrics_expose,
+                exempt_paths=_operator_paths(s),
             )
         )
     if s.access_log:
-        stages.append(AccessLogMiddleware(wrapped(), trusted_proxies=s.trusted_proxies))
+        stages.append(
+            AccessLogMiddleware(
+                wrapped(), trusted_proxies=s.trusted_proxies, exclude_paths=_operator_paths(s)
+            )
+        )
     stages.append(
         RequestContextMiddleware(wrapped(), header=s.request_id_header, tracing=s.tracing)
     )

@@ -198,7 +198,10 @@ class SecurityHeadersMiddleware(Stage):
         add = self._headers_for(ex.scope["path"]) if self.routes or self.exact else self.base
         special = self._special
         for header in headers:
-            if header[0].lower() in special:
+            name = header[0]
+            # lower-case names (as ASGI asks) are looked up as they are, without a copy;
+            # any other goes the general way below
+            if name in special or not name.islower():
                 break
         else:  # the common case: nothing to remove, none of ours set
             headers.extend(add)

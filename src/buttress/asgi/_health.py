@@ -1,11 +1,14 @@
 """Health endpoints (pure ASGI): liveness, readiness and an ``application/health+json`` report.
 
-`HealthMiddleware` answers three paths itself and passes everything else to the app:
+`HealthMiddleware` answers four paths itself (each settable, with aliases such as
+``/ping``) and passes everything else to the app:
 
 * ``/health/live``: the process only, never a dependency (one database blip must not make
   the orchestrator restart every replica). 200 ``{"status":"pass"}`` until `mark_dead`.
 * ``/health/ready``: the *critical* checks only. 200 when they all pass (``warn`` counts as
   pass), 503 otherwise, and 503 at once after `mark_draining` (graceful shutdown).
+* ``/health/startup``: 503 until the start-up checks (migrations applied, caches warm...)
+  have passed once, then 200 for good; readiness is 503 until then too (`started`).
 * ``/health``: every check, as ``application/health+json`` (draft-inadvisable-health-check):
   ``status`` pass/warn/fail and ``checks`` keyed ``"component:measurement"``. 200 for
   pass and warn, 503 for fail. A failing non-critical check makes the report ``warn``.
@@ -51,8 +54,9 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import re
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -72,6 +76,7 @@ from buttress.asgi._health_checks import (
     SQLiteCheck,
     Status,
     _StillRunning,
+    as_check,
 )
 from buttress.asgi._problem import send_problem
 from buttress.asgi._runner import Hooks, Stage
@@ -261,29 +266,48 @@ def _checks_document(observations: Iterable[_Observation]) -> dict[str, list[dic
     return checks
 
 
-def _check_path(option: str, value: object) -> str | None:
+def _check_paths(option: str, value: object) -> tuple[str, ...]:
+    """One path, several (aliases: ``("/ping", "/health/live")``), or None/() for none."""
     if value is None:
-        return None
-    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in "?# "):
-        raise ConfigurationError(
-            f"HealthMiddleware({option}={value!r}): must be a path starting with '/' "
-            "(no query, fragment or spaces), or None to switch it off"
-        )
-    return value
+        return ()
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or isinstance(items, bytes):
+        items = (items,)
+    paths = tuple(items)
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in "?# "):
+            raise ConfigurationError(
+                f"HealthMiddleware({option}={value!r}): each path must start with '/' "
+                "(no query, fragment or spaces); None or () switches it off"
+            )
+    return paths
 
 
 # ------------------------------------------------------------------ the middleware
-_LIVE, _READY, _HEALTH = 0, 1, 2
+_LIVE, _READY, _HEALTH, _STARTUP = 0, 1, 2, 3
+_log = logging.getLogger("buttress.asgi.health")
 _ALLOW = ((b"allow", b"GET, HEAD"),)
 
 
 class HealthMiddleware(Stage):
-    """Answer ``/health/live``, ``/health/ready`` and ``/health``; pass the rest through.
+    """Answer ``/health/live``, ``/health/ready``, ``/health/startup`` and ``/health``.
+
+    Anything else passes through.
+
+    **Start-up.** ``startup_checks`` (checks, or plain functions, sync or async: migrations
+    applied, caches warm, a dependency answers) gate the start: until they all pass once
+    (``warn`` counts as pass), ``/health/startup`` and ``/health/ready`` answer 503 and
+    the report is ``fail`` with the note ``starting``. Once they pass the service is
+    *started* for good: they never run again, as a Kubernetes ``startupProbe`` expects
+    (it stops probing at its first success). They run when a probe asks (single-flight,
+    cached ``cache_ttl``), or `mark_started` ends the start from code.
 
     Args:
         app: the ASGI application to wrap.
         checks: the `Check` objects (unique names). ``critical`` ones decide readiness.
-        live_path, ready_path, health_path: where to answer (None switches one off).
+        startup_checks: `Check` objects or functions (see above; unique names).
+        live_path, ready_path, health_path, startup_path: where to answer: a path, several
+            (``("/ping", "/health/live")``), or None to switch one off.
         cache_ttl: seconds results are reused (>= 0; 0: every request after a refresh
             starts a new one, still shared by concurrent requests).
         check_timeout: default seconds per check (> 0); a check's own ``timeout`` wins.
@@ -307,9 +331,11 @@ class HealthMiddleware(Stage):
         app: ASGIApp,
         *,
         checks: Iterable[Check] = (),
-        live_path: str | None = "/health/live",
-        ready_path: str | None = "/health/ready",
-        health_path: str | None = "/health",
+        startup_checks: Iterable[Check | Callable[[], object]] = (),
+        live_path: str | Sequence[str] | None = "/health/live",
+        ready_path: str | Sequence[str] | None = "/health/ready",
+        health_path: str | Sequence[str] | None = "/health",
+        startup_path: str | Sequence[str] | None = "/health/startup",
         cache_ttl: float = 2.0,
         check_timeout: float = 1.0,
         token: str | None = None,
@@ -341,22 +367,23 @@ class HealthMiddleware(Stage):
 
         routes: dict[str, int] = {}
         owners: dict[str, str] = {}
-        for option, value, kind in (
+        paths: tuple[tuple[str, object, int], ...] = (
             ("live_path", live_path, _LIVE),
             ("ready_path", ready_path, _READY),
             ("health_path", health_path, _HEALTH),
-        ):
-            path = _check_path(option, value)
-            if path is None:
-                continue
-            if path in routes:
-                raise ConfigurationError(
-                    f"{owner}({option}={path!r}): already used by {owners[path]}; "
-                    "the three paths must differ"
-                )
-            routes[path] = kind
-            owners[path] = option
+            ("startup_path", startup_path, _STARTUP),
+        )
+        for option, given, kind in paths:
+            for path in _check_paths(option, given):
+                if path in routes:
+                    raise ConfigurationError(
+                        f"{owner}({option}={path!r}): already used by {owners[path]}; "
+                        "each path answers one probe"
+                    )
+                routes[path] = kind
+                owners[path] = option
         self._routes = routes
+        self.paths: frozenset[str] = frozenset(routes)
 
         all_checks: list[object] = [checks] if isinstance(checks, Check) else list(checks)
         if breakers and not any(isinstance(c, BreakersCheck) for c in all_checks):
@@ -388,6 +415,8 @@ class HealthMiddleware(Stage):
         self.checks: tuple[Check, ...] = tuple(check for _, check, _, _ in entries)
         self._full = _CheckSet(tuple(entries), clock, self.cache_ttl)
         self._ready = _CheckSet(tuple(e for e in entries if e[2]), clock, self.cache_ttl)
+        self._startup = _CheckSet(self._startup_entries(startup_checks), clock, self.cache_ttl)
+        self._started = not self._startup
 
         self._token_digest = (
             None if token is None else hashlib.sha256(token.encode("ascii")).digest()
@@ -398,7 +427,61 @@ class HealthMiddleware(Stage):
         self._draining = False
         self._dead: str | None = None
 
+    def _startup_entries(
+        self, items: Iterable[Check | Callable[[], object]]
+    ) -> tuple[tuple[str, Check, bool, float], ...]:
+        owner = "HealthMiddleware(startup_checks=[...])"
+        if isinstance(items, Check) or callable(items):
+            items = [items]
+        entries = []
+        seen: set[str] = set()
+        for item in items:
+            check = as_check(item, owner)
+            if not isinstance(check.name, str) or not check.name or check.name in seen:
+                raise ConfigurationError(
+                    f"{owner}: start-up check names must be unique non-empty strings; "
+                    f"{check.name!r} is not (pass name= to CallableCheck)"
+                )
+            seen.add(check.name)
+            own = getattr(check, "timeout", None)
+            timeout = self.check_timeout if own is None else check_positive(
+                type(check).__name__, "timeout", own
+            )  # fmt: skip
+            # every start-up check counts: a non-critical one would never gate anything
+            entries.append((_report_key(check), check, True, timeout))
+        return tuple(entries)
+
     # -------------------------------------------------------------- state switches
+    @property
+    def started(self) -> bool:
+        """True once the start-up checks passed (or `mark_started` was called)."""
+        return self._started
+
+    def mark_started(self) -> None:
+        """End the start from code: readiness no longer waits for the start-up checks.
+
+        Example::
+
+            await warm_caches()
+            app.parts.health.mark_started()
+        """
+        if not self._started:
+            self._started = True
+            _log.info("start-up complete (marked started)")
+
+    async def _starting(self) -> tuple[_Observation, ...] | None:
+        """None once started; else run the start-up checks (latching on success)."""
+        if self._started:
+            return None
+        observations = await self._startup.observe()
+        if self.started:  # marked started while they ran
+            return None
+        if _aggregate(observations) != "fail":
+            self._started = True
+            _log.info("start-up checks passed: %s", ", ".join(o.key for o in observations))
+            return None
+        return observations
+
     @property
     def draining(self) -> bool:
         """True once `mark_draining` was called: readiness answers 503."""
@@ -459,6 +542,8 @@ class HealthMiddleware(Stage):
             status, body = self._live(details)
         elif kind == _READY:
             status, body = await self._readiness(details)
+        elif kind == _STARTUP:
+            status, body = await self._startup_probe(details)
         else:
             status, body = await self._report(details)
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -508,6 +593,9 @@ class HealthMiddleware(Stage):
             if details:
                 body["output"] = self._dead if self._dead is not None else "draining"
             return 503, body
+        pending = await self._starting()
+        if pending is not None:
+            return self._not_started(pending, details)
         if not self._ready:
             return 200, {"status": "pass"}
         observations = await self._ready.observe()
@@ -517,16 +605,46 @@ class HealthMiddleware(Stage):
             body["checks"] = _checks_document(observations)
         return (503 if status == "fail" else 200), body
 
+    async def _startup_probe(self, details: bool) -> tuple[int, dict[str, Any]]:
+        if self._dead is not None:
+            body: dict[str, Any] = {"status": "fail"}
+            if details:
+                body["output"] = self._dead
+            return 503, body
+        pending = await self._starting()
+        if pending is not None:
+            return self._not_started(pending, details)
+        return 200, {"status": "pass"}
+
+    @staticmethod
+    def _not_started(
+        pending: tuple[_Observation, ...], details: bool
+    ) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {"status": "fail"}
+        if details:
+            body["output"] = "starting"
+            body["checks"] = _checks_document(pending)
+        return 503, body
+
     async def _report(self, details: bool) -> tuple[int, dict[str, Any]]:
+        pending = await self._starting()
         observations = await self._full.observe() if self._full else ()
+        if pending is not None:
+            observations = pending + observations
         status: Status = "fail" if self._dead is not None else _aggregate(observations)
+        if pending is not None:
+            status = "fail"
         body: dict[str, Any] = {"status": status}
         if details:
             if self._version is not None:
                 body["version"] = self._version
             if self._service_id is not None:
                 body["serviceId"] = self._service_id
-            notes = [note for note, on in (("draining", self._draining),) if on]
+            notes = [
+                note
+                for note, on in (("starting", pending is not None), ("draining", self._draining))
+                if on
+            ]
             if notes:
                 body["notes"] = notes
             if self._dead is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import os
 import re
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from buttress.errors import ConfigurationError
 from buttress.resilience._policy import check_positive
@@ -24,6 +25,7 @@ from buttress.resilience._registry import Registry, registry
 __all__ = [
     "BaseCheck",
     "BreakersCheck",
+    "CallableCheck",
     "Check",
     "CheckResult",
     "DiskCheck",
@@ -33,6 +35,7 @@ __all__ = [
     "RedisCheck",
     "SQLiteCheck",
     "Status",
+    "as_check",
 ]
 
 # a probe without a timeout of its own: its connection never waits longer than this
@@ -710,3 +713,73 @@ class BreakersCheck(BaseCheck):
         if not troubled:
             return CheckResult(status="pass", observed_value=0)
         return CheckResult(status="warn", observed_value=len(troubled), output="; ".join(troubled))
+
+
+class CallableCheck(BaseCheck):
+    """A plain function as a check: the start-up checks' usual shape.
+
+    ``fn`` takes no argument; it may be async (awaited on the loop) or sync (run in a
+    daemon thread of its own, so a slow one never blocks the loop: ``alembic`` asking the
+    database for its revision). It passes when it returns None or a true value, fails
+    with output ``"returned False"`` when it returns a false one, and fails with the
+    exception's type when it raises (the message may hold a secret, so it is not shown).
+
+    Args:
+        fn: the function.
+        name: component name (default: the function's name).
+        critical: whether a failure counts (default True).
+        timeout: seconds it may take (None: the middleware's ``check_timeout``).
+
+    Example::
+
+        async def caches_warm() -> bool:
+            return catalog.loaded
+
+        CallableCheck(caches_warm)              # name "caches_warm"
+    """
+
+    component_type = "component"
+    measurement = None
+
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        *,
+        name: str | None = None,
+        critical: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"CallableCheck(fn={fn!r}): must be a function")
+        if name is None:
+            raw = str(getattr(fn, "__name__", "") or type(fn).__name__)
+            name = re.sub(r"[^A-Za-z0-9_.\-]", "_", raw).strip("_.-")[:64] or "startup"
+        super().__init__(name=name, critical=critical, timeout=timeout)
+        self.fn = fn
+        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - instances with an async __call__
+        )
+
+    async def run(self) -> CheckResult:
+        """Call the function; its answer (or exception) is the result."""
+        if self._async:
+            answer = await cast("Awaitable[object]", self.fn())
+        else:
+            answer = await self._in_thread(self.fn)
+            if inspect.isawaitable(answer):  # a sync function that returned a coroutine
+                answer = await answer
+        if answer is None or answer:
+            return CheckResult(status="pass")
+        return CheckResult(status="fail", output="returned False")
+
+
+def as_check(item: object, owner: str) -> Check:
+    """``item`` as a `Check`: a check stays itself; a function becomes a `CallableCheck`."""
+    if isinstance(item, Check):
+        return item
+    if callable(item):
+        return CallableCheck(item)
+    raise ConfigurationError(
+        f"{owner}: {item!r} is neither a check (name, critical, component_type, async run()) "
+        "nor a function to call"
+    )

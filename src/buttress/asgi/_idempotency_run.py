@@ -23,6 +23,7 @@ from buttress.asgi._problem import send_problem
 from buttress.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from buttress.errors import BackendError, ErrorCode
 from buttress.stores._base import BeginOutcome, IdempotencyStore, StoredResponse
+from buttress.telemetry import record_idempotency
 
 __all__ = [
     "REPLAYED_HEADER",
@@ -306,6 +307,7 @@ class KeyedRun:
             begun = await mw.store.abegin(self.key, self.fingerprint, mw.lease)
         except BackendError as exc:
             _log.warning("idempotency store unavailable: %s", exc)
+            record_idempotency("store_unavailable")
             state = scope.get("state")
             if state is not None:
                 state["buttress.idempotency"] = "store_unavailable"
@@ -320,9 +322,11 @@ class KeyedRun:
             )
             return False
         outcome = begun.outcome
+        label = _OUTCOMES.get(outcome, "unknown")
+        record_idempotency(label)  # for the meters (buttress_idempotency_requests_total)
         state = scope.get("state")
         if state is not None:  # for the server span (buttress.asgi._tracing)
-            state["buttress.idempotency"] = _OUTCOMES.get(outcome, "unknown")
+            state["buttress.idempotency"] = label
         if outcome is BeginOutcome.ACQUIRED:
             self.token = begun.token
             if self.client is None:  # nobody waits, and nothing ran: the key goes free
@@ -332,6 +336,7 @@ class KeyedRun:
         elif outcome is BeginOutcome.REPLAY and begun.response is not None:
             await self._answer(replay, begun.response)
         elif outcome is BeginOutcome.MISMATCH:
+            _audit_conflict(scope, self.key, "key_reused")
             await self._answer(
                 refuse,
                 ErrorCode.VALIDATION_FAILED,
@@ -340,6 +345,7 @@ class KeyedRun:
                 "content type or body); use a new key for a new request",
             )
         else:  # IN_FLIGHT
+            _audit_conflict(scope, self.key, "in_flight")
             await self._answer(
                 refuse,
                 ErrorCode.TRANSIENT_CONFLICT,
@@ -582,3 +588,16 @@ class KeyedRun:
 async def _send_whole(send: Send, start: Message, body: bytes) -> None:
     await send(start)
     await send({"type": "http.response.body", "body": body})
+
+
+def _audit_conflict(scope: Scope, key: str, reason: str) -> None:
+    """An ``idempotency.conflict`` business audit event (the scoped key, hashed)."""
+    from buttress.auditlog import audit_event  # noqa: PLC0415 - only on a conflict
+
+    audit_event(
+        "idempotency.conflict",
+        subject=key,
+        reason=reason,
+        method=scope["method"],
+        path=scope["path"],
+    )

@@ -333,6 +333,9 @@ _access_level = [logging.INFO]
 # [(UTC millisecond, its ISO 8601 text)]: lines in a burst share it; one tuple, replaced
 # whole, so a thread logging at the same time never reads a millisecond with another's text
 _stamp: list[tuple[int, str]] = [(-1, "")]
+# [(UTC second, its ``2026-01-02T03:04:05`` text)], the same way: a new millisecond formats
+# only its three digits
+_second: list[tuple[int, str]] = [(-1, "")]
 
 
 def _timestamp(now: float) -> str:
@@ -342,7 +345,13 @@ def _timestamp(now: float) -> str:
     if ms == cached[0]:
         return cached[1]
     whole, frac = divmod(ms, 1000)
-    text = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{frac:03d}Z"
+    second = _second[0]
+    if whole == second[0]:
+        prefix = second[1]
+    else:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, prefix)
+    text = f"{prefix}.{frac:03d}Z"
     _stamp[0] = (ms, text)
     return text
 
@@ -375,7 +384,8 @@ def route_template(scope: Scope, names: RouteNames | None = None) -> str:
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not isinstance(template, str):
         return _UNMATCHED
-    return str(scope.get("root_path", "")) + template
+    root = scope.get("root_path", "")
+    return template if root == "" else str(root) + template
 
 
 _MAX_NAMED_PATHS = 1024  # (method, path) -> template entries a RouteNames keeps

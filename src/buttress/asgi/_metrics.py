@@ -194,6 +194,12 @@ class HttpMetrics:
             the trace id of an inbound W3C ``traceparent`` header.
         resilience: also register `buttress.telemetry.PrometheusHook` (a global hook, on
             the same registry) so retries, breaker states and rejections show up.
+        detail: measure the happy path in detail (default off): add
+            `buttress.telemetry.PrometheusMeter` (a global meter, on the same registry:
+            every call of every named pipeline, every store round trip and every
+            idempotent request's outcome, counted and timed) and the request and response
+            body sizes, ``buttress_http_request_size_bytes{method,route}`` (from
+            ``Content-Length``) and ``buttress_http_response_size_bytes{method,route}``.
 
     Example::
 
@@ -212,6 +218,7 @@ class HttpMetrics:
         exemplars: bool = False,
         trace_id: TraceIdFn | None = None,
         resilience: bool = True,
+        detail: bool = False,
     ) -> None:
         if not isinstance(namespace, str) or (namespace and not _NAME_RE.fullmatch(namespace)):
             raise ConfigurationError(
@@ -266,7 +273,7 @@ class HttpMetrics:
         self._exposition = exposition
         self._choose_encoder = choose_encoder
         self._families = acquire_families(
-            prom, registry, namespace, bounds, resilience, self.multiprocess
+            prom, registry, namespace, bounds, resilience, self.multiprocess, detail
         )
         self._closed = False
         self._active = self._families.active  # an object with an int ``active``
@@ -353,12 +360,14 @@ class HttpMetrics:
         elapsed: float,
         trace: object = None,
         names: RouteNames | None = None,
+        sent: int | None = None,
     ) -> None:
         """One request over: out of flight, counted and timed under its route and status.
 
         ``trace`` (a trace id string) becomes the exemplar of the sample when it is a
         non-empty string of at most 64 characters. ``names`` names the requests that
         ``scope["route"]`` does not (answered before routing: see `RouteNames`).
+        ``sent``: the response body's bytes, for the size histograms (``detail``).
         """
         self._active.active -= 1
         route = scope.get("route")
@@ -372,6 +381,22 @@ class HttpMetrics:
             entry[1].record_exemplar(elapsed, trace)
         else:
             entry[1].record(elapsed)
+        if sent is not None and self._families.sizes is not None:
+            self._sizes(scope, route, method, sent)
+
+    def _sizes(self, scope: Scope, route: object, method: str, sent: int) -> None:
+        """The request's declared body size and the response's sent one (``detail``)."""
+        sizes = self._families.sizes
+        assert sizes is not None  # noqa: S101 - checked by the caller
+        template = self._templates[id(route)][1]  # resolved by `end` just before
+        request, response = sizes
+        response.labels(method, template).observe(sent)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit():
+                    request.labels(method, template).observe(int(value))
+                return
+        request.labels(method, template).observe(0)
 
     def _resolve(
         self, scope: Scope, route: object, method: str, status: int
@@ -602,7 +627,9 @@ class MetricsMiddleware(Stage):
             if trace is None:
                 trace = self._trace_id(scope)
         # returned without answering: the server sends a 500
-        self._end(scope, ex.metrics_status or ex.status or 500, elapsed, trace, self._names)
+        self._end(
+            scope, ex.metrics_status or ex.status or 500, elapsed, trace, self._names, ex.size
+        )
 
     async def _serve(self, scope: Scope, send: Send) -> bool:
         method = scope["method"]

@@ -232,6 +232,7 @@ class Families:
         buckets: tuple[float, ...],
         resilience: bool,
         multiprocess: bool,
+        detail: bool = False,
     ) -> None:
         names = {
             key: f"{namespace}_{base}" if namespace else base
@@ -245,6 +246,9 @@ class Families:
         }
         self.buckets = buckets
         self.resilience = resilience
+        self.detail = detail
+        self.meter: Any = None
+        self.sizes: tuple[Any, Any] | None = None
         self.users = 0
         self.registry = registry
         self.collectors: list[Any] = []
@@ -299,6 +303,25 @@ class Families:
                     for value in vars(self.hook).values()
                     if isinstance(value, prom.metrics.MetricWrapperBase)
                 )
+            if detail:
+                from buttress.telemetry import PrometheusMeter  # noqa: PLC0415 - needs prom
+
+                self.meter = PrometheusMeter(registry=registry, prefix=namespace or "buttress")
+                self.collectors.extend(self.meter.collectors)
+                self.sizes = tuple(
+                    self._add(
+                        prom.Histogram(
+                            f"{namespace}_http_{kind}_size_bytes"
+                            if namespace
+                            else f"http_{kind}_size_bytes",
+                            f"HTTP {kind} body size ({how})",
+                            ["method", "route"],
+                            buckets=_SIZE_BUCKETS,
+                            registry=registry,
+                        )
+                    )
+                    for kind, how in (("request", "Content-Length"), ("response", "bytes sent"))
+                )
         except ValueError as exc:  # DuplicateTimeseries: someone else owns these names
             self.unregister()
             raise ConfigurationError(
@@ -327,6 +350,9 @@ class Families:
         self.collectors.clear()
 
 
+#: body sizes, bytes: 100 B to 10 MiB by powers of ~4
+_SIZE_BUCKETS = (100.0, 1_000.0, 4_000.0, 16_000.0, 64_000.0, 256_000.0, 1 << 20, 4 << 20, 10 << 20)
+
 _families_lock = threading.Lock()
 _families: weakref.WeakKeyDictionary[Any, dict[str, Families]] = weakref.WeakKeyDictionary()
 
@@ -338,23 +364,34 @@ def acquire_families(
     buckets: tuple[float, ...],
     resilience: bool,
     multiprocess: bool,
+    detail: bool = False,
 ) -> Families:
     """The families of (registry, namespace), created on first use; one more user."""
     with _families_lock:
         by_namespace = _families.setdefault(registry, {})
         families = by_namespace.get(namespace)
         if families is None:
-            families = Families(prom, registry, namespace, buckets, resilience, multiprocess)
+            families = Families(
+                prom, registry, namespace, buckets, resilience, multiprocess, detail
+            )
             if families.hook is not None:
                 from buttress.telemetry import add_hook  # noqa: PLC0415
 
                 add_hook(families.hook)
+            if families.meter is not None:
+                from buttress.telemetry import add_meter  # noqa: PLC0415
+
+                add_meter(families.meter)
             by_namespace[namespace] = families
-        elif families.buckets != buckets or families.resilience != resilience:
+        elif (families.buckets, families.resilience, families.detail) != (
+            buckets,
+            resilience,
+            detail,
+        ):
             raise ConfigurationError(
                 f"HTTP metrics for namespace {namespace!r} already exist on this registry with "
-                f"buckets={families.buckets} and resilience={families.resilience}; use the same "
-                "options or another registry"
+                f"buckets={families.buckets}, resilience={families.resilience} and "
+                f"detail={families.detail}; use the same options or another registry"
             )
         families.users += 1
         return families
@@ -370,6 +407,10 @@ def release_families(families: Families, namespace: str) -> None:
             from buttress.telemetry import remove_hook  # noqa: PLC0415
 
             remove_hook(families.hook)
+        if families.meter is not None:
+            from buttress.telemetry import remove_meter  # noqa: PLC0415
+
+            remove_meter(families.meter)
         families.unregister()
         by_namespace = _families.get(families.registry)
         if by_namespace is not None and by_namespace.get(namespace) is families:

@@ -40,14 +40,25 @@ upstream_timeout      upstream-timeout      504     an outbound call's timeout
 So ``rate_limited`` is ``https://buttress.dev/problems/rate-limited``. The
 idempotency answers also carry ``idempotency_error`` (``key_reused``, ``in_flight``,
 ``outcome_unknown``, ``response_not_stored``, ``body_too_large``...).
+
+**Retry-After.** Every retriable problem carries ``Retry-After`` (`resolve_retry_after`):
+the wait the answer knows (a rate limit's exact one, a shed request's setting), else the
+code's default (`ErrorCode.default_retry_after`), else `DEFAULT_RETRY_AFTER` (1 s). The
+request deadline's 504 is retriable *for the client* (the service was slow this time, as
+an upstream 504 is ``upstream_timeout`` to buttress's own clients), so it carries one too.
+`retry_after_overrides` sets a per-code value for the requests inside it
+(``HardenSettings.retry_after``): it replaces the default and the configured waits; a
+rate limit's exact wait is kept when it is longer, so an override never invites a retry
+that would be refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
+from typing import Any, Final
 
 from buttress._classify import classify_status
 from buttress.asgi._context import current_request_id
@@ -55,17 +66,74 @@ from buttress.asgi._types import Send
 from buttress.errors import ButtressError, ErrorCode
 
 __all__ = [
+    "DEFAULT_RETRY_AFTER",
     "PROBLEM_BASE",
     "PROBLEM_CONTENT_TYPE",
     "problem_body",
     "problem_for_exception",
     "problem_type",
+    "reset_retry_after_overrides",
+    "resolve_retry_after",
+    "retry_after_overrides",
     "send_problem",
 ]
 
 
 PROBLEM_CONTENT_TYPE = b"application/problem+json"
 PROBLEM_BASE = "https://buttress.dev/problems/"
+DEFAULT_RETRY_AFTER: Final = 1.0
+"""Seconds in ``Retry-After`` for a retriable code without a default of its own."""
+
+# per request, set by the error layer (ErrorMiddleware): wire code -> seconds
+_OVERRIDES: ContextVar[Mapping[str, float] | None] = ContextVar(
+    "buttress_retry_after_overrides", default=None
+)
+
+
+def retry_after_overrides(
+    overrides: Mapping[str, float] | None,
+) -> Token[Mapping[str, float] | None]:
+    """Use ``overrides`` (wire code -> seconds) for the problems answered from here on.
+
+    Returns the token to reset (``_OVERRIDES.reset``) when the request is over; the
+    error layer does both per request.
+    """
+    return _OVERRIDES.set(overrides)
+
+
+def reset_retry_after_overrides(token: Token[Mapping[str, float] | None]) -> None:
+    """Undo `retry_after_overrides`."""
+    _OVERRIDES.reset(token)
+
+
+def resolve_retry_after(
+    code: ErrorCode, retry_after: float | None, *, retriable: bool | None = None
+) -> float | None:
+    """The ``Retry-After`` seconds of a problem with ``code`` (None: no header).
+
+    ``retry_after`` is what the answer knows; ``retriable`` overrides the code's own flag.
+    See the module docstring for the order.
+
+    Example::
+
+        >>> resolve_retry_after(ErrorCode.TRANSIENT_CONFLICT, None)
+        1.0
+        >>> resolve_retry_after(ErrorCode.NOT_FOUND, None) is None
+        True
+    """
+    if not (code.retriable if retriable is None else retriable):
+        return retry_after
+    overrides = _OVERRIDES.get()
+    wanted = overrides.get(code.wire) if overrides else None
+    if wanted is not None:
+        if code is ErrorCode.RATE_LIMITED and retry_after is not None:
+            return max(wanted, retry_after)  # the exact wait: an earlier retry is refused
+        return wanted
+    if retry_after is not None:
+        return retry_after
+    default = code.default_retry_after
+    return DEFAULT_RETRY_AFTER if default is None else default
+
 
 # Titles per code: short, stable, human (RFC 9457 3.1.3: the title does not change per
 # occurrence). Types are URIs under PROBLEM_BASE: the code, "-" for "_".
@@ -123,8 +191,9 @@ def problem_body(
     request_id: str | None = None,
     title: str | None = None,
     extra: dict[str, Any] | None = None,
+    retriable: bool | None = None,
 ) -> dict[str, Any]:
-    """The problem document for ``code`` as a dict.
+    """The problem document for ``code`` as a dict (``retriable`` overrides the code's).
 
     Example::
 
@@ -136,7 +205,7 @@ def problem_body(
         "title": title or _TITLES.get(code, code.wire),
         "status": status or code.http_status,
         "code": code.wire,
-        "retriable": code.retriable,
+        "retriable": code.retriable if retriable is None else retriable,
     }
     if detail:
         body["detail"] = detail
@@ -179,6 +248,7 @@ async def send_problem(
     headers: Iterable[tuple[bytes, bytes]] = (),
     extra: dict[str, Any] | None = None,
     head: bool = False,
+    retriable: bool | None = None,
 ) -> None:
     """Send a complete problem+json response on a raw ASGI ``send``.
 
@@ -189,14 +259,24 @@ async def send_problem(
         detail: a human explanation specific to this occurrence.
         request_id: echoed in the body (default: the current request's id, when the
             request-context middleware runs outside; it also adds the header).
-        retry_after: seconds; sent as ``Retry-After`` (rounded up, at least 1).
+        retry_after: seconds; sent as ``Retry-After`` (rounded up, at least 1). A
+            retriable problem gets one anyway (`resolve_retry_after`).
         headers: extra response headers.
         extra: extra members of the problem document.
         head: answer a HEAD request (headers only).
+        retriable: override the code's ``retriable`` (the request deadline's 504).
     """
     if request_id is None:
         request_id = current_request_id()
-    body = problem_body(code, status=status, detail=detail, request_id=request_id, extra=extra)
+    retry_after = resolve_retry_after(code, retry_after, retriable=retriable)
+    body = problem_body(
+        code,
+        status=status,
+        detail=detail,
+        request_id=request_id,
+        extra=extra,
+        retriable=retriable,
+    )
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw_headers = [
         (b"content-type", PROBLEM_CONTENT_TYPE),

@@ -42,14 +42,16 @@ from typing import Any, Literal
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress._expiry import ENTRY_BYTES, ExpiryTable
 from buttress.asgi._context import ADDRESS_HEADERS
+from buttress.asgi._heavy_hitters import NoisyNeighbours
 from buttress.asgi._problem import send_problem
+from buttress.asgi._quotas import AfterCost, acharge, charge
 from buttress.asgi._ratelimit_rules import Limit, RateLimitRule
 from buttress.asgi._runner import Hooks, Stage
 from buttress.asgi._types import ASGIApp, Scope, Send
 from buttress.asgi.keys import ROUTE_TEMPLATE_KEY, KeyFunc, client_ip
 from buttress.errors import BackendError, CircuitOpen, ConfigurationError, ErrorCode
 from buttress.resilience import CircuitBreaker
-from buttress.stores import MemoryStore, RateDecision, RateLimitStore, RateRequest
+from buttress.stores import MemoryStore, Rate, RateDecision, RateLimitStore, RateRequest
 from buttress.telemetry import (
     Hook,
     QuotaWarningEvent,
@@ -80,12 +82,43 @@ _REQUESTS_KEPT = 4096  # per limit: the store requests of the keys seen last
 
 
 class _Spec:
-    """One limit, prepared: its resolver, stored-key prefix, warning level, header parts."""
+    """One limit, prepared: its resolver, stored-key prefix, warning level, header parts.
 
-    __slots__ = ("by_found", "name", "policy", "prefix", "requests", "resolver", "warn_at")
+    A limit with `Plans` has one spec per plan too (``by_plan``, named ``"<name>.<plan>"``,
+    each counting on its own keys); ``special`` marks the limits decided off the common
+    path (a plan to resolve, or a cost to measure).
+    """
+
+    __slots__ = (
+        "after",
+        "before",
+        "by_found",
+        "by_plan",
+        "count_admitted",
+        "count_refused",
+        "limit",
+        "name",
+        "plans",
+        "policy",
+        "prefix",
+        "requests",
+        "resolver",
+        "special",
+        "warn_at",
+    )
 
     def __init__(self, limit: Limit, resolver: KeyFunc, warn_ratio: float | None) -> None:
+        self.limit = limit
         self.resolver = resolver
+        self.plans = limit.plans
+        self.by_plan: dict[str, _Spec] = {}
+        # `NoisyNeighbours` counters of this policy's decisions (None: not tracked)
+        self.count_admitted: Callable[[str], None] | None = None
+        self.count_refused: Callable[[str], None] | None = None
+        variable = limit.variable
+        self.before = None if variable is None else variable.before
+        self.after: AfterCost | None = None if variable is None else variable.after
+        self.special = self.plans is not None or variable is not None
         # a resolver that can read the headers the runner scanned already (client_ip)
         self.by_found: Callable[[Scope, dict[bytes, list[bytes]]], str | None] | None = getattr(
             resolver, "from_found", None
@@ -129,6 +162,10 @@ class RateLimitMiddleware(Stage):
         hooks: event hooks besides the global ones.
         on_limited: called with the policy name for every request refused with 429 (what
             `harden` uses to count ``buttress_http_requests_limited_total``).
+        top_keys: a `NoisyNeighbours` that counts every decision per policy and key (the
+            heaviest keys, admitted and refused, in bounded memory), or None.
+        audit_breaches: write a ``ratelimit.breach`` business audit event
+            (`buttress.auditlog`) the first time a key is refused by a policy in its window.
 
     Example::
 
@@ -157,6 +194,8 @@ class RateLimitMiddleware(Stage):
         name: str = "ratelimit",
         hooks: Iterable[Hook] = (),
         on_limited: Callable[[str], None] | None = None,
+        top_keys: NoisyNeighbours | None = None,
+        audit_breaches: bool = True,
     ) -> None:
         owner = "RateLimitMiddleware"
         self.app = app
@@ -239,11 +278,32 @@ class RateLimitMiddleware(Stage):
         self.engaged = False  # deciding without the shared store right now
 
         default_key = client_ip(trusted_proxies)
-        self._specs: dict[str, _Spec] = {
-            limit.name: _Spec(limit, limit.key or default_key, warn_ratio)
-            for rule in built
-            for limit in rule.limits
-        }
+        self._specs: dict[str, _Spec] = {}
+        for rule in built:
+            for limit in rule.limits:
+                spec = self._specs[limit.name] = _Spec(limit, limit.key or default_key, warn_ratio)
+                for plan in () if limit.plans is None else limit.plans.rates:
+                    derived = limit.for_plan(plan)
+                    if derived.name in names:
+                        raise ConfigurationError(
+                            f"{owner}(rules=...): the policy {derived.name!r} of plan {plan!r} "
+                            "is also the name of a limit; rename one"
+                        )
+                    spec.by_plan[plan] = self._specs[derived.name] = _Spec(
+                        derived, spec.resolver, warn_ratio
+                    )
+        if top_keys is not None and not isinstance(top_keys, NoisyNeighbours):
+            raise ConfigurationError(f"{owner}(top_keys={top_keys!r}): a NoisyNeighbours")
+        self.top_keys = top_keys
+        if top_keys is not None:  # counters bound once: one call per decision
+            for spec in self._specs.values():
+                if spec.plans is None:  # a limit with plans counts under its plans' names
+                    spec.count_admitted = top_keys.counter(spec.limit.name, True)
+                    spec.count_refused = top_keys.counter(spec.limit.name, False)
+        self.audit_breaches = bool(audit_breaches)
+        # limits charged when the response ends; their in-flight charges (async stores)
+        self._charged = any(spec.after is not None for spec in self._specs.values())
+        self._charging: set[asyncio.Task[None]] = set()
         # rules per method; methods no rule names fall back to the rules for every method
         every = tuple(r for r in built if r.methods is None)
         listed = {m for r in built if r.methods is not None for m in r.methods}
@@ -279,13 +339,17 @@ class RateLimitMiddleware(Stage):
         scope: Scope,
         rules: Sequence[RateLimitRule],
         found: dict[bytes, list[bytes]] | None = None,
-    ) -> tuple[list[_Applied], list[RateRequest]]:
+        known: dict[str, str] | None = None,
+    ) -> tuple[list[_Applied], list[RateRequest], _Special | None]:
         """The limits that apply to this request with their keys, and the store requests.
 
         ``found``: the request headers the runner scanned (lets `client_ip` keys skip a scan).
+        ``known``: limit name -> plan, for plans an earlier pass had to await. The third
+        item is None unless a limit has plans or a measured cost (see `_Special`).
         """
         applied: list[_Applied] = []
         requests: list[RateRequest] = []
+        special: _Special | None = None
         path = scope["path"]
         specs = self._specs
         for rule in rules:
@@ -307,39 +371,106 @@ class RateLimitMiddleware(Stage):
                     else:
                         key = resolver(scope)
                     last, resolved = resolver, key
-                except Exception:
+                except Exception:  # buttress: ignore[BTR303] logged once by _resolver_failed
+                    self._resolver_failed(limit.name)
                     key = None
-                    if limit.name not in self._failed_resolvers:
-                        self._failed_resolvers.add(limit.name)
-                        _log.exception(
-                            "rate limit %r: key resolver failed; the limit is skipped for "
-                            "requests where it fails",
-                            limit.name,
-                        )
                 if key is None:
                     continue
                 if type(key) is not str:
                     key = str(key)
+                if spec.special:
+                    if special is None:
+                        special = _Special()
+                    got = self._special(scope, spec, key, special, known)
+                    if got is not None:
+                        applied.append((got[0], key, rule.path))
+                        requests.append(got[1])
+                    continue
                 applied.append((limit, key, rule.path))
                 kept = spec.requests
                 request = kept.get(key)
                 if request is None:
-                    stored = key
-                    if len(key) > _MAX_KEY:  # huge or hostile values: store a digest
-                        digest = hashlib.blake2b(
-                            key.encode("utf-8", "surrogatepass"), digest_size=16
-                        )
-                        stored = "#" + digest.hexdigest()
-                    request = RateRequest(spec.prefix + stored, limit.rate, limit.cost)
+                    request = RateRequest(spec.prefix + _stored(key), limit.rate, limit.cost)
                     if len(kept) >= _REQUESTS_KEPT:
                         kept.clear()
                     kept[key] = request
                 requests.append(request)
-        return applied, requests
+        return applied, requests, special
+
+    def _resolver_failed(self, name: str) -> None:
+        """Log a key resolver's failure, once per limit (the limit is skipped: no key)."""
+        if name not in self._failed_resolvers:
+            self._failed_resolvers.add(name)
+            _log.exception(
+                "rate limit %r: key resolver failed; the limit is skipped for requests "
+                "where it fails",
+                name,
+            )
+
+    def _special(
+        self,
+        scope: Scope,
+        spec: _Spec,
+        key: str,
+        special: _Special,
+        known: dict[str, str] | None,
+    ) -> tuple[Limit, RateRequest] | None:
+        """A limit with plans or a measured cost: the limit as it applies, and its request.
+
+        None when the plan must be awaited first (then ``special.pending`` says which).
+        """
+        name = spec.limit.name
+        plans = spec.plans
+        if plans is not None:
+            plan = None if known is None else known.get(name)
+            if plan is None:
+                answer = plans.plan(scope, key)
+                if not isinstance(answer, str):
+                    special.pending.append((name, answer))
+                    return None
+                plan = answer
+            spec = spec.by_plan[plan]
+        limit = spec.limit
+        if spec.before is None and spec.after is None:  # plans alone: the kept requests
+            request = spec.requests.get(key)
+            if request is None:
+                request = RateRequest(spec.prefix + _stored(key), limit.rate, limit.cost)
+                if len(spec.requests) >= _REQUESTS_KEPT:
+                    spec.requests.clear()
+                spec.requests[key] = request
+            return limit, request
+        stored = spec.prefix + _stored(key)
+        cost = 0
+        if spec.before is not None:
+            try:
+                cost = int(spec.before(scope))
+            except Exception:
+                cost = 1
+                if name not in self._failed_resolvers:
+                    self._failed_resolvers.add(name)
+                    _log.exception("rate limit %r: its cost function failed; counting 1", name)
+            if cost > limit.rate.burst and special.too_costly is None:
+                special.too_costly = (limit, cost)
+            cost = max(cost, 0)
+        if spec.after is not None:
+            special.charges.append((spec.after, stored, limit.rate))
+        return limit, RateRequest(stored, limit.rate, cost)
 
     # ------------------------------------------------------------ the stage
     def stage_hooks(self) -> Hooks:
-        """Arrive: decided (429 when refused); start: the RateLimit fields."""
+        """Arrive: decided (429 when refused); start: the RateLimit fields.
+
+        With costs charged after the response: start also keeps the response headers, and
+        finish charges the cost.
+        """
+        if self._charged:
+            return Hooks(
+                arrive=self.arrive,
+                start=self._start_charged,
+                finish=self.finish,
+                reads=ADDRESS_HEADERS,
+                fields=("ratelimit_headers", "ratelimit_charges", "ratelimit_response"),
+            )
         return Hooks(
             arrive=self.arrive,
             start=self.start,
@@ -350,23 +481,105 @@ class RateLimitMiddleware(Stage):
     def arrive(self, ex: Any) -> Awaitable[bool] | None:
         """Decide the limits that apply, in one store call; refuse with 429, or pass on."""
         ex.ratelimit_headers = None
+        if self._charged:
+            ex.ratelimit_charges = ex.ratelimit_response = None
         scope = ex.scope
         rules = self._by_method.get(scope["method"], self._other)
         path = scope["path"]
         if not rules or path in self._exempt or path.startswith(self._exempt_below):
             return None
-        applied, requests = self._resolve(scope, rules, ex.found)
+        applied, requests, special = self._resolve(scope, rules, ex.found)
+        if special is not None:
+            if special.pending:
+                return self._plans_then(ex, rules, special)
+            if special.too_costly is not None:
+                return self._too_costly(ex.scope, ex.send, *special.too_costly)
+            if special.charges:
+                ex.ratelimit_charges = special.charges
         if not applied:
             return None
         if self.direct:  # in process: decided here, no I/O (and no coroutine)
             return self._decided(ex, applied, self.store.acquire(requests))
         return self._decide_then(ex, applied, requests)
 
+    async def _plans_then(self, ex: Any, rules: Sequence[RateLimitRule], special: _Special) -> bool:
+        """Await the plans that are not cached, then decide as `arrive` does."""
+        known = {name: await answer for name, answer in special.pending}
+        applied, requests, again = self._resolve(ex.scope, rules, ex.found, known)
+        if again is not None:
+            if again.too_costly is not None:
+                return await self._too_costly(ex.scope, ex.send, *again.too_costly)
+            if again.charges:
+                ex.ratelimit_charges = again.charges
+        if not applied:
+            return False
+        return await self._decide_then(ex, applied, requests)
+
     def start(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
         """The ``RateLimit-Policy`` and ``RateLimit`` fields (and the legacy ones)."""
         extra = ex.ratelimit_headers
         if extra:
             headers.extend(extra)
+
+    def _start_charged(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        if ex.ratelimit_charges:
+            ex.ratelimit_response = list(headers)  # what the handler said (a cost header)
+        extra = ex.ratelimit_headers
+        if extra:
+            headers.extend(extra)
+
+    def finish(self, ex: Any) -> None:
+        """Charge the costs measured on the response (see `buttress.asgi._quotas.Cost`)."""
+        charges = ex.ratelimit_charges
+        if not charges:
+            return
+        ex.ratelimit_charges = None
+        headers = ex.ratelimit_response or []
+        for after, key, rate in charges:
+            try:
+                cost = int(after(ex.status, headers, ex.size))
+            except Exception:
+                _log.exception("rate limit: a response cost function failed; nothing charged")
+                continue
+            if cost == 0:
+                continue
+            if self.direct:
+                charge(self.store, key, rate, cost)
+                continue
+            task = asyncio.get_running_loop().create_task(self._acharge(key, rate, cost))
+            self._charging.add(task)
+            task.add_done_callback(self._charging.discard)
+
+    async def _acharge(self, key: str, rate: Rate, cost: int) -> None:
+        try:
+            async with asyncio.timeout(self.store_timeout or 60.0):
+                await acharge(self.store, key, rate, cost)
+        except Exception as exc:  # the store is down: count it here, as decisions are
+            self._engage("store error", exc)
+            charge(self.local, key, rate, cost)
+
+    async def settle(self) -> None:
+        """Wait for the charges still on their way to the store (tests, shutdown).
+
+        Example::
+
+            await middleware.settle()
+        """
+        while self._charging:
+            await asyncio.gather(*tuple(self._charging), return_exceptions=True)
+
+    async def _too_costly(self, scope: Scope, send: Send, limit: Limit, cost: int) -> bool:
+        await send_problem(
+            send,
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            detail=(
+                f"this request costs {cost} units of {limit.name!r}, more than its burst of "
+                f"{limit.rate.burst}: it can never be admitted; split it"
+            ),
+            extra={"policy": limit.name, "cost": cost, "limit": limit.rate.burst},
+            head=scope["method"] == "HEAD",
+        )
+        return True
 
     async def _decide_then(
         self, ex: Any, applied: list[_Applied], requests: list[RateRequest]
@@ -388,6 +601,9 @@ class RateLimitMiddleware(Stage):
             if not d.allowed:
                 return self._refuse(ex.scope, ex.send, applied, decisions)
             spec = specs[applied[0][0].name]
+            count = spec.count_admitted
+            if count is not None:
+                count(applied[0][1])
             if d.remaining <= spec.warn_at:
                 self._check_warnings(ex.scope, applied, decisions)
             ex.ratelimit_headers = [
@@ -410,6 +626,11 @@ class RateLimitMiddleware(Stage):
                 warn = True
         if warn:
             self._check_warnings(ex.scope, applied, decisions)
+        if self.top_keys is not None:
+            for limit, key, _ in applied:
+                count = specs[limit.name].count_admitted
+                if count is not None:
+                    count(key)
         if self.legacy or not self.ietf:
             ex.ratelimit_headers = self._headers(applied, decisions, None, items)
         else:  # the common case, inline
@@ -529,6 +750,11 @@ class RateLimitMiddleware(Stage):
             limit, key, path = applied[i]
             if self.on_limited is not None:
                 self.on_limited(limit.name)
+            count = self._specs[limit.name].count_refused
+            if count is not None:
+                count(key)
+            if self.audit_breaches:
+                self._audit_breach(limit, key, path or scope["path"], method, decisions[i])
             emit(
                 RateLimitedEvent(
                     policy=limit.name,
@@ -553,6 +779,27 @@ class RateLimitMiddleware(Stage):
             head=method == "HEAD",
         )
         return True
+
+    def _audit_breach(
+        self, limit: Limit, key: str, route: str, method: str, decision: RateDecision
+    ) -> None:
+        """A ``ratelimit.breach`` audit event, once per key and policy until it may pass."""
+        now = self.clock.now()
+        marker = f"breach:{limit.name}:{key}"
+        until = self._warned.get(marker)
+        if until is not None and until > now:
+            return  # still refused since the last event: one event per breach
+        self._warned.put(marker, now + max(1.0, decision.retry_after), now)
+        from buttress.auditlog import audit_event  # noqa: PLC0415 - only on a breach
+
+        audit_event(
+            "ratelimit.breach",
+            subject=key,
+            policy=limit.name,
+            route=route,
+            method=method,
+            retry_after=max(1, _ceil(decision.retry_after)),
+        )
 
     async def _unavailable(self, scope: Scope, send: Send) -> None:
         snapshot = self.breaker.snapshot()
@@ -597,6 +844,25 @@ class RateLimitMiddleware(Stage):
                 ),
                 self.hooks,
             )
+
+
+class _Special:
+    """What a request's special limits need beyond the store call (see `_resolve`)."""
+
+    __slots__ = ("charges", "pending", "too_costly")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Awaitable[str]]] = []
+        self.charges: list[tuple[AfterCost, str, Rate]] = []
+        self.too_costly: tuple[Limit, int] | None = None
+
+
+def _stored(key: str) -> str:
+    """The key as stored: itself, or a digest of a huge or hostile value."""
+    if len(key) <= _MAX_KEY:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+    return "#" + digest.hexdigest()
 
 
 def _marker_size(marker: str, until: float) -> int:

@@ -1,6 +1,8 @@
 """What a rate limit is: `Limit` (a named rate and a key) and `RateLimitRule` (where it applies).
 
-Both are validated when built; `RateLimitMiddleware` (``_ratelimit.py``) decides them.
+Both are validated when built; `RateLimitMiddleware` (``_ratelimit.py``) decides them. A
+limit's rate may depend on the request's plan (`buttress.asgi._quotas.Plans`) and its cost
+on the request or the response (`buttress.asgi._quotas.Cost`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from buttress.asgi._quotas import Cost, Plans
 from buttress.asgi.keys import KeyFunc
 from buttress.errors import ConfigurationError
 from buttress.stores import Rate
@@ -30,33 +33,49 @@ class Limit:
     Args:
         name: the policy name in headers, problem documents, events and metrics
             (letters, digits, ``_.:-``; unique across the middleware's rules).
-        rate: a `buttress.stores.Rate` or its string form (``"100/minute;burst=20"``).
+        rate: a `buttress.stores.Rate` or its string form (``"100/minute;burst=20"``), or
+            `Plans` (a rate per plan: the policy is then named ``"<name>.<plan>"``).
         key: a key resolver (`buttress.asgi.keys`); default: the client address, trusted-
             proxy aware with the middleware's ``trusted_proxies``.
-        cost: units one request spends (default 1; at most the burst).
+        cost: units one request spends (default 1; at most the burst), or a `Cost` read
+            from the request (before the handler) or the response (charged after it).
 
     Example::
 
         Limit("burst", "20/second")
         Limit("daily", "10000/day", key=api_key())
+        Limit("daily", Plans({"free": "10/day", "pro": "1000/day"}), key=tenant())
+        Limit("storage", "10240/36500d", key=tenant(), cost=request_units(unit=1 << 20))
     """
 
     name: str
     rate: Rate
     key: KeyFunc | None
     cost: int
+    plans: Plans | None = field(repr=False)
+    """The rate per plan (``rate`` is then the default plan's), or None."""
+    variable: Cost | None = field(repr=False)
+    """How a request's cost is measured when it is not the fixed ``cost``, or None."""
     policy_item: str = field(repr=False, compare=False)
     """This limit as a ``RateLimit-Policy`` item, ``"name";q=<limit>;w=<seconds>`` (``w`` is
     whole seconds: a fractional period is scaled up to the next whole second)."""
 
     def __init__(
-        self, name: str, rate: Rate | str, *, key: KeyFunc | None = None, cost: int = 1
+        self,
+        name: str,
+        rate: Rate | str | Plans,
+        *,
+        key: KeyFunc | None = None,
+        cost: int | Cost = 1,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigurationError(
                 f"Limit(name={name!r}): 1-64 letters, digits or '_.:-', starting with a "
                 "letter or digit (it is sent in response headers)"
             )
+        plans = rate if isinstance(rate, Plans) else None
+        if plans is not None:
+            rate = plans.rates[plans.default]
         if isinstance(rate, str):
             try:
                 rate = Rate.parse(rate)
@@ -68,15 +87,23 @@ class Limit:
             )
         if key is not None and not callable(key):
             raise ConfigurationError(f"Limit({name!r}, key={key!r}): must be callable")
-        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= rate.burst:
+        variable = cost if isinstance(cost, Cost) else None
+        if variable is not None:  # measured per request: 0 checks "not overdrawn"
+            cost = 0 if variable.before is None else 1
+        burst = rate.burst if plans is None else min(r.burst for r in plans.rates.values())
+        if isinstance(cost, bool) or not isinstance(cost, int) or not 0 <= cost <= burst:
             raise ConfigurationError(
-                f"Limit({name!r}, cost={cost!r}): must be an integer in [1, {rate.burst}] "
-                "(the burst), or no request could ever pass"
+                f"Limit({name!r}, cost={cost!r}): must be an integer in [1, {burst}] "
+                "(the smallest burst), or a Cost; else no request could ever pass"
             )
+        if variable is None and cost == 0:
+            raise ConfigurationError(f"Limit({name!r}, cost=0): a request costs at least 1")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "cost", cost)
+        object.__setattr__(self, "plans", plans)
+        object.__setattr__(self, "variable", variable)
         # GCRA admits the burst at once and refills it at the rate: as a quota, that is
         # "burst per the time the burst takes to refill". So q is the most a key can have
         # (what r counts down from, and X-RateLimit-Limit) and q/w is the rate.
@@ -87,6 +114,19 @@ class Limit:
             quota = max(1, math.floor(rate.burst * window / refill + _SLACK))
             quota = min(quota, rate.burst) if refill >= 1 else quota
         object.__setattr__(self, "policy_item", f'"{name}";q={quota};w={window}')
+
+    def for_plan(self, plan: str) -> Limit:
+        """This limit as it applies to ``plan``: named ``"<name>.<plan>"``, the plan's rate.
+
+        Example::
+
+            Limit("daily", Plans({"free": "10/day", "pro": "1000/day"})).for_plan("pro")
+            # Limit(name='daily.pro', rate=Rate(limit=1000, period=86400.0, ...), ...)
+        """
+        if self.plans is None or plan not in self.plans.rates:
+            raise ConfigurationError(f"Limit({self.name!r}).for_plan({plan!r}): no such plan")
+        cost: int | Cost = self.cost if self.variable is None else self.variable
+        return Limit(f"{self.name}.{plan}", self.plans.rates[plan], key=self.key, cost=cost)
 
 
 def _compile_path(path: str) -> Callable[[str], object]:

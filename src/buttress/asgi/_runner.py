@@ -36,10 +36,18 @@ coroutine frame, one `Exchange` and one ``send`` wrapper, whatever the number of
 It behaves exactly like the same stages stacked as separate middlewares, outermost first:
 each stage is also an ASGI middleware (`Stage.__call__` is a runner of that one stage),
 which is how every ``...Middleware`` class of `buttress.asgi` is used on its own.
+
+The request path is generated as source from those tuples when the runner is built (see
+`_compile`): the hooks of a composition are called one after the other, with no loop over
+a tuple, in a ``__call__`` and a ``send`` of classes made for that composition. The tuples
+stay the one description of the composition; the rare paths (a stage answering, something
+raising, a message sent from inside a stage) run the general code below over them.
 """
 
 from __future__ import annotations
 
+import itertools
+import linecache
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -213,14 +221,17 @@ class Runner:
                         "request, and so does another stage"
                     )
                 fields.append(name)
+        start_at = tuple(below(k, "start") for k in range(n + 1))
+        end_at = tuple(below(k, "end") for k in range(n + 1))
         self._exchange: type[Exchange] = type(
             "Exchange",
             (Exchange,),
             {
                 "__slots__": tuple(fields),
                 "__module__": __name__,
-                "start_at": tuple(below(k, "start") for k in range(n + 1)),
-                "end_at": tuple(below(k, "end") for k in range(n + 1)),
+                "start_at": start_at,
+                "end_at": end_at,
+                "send": _compile_send(n, start_at[n], end_at[n]),
             },
         )
         reads: set[bytes] = set()
@@ -232,55 +243,26 @@ class Runner:
             if h.other is not None:
                 other = _other_link(h.other, other)
         self._other = other
+        _compile(self)
 
     def __repr__(self) -> str:
         names = ", ".join(type(stage).__name__ for stage in self.stages)
         return f"{type(self).__name__}([{names}])"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._other(scope, receive, send)
-            return
-        n = self._n
-        ex = self._exchange(scope, receive, send, n)
-        reads = self._reads
-        if reads:
-            found = ex.found
-            for name, value in scope["headers"]:
-                if name in reads:
-                    values = found.get(name)
-                    if values is None:
-                        found[name] = [value]
-                    else:
-                        values.append(value)
-        passed = 0  # the stages outside this index passed the request on
-        try:
-            for passed, arrive in self._arrive:
-                answer = arrive(ex)
-                if answer is not None:
-                    ex.depth = passed
-                    if await answer:
-                        return
-                    ex.depth = n
-            passed = n
-            around = self._around
-            if around is None:
-                await self.app(scope, ex.receive, ex.send)
-            else:
-                await around(ex, self.app)
-            if ex.blocked is not None:
-                raise ex.blocked
-        except BaseException as exc:  # every stage outside decides, innermost first
-            await self._failed(ex, exc, passed)
-        finally:
-            error: Exception | None = None
-            for finish in self._finish_below[passed]:
-                try:
-                    finish(ex)
-                except Exception as finish_error:  # the outer stages still finish
-                    error = error or finish_error
-            if error is not None:
-                raise error
+        """Serve one request: replaced, per composition, by the code `_compile` generates."""
+        raise NotImplementedError  # pragma: no cover - every Runner is compiled in __init__
+
+    def _finish(self, ex: Exchange, passed: int) -> None:
+        """Run the ``finish`` hooks outside ``passed``; raise the first error after all ran."""
+        error: Exception | None = None
+        for finish in self._finish_below[passed]:
+            try:
+                finish(ex)
+            except Exception as finish_error:  # the outer stages still finish
+                error = error or finish_error
+        if error is not None:
+            raise error
 
     async def _failed(self, ex: Exchange, exc: BaseException, passed: int) -> None:
         """Offer ``exc`` to the ``fail`` hooks outside ``passed``; re-raise if none took it."""
@@ -293,6 +275,169 @@ class Runner:
             except BaseException as new:  # a failing answer goes on outwards
                 exc = new
         raise exc
+
+
+# ----------------------------------------------------------------- the generated code
+# The source depends only on the composition's shape (how many stages, which of them have
+# which hooks); the hooks themselves are names in the namespace the code runs in. One code
+# object per shape, its source kept in `linecache` so that tracebacks show it.
+_CODE: dict[str, Any] = {}
+_SHAPES = itertools.count()
+
+
+def _function(source: str, names: dict[str, Any], name: str) -> Any:
+    """Compile ``source`` (the definition of ``name``) once per text, run it in ``names``."""
+    code = _CODE.get(source)
+    if code is None:
+        code = _CODE[source] = compile(source, f"<buttress.asgi runner {next(_SHAPES)}>", "exec")
+    filename = code.co_filename  # (again each time: something may have cleared the cache)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(code, names)  # noqa: S102 - our own generated source, see `_compile`
+    return names.pop(name)
+
+
+def _compile_send(n: int, starts: tuple[Start, ...], ends: tuple[Moment, ...]) -> Any:
+    """The composition's ``Exchange.send``: the hooks of a handler's message, unrolled.
+
+    A message from the handler (depth ``n``, nothing muted) passes every ``start`` and
+    ``end`` hook, innermost first, one call after the other; any other message takes the
+    general `Exchange.send`.
+    """
+    names: dict[str, Any] = {"general": Exchange.send}
+    for k, start in enumerate(starts):
+        names[f"start_{k}"] = start
+    for k, end in enumerate(ends):
+        names[f"end_{k}"] = end
+    ends_in_body = [f"            end_{k}(self)" for k in range(len(ends))]
+    ends_in_pathsend = [f"        end_{k}(self)" for k in range(len(ends))]
+    lines = [
+        "async def send(self, message):",
+        f"    if self.depth != {n} or self.mute != {n}:",
+        "        await general(self, message)",
+        "        return",
+        "    kind = message['type']",
+        "    if kind == 'http.response.start':",
+        "        self.status = message['status']",
+    ]
+    if starts:
+        lines.append("        headers = list(message.get('headers', ()))")
+        lines += [f"        start_{k}(self, headers)" for k in range(len(starts))]
+        lines.append("        message['headers'] = headers")
+    lines += [
+        "    elif kind == 'http.response.body':",
+        "        body = message.get('body')",
+        "        if body:",
+        "            self.size += len(body)",
+        "        if not self.ended and not message.get('more_body', False):",
+        "            self.ended = True",
+        *ends_in_body,
+        "    elif kind == 'http.response.pathsend' and not self.ended:",
+        "        self.ended = True",
+        *ends_in_pathsend,
+        "    await self.out(message)",
+    ]
+    return _function("\n".join(lines) + "\n", names, "send")
+
+
+def _compile(runner: Runner) -> None:
+    """Make ``runner`` an instance of a class whose ``__call__`` is its composition's code.
+
+    The generated ``__call__`` is the request path of the module doc, with the
+    composition's hooks called in order: the ``arrive`` hooks outermost first (``passed``
+    says how far the request got), the handler (or the ``around`` hook), and when every
+    stage passed it on the ``finish`` hooks innermost first, each one run even when one
+    before it raised. A stage's answer, an exception and an early finish go through the
+    general `Runner._failed` and `Runner._finish`.
+    """
+    n = runner._n  # noqa: SLF001 - the runner's own parts
+    names: dict[str, Any] = {
+        "Exchange": runner._exchange,  # noqa: SLF001
+        "READS": runner._reads,  # noqa: SLF001
+        # made and initialised without the class call: Python calls Python directly
+        "new": object.__new__,
+        "init": Exchange.__init__,
+    }
+    lines = [
+        "async def __call__(self, scope, receive, send):",
+        "    if scope['type'] != 'http':",
+        "        await self._other(scope, receive, send)",
+        "        return",
+        "    ex = new(Exchange)",
+        f"    init(ex, scope, receive, send, {n})",
+    ]
+    if runner._reads:  # noqa: SLF001
+        lines += [
+            "    found = ex.found",
+            "    for name, value in scope['headers']:",
+            "        if name in READS:",
+            "            values = found.get(name)",
+            "            if values is None:",
+            "                found[name] = [value]",
+            "            else:",
+            "                values.append(value)",
+        ]
+    lines += ["    passed = 0", "    try:"]
+    for k, (index, hook) in enumerate(runner._arrive):  # noqa: SLF001
+        names[f"arrive_{k}"] = hook
+        if index:
+            lines.append(f"        passed = {index}")
+        lines += [
+            f"        answer = arrive_{k}(ex)",
+            "        if answer is not None:",
+            f"            ex.depth = {index}",
+            "            if await answer:",
+            "                return",
+            f"            ex.depth = {n}",
+        ]
+    lines.append(f"        passed = {n}")
+    if runner._around is None:  # noqa: SLF001
+        lines.append("        await self.app(scope, ex.receive, ex.send)")
+    else:
+        names["around"] = runner._around  # noqa: SLF001
+        lines.append("        await around(ex, self.app)")
+    lines += [
+        "        if ex.blocked is not None:",
+        "            raise ex.blocked",
+        "    except BaseException as exc:",
+        "        await self._failed(ex, exc, passed)",
+        "    finally:",
+    ]
+    finishes = runner._finish_below[n]  # noqa: SLF001
+    if finishes:
+        lines += [f"        if passed == {n}:", "            error = None"]
+        for k, hook in enumerate(finishes):
+            names[f"finish_{k}"] = hook
+            lines += [
+                "            try:",
+                f"                finish_{k}(ex)",
+                "            except Exception as finish_error:",
+                "                if error is None:" if k else "",
+                f"                {'    ' if k else ''}error = finish_error",
+            ]
+        lines += [
+            "            if error is not None:",
+            "                raise error",
+            "        else:",
+            "            self._finish(ex, passed)",
+        ]
+    else:
+        lines += [f"        if passed != {n}:", "            self._finish(ex, passed)"]
+    source = "\n".join(line for line in lines if line) + "\n"
+    call = _function(source, names, "__call__")
+    base: type[Runner] = type(runner)
+    while base.__dict__.get("_compiled"):  # built again: compose from the class it came from
+        base = base.__mro__[1]
+    runner.__class__ = type(
+        base.__name__,
+        (base,),
+        {
+            "__call__": call,
+            "__module__": base.__module__,
+            "__qualname__": base.__qualname__,
+            "__doc__": base.__doc__,
+            "_compiled": True,
+        },
+    )
 
 
 class Stage:

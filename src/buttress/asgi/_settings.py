@@ -18,9 +18,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from buttress._startup import SettingsWarning, configuration_boundary
+from buttress.asgi._chaos import Fault, is_production
 from buttress.asgi._context import trusted_networks
+from buttress.asgi._errors import check_retry_after
 from buttress.asgi._headers import BROWSER_HEADERS, SECURITY_PROFILES, SecurityProfile
 from buttress.asgi._idempotency import IdempotencyMode
+from buttress.asgi._quotas import check_plan_source, plan_rates
 from buttress.asgi._ratelimit import Limit, RateLimitRule
 from buttress.asgi._settings_env import parse_value, unknown_variables
 from buttress.asgi.keys import KeyFunc, api_key, client_ip, jwt_subject, tenant
@@ -91,9 +94,14 @@ class HardenSettings:
     health_cache_ttl: float = 2.0
     health_check_timeout: float = 1.0
     service_version: str | None = None
+    health_live_paths: tuple[str, ...] = ("/health/live",)
+    health_ready_paths: tuple[str, ...] = ("/health/ready",)
+    health_report_paths: tuple[str, ...] = ("/health",)
+    health_startup_paths: tuple[str, ...] = ("/health/startup",)
     metrics: bool = True
     metrics_token: str | None = None
     metrics_exemplars: bool = False
+    metrics_detail: bool = False
     metrics_expose: Literal["loopback", "token", "public"] = "loopback"
     graceful_shutdown: bool = True
     drain_delay: float = 5.0
@@ -108,6 +116,12 @@ class HardenSettings:
     request_timeout: float | None = 30.0
     timeout_header: str | None = "x-request-timeout"
     deadline_exempt_paths: tuple[str, ...] = ()
+    retry_after: Mapping[str, float] = field(default_factory=dict)
+    environment: str = "production"
+    chaos: bool = False
+    chaos_faults: tuple[str, ...] = ()
+    chaos_seed: int | None = None
+    chaos_allow_production: bool = False
     store_url: str | None = None
     rate_limits: tuple[str, ...] = ()
     rate_limit_key: Literal["ip", "api_key", "jwt", "tenant"] = "ip"
@@ -116,6 +130,11 @@ class HardenSettings:
     rate_limit_legacy_headers: bool = False
     rate_limit_warn_ratio: float | None = 0.8
     rate_limit_store_timeout: float = 1.0
+    rate_limit_plan: str = "state:plan"
+    rate_limit_top_keys: int = 10
+    audit_url: str | None = None
+    audit_key: str | None = field(default=None, repr=False)
+    audit_retention: float = 7776000.0
     idempotency: IdempotencyMode = "optional"
     idempotency_routes: Mapping[str, IdempotencyMode] = field(default_factory=dict)
     idempotency_ttl: float = 86400.0
@@ -159,6 +178,7 @@ class HardenSettings:
             raise self._bad("log_level", ", ".join(_LOG_LEVELS))
         self._check_shared_state()
         self._check_csp_routes()
+        self._check_health_errors_chaos()
         if "*" in self.cors_origins and self.cors_credentials:
             raise ConfigurationError(
                 "HardenSettings(cors_origins=('*',), cors_credentials=True): browsers refuse "
@@ -174,6 +194,33 @@ class HardenSettings:
                 object.__setattr__(self, f.name, _as_tuple(f.name, value))
             elif kind.startswith("Mapping[") and not isinstance(value, Mapping):
                 raise self._bad(f.name, "a mapping such as {'/path': ...}")
+
+    def _check_health_errors_chaos(self) -> None:
+        """Health paths, Retry-After overrides, the environment and chaos (issue 16)."""
+        seen: dict[str, str] = {}
+        for name in ("live", "ready", "report", "startup"):
+            option = f"health_{name}_paths"
+            for path in getattr(self, option):
+                if not path.startswith("/") or any(c in path for c in "?# "):
+                    raise self._bad(option, "paths starting with '/' (no query or spaces)")
+                if path in seen:
+                    raise self._bad(option, f"{path!r} is also in {seen[path]}")
+                seen[path] = option
+        check_retry_after("HardenSettings", self.retry_after)
+        if not isinstance(self.environment, str) or not self.environment.strip():
+            raise self._bad("environment", "a name such as production, staging or dev")
+        self._number("chaos_seed", 0, integer=True, optional=True, allowed="an integer >= 0")
+        for spec in self.chaos_faults:
+            try:
+                Fault.parse(spec)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"HardenSettings(chaos_faults=...): {exc}") from exc
+        if self.chaos and is_production(self.environment) and not self.chaos_allow_production:
+            raise ConfigurationError(
+                f"HardenSettings(chaos=True): environment={self.environment!r} is production; "
+                "set environment to where this runs (staging), or chaos_allow_production=True "
+                "if you mean production"
+            )
 
     def _check_csp_routes(self) -> None:
         for prefix, csp in self.csp_routes.items():
@@ -204,6 +251,14 @@ class HardenSettings:
                 "key, >= 32 bytes) so that clients cannot choose their own key"
             )
         self._choice("rate_limit_fail_mode", ("open", "closed"))
+        check_plan_source(self.rate_limit_plan)
+        self._number("rate_limit_top_keys", 0, 64, integer=True, allowed="an integer in [0, 64]")
+        self._number("audit_retention", 0, low_open=True, allowed="seconds > 0")
+        if self.audit_url is not None and not self.audit_key:
+            raise ConfigurationError(
+                "HardenSettings(audit_url=...): a durable audit log needs audit_key "
+                "(BUTTRESS_AUDIT_KEY, 16+ bytes), or its subject ids change at every restart"
+            )
         if self.rate_limits:
             self.rate_limit_rule()  # parses every "name=rate" item
         self._choice("idempotency", ("required", "optional", "off"))
@@ -282,7 +337,7 @@ class HardenSettings:
                     "example 'burst=20/second' or 'daily=10000/day')"
                 )
             try:
-                limits.append(Limit(name.strip(), rate.strip(), key=key))
+                limits.append(Limit(name.strip(), plan_rates(rate, self.rate_limit_plan), key=key))
             except ConfigurationError as exc:
                 raise ConfigurationError(f"HardenSettings(rate_limits=...): {exc}") from exc
         return RateLimitRule(limits)

@@ -27,10 +27,15 @@ OTHER_VARIABLES: Final = frozenset(
         "BUTTRESS_STORE_NAMESPACE",  # buttress.stores.open_store
         "BUTTRESS_KEY_SECRET",  # buttress.asgi.keys / the rate-limit key hashing
         "BUTTRESS_DEMO_DB",  # buttress demo
+        "BUTTRESS_DEMO_BROKER",  # buttress demo: the order confirmation job's Celery broker
         "BUTTRESS_RELEASE",  # buttress.sentry (the release, else BUTTRESS_SERVICE_VERSION)
         "BUTTRESS_OTEL",  # buttress.otel: off, on, console, otlp
         "BUTTRESS_OTEL_SAMPLE_RATIO",  # buttress.otel.configure
         "BUTTRESS_AUDIT_CACHE",  # buttress audit: the cache directory, or off
+        "BUTTRESS_JOBS_DLQ_URL",  # buttress.jobs.open_dlq / buttress jobs dlq
+        "BUTTRESS_JOBS_BROKER_URL",  # buttress jobs dlq replay: the engine's broker
+        "BUTTRESS_JOBS_HEARTBEAT_DIR",  # buttress.jobs.Heartbeat: worker heartbeat files
+        "BUTTRESS_BACKUP_SCRATCH_DSN",  # buttress backup verify: server for scratch databases
     }
 )
 """``BUTTRESS_*`` variables read outside `HardenSettings` (add one here when code reads it)."""
@@ -72,6 +77,8 @@ def parse_value(field: str, kind: str, raw: str, label: str) -> Any:
         return _mapping(label, raw, _csp_item)
     if field == "idempotency_routes":  # "POST /orders=required,/hooks/{x}=off"
         return _mapping(label, raw, _route_item)
+    if field == "retry_after":  # "overloaded=5,deadline_exceeded=2"
+        return _mapping(label, raw, _seconds_item)
     if field == "body_limit_routes":  # "/uploads=52428800,/avatars=2097152"
         return _mapping(label, raw, _size_item)
     return _scalar(label, raw.strip(), kind)
@@ -140,6 +147,20 @@ def _size_item(name: str, raw: str, text: str) -> tuple[str, int]:
             "'/uploads=52428800')"
         )
     return prefix.strip(), int(size)
+
+
+def _seconds_item(name: str, raw: str, text: str) -> tuple[str, float]:
+    code, sep, seconds = text.rpartition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if not sep or value <= 0:
+        raise ConfigurationError(
+            f"{name}={raw!r}: comma-separated 'CODE=SECONDS' items (for example "
+            "'overloaded=5,deadline_exceeded=2')"
+        )
+    return code.strip(), value
 
 
 def _route_item(name: str, raw: str, text: str) -> tuple[str, str]:

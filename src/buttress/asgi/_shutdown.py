@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
-from buttress._clock import SYSTEM_CLOCK, Clock
+from buttress._clock import SYSTEM_CLOCK, Clock, current_task
 from buttress.asgi._lifespan import (
     CloseHook,
     InnerLifespan,
@@ -466,7 +466,7 @@ class GracefulShutdown(Stage):
         if scope["path"] == self.ready_path and scope["method"] in ("GET", "HEAD"):
             return self._answer_ready(scope, ex.send)
         try:
-            task = asyncio.current_task()
+            task = current_task()
         except RuntimeError:  # pragma: no cover - not running on asyncio
             task = None
         if task is not None:

@@ -16,6 +16,7 @@ from buttress.asgi._health import HEALTH_CONTENT_TYPE
 from buttress.asgi._health_checks import (
     BaseCheck,
     BreakersCheck,
+    CallableCheck,
     Check,
     CheckResult,
     DiskCheck,
@@ -30,6 +31,7 @@ __all__ = [
     "HEALTH_CONTENT_TYPE",
     "BaseCheck",
     "BreakersCheck",
+    "CallableCheck",
     "Check",
     "CheckResult",
     "DiskCheck",

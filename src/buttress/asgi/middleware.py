@@ -14,6 +14,7 @@ Example::
 """
 
 from buttress.asgi._body_limit import BodyLimitMiddleware
+from buttress.asgi._chaos import ChaosMiddleware
 from buttress.asgi._context import RequestContextMiddleware
 from buttress.asgi._deadline import DeadlineMiddleware
 from buttress.asgi._errors import ErrorMiddleware
@@ -30,6 +31,7 @@ __all__ = [
     "AccessLogMiddleware",
     "BodyLimitMiddleware",
     "CORSMiddleware",
+    "ChaosMiddleware",
     "DeadlineMiddleware",
     "ErrorMiddleware",
     "GracefulShutdown",

@@ -6,8 +6,9 @@ BTR006 (SQLAlchemy ``create_engine`` without ``pool_timeout`` or ``pool_pre_ping
 BTR008 (retry loops with no sleep or a constant one: a loop that leaves on success and
 whose handler catches what an external call raises: connection, timeout, OS and HTTP
 errors, ``Exception``; re-asking for input or re-trying a parse is not a retry), BTR408
-(``host="0.0.0.0"`` in code), and the program-wide facts BTR007 needs (is PostgreSQL
-used, is a ``statement_timeout`` set anywhere, where is the first connection made).
+(``host="0.0.0.0"`` in code, ``sock.bind(("0.0.0.0", port))`` and ``("", port)``),
+and the program-wide facts BTR007 needs (is PostgreSQL used, is a ``statement_timeout``
+set anywhere, where is the first connection made).
 
 A call passing ``**kwargs`` is given the benefit of the doubt. SQLite engines are not
 judged by BTR006 (no network, no server-side pool). A bind address read from the
@@ -151,6 +152,18 @@ def _engine(ctx: FileContext, call: ast.Call, qual: str, facts: DbFacts) -> None
 
 def _bind(ctx: FileContext, call: ast.Call, qual: str) -> None:
     func = call.func
+    if (
+        isinstance(func, ast.Attribute)
+        and func.attr == "bind"
+        and len(call.args) == 1
+        and isinstance(call.args[0], ast.Tuple)
+        and call.args[0].elts
+    ):  # socket.bind((host, port)): "" is every interface too
+        address = call.args[0].elts[0]
+        if isinstance(address, ast.Constant) and address.value in (*_ANY_ADDRESS, ""):
+            shown = repr(address.value)
+            ctx.emit("BTR408", address, f"socket bound to {shown}: every network interface")
+        return
     is_run = qual in _SERVER_RUNS or (
         isinstance(func, ast.Attribute) and func.attr in ("run", "run_app")
     )

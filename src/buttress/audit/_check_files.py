@@ -31,10 +31,18 @@ _LOCKS = frozenset({"uv.lock", "poetry.lock", "pdm.lock", "Pipfile.lock", "pyloc
 _TESTS = re.compile(
     r"\b(pytest|py\.test|tox|nox|unittest|coverage run|manage\.py test|hatch (run )?test|"
     r"make (test|check)|(npm|yarn|pnpm) (run )?test)\b"
+    r"|[\w./-]*\btests?([-_.][\w-]*)?\.sh\b"  # scripts/test.sh, tests-start.sh
+    r"|^-?\s*name:.*\b[Tt]est(s|ing)?\b",  # a step named "Run tests"
+    re.MULTILINE,
 )
+#: Dockerfiles of test tooling (``Dockerfile.playwright``, ``Dockerfile.test``): no service
+_TEST_IMAGE = re.compile(r"[.-](tests?|ci|e2e|playwright|cypress|selenium)$", re.IGNORECASE)
 _SCANS = re.compile(
     r"pip-audit|pip_audit|\bsafety (check|scan)\b|osv-scanner|dependency-review-action|"
     r"\bsnyk\b|\btrivy\b|\bgrype\b"
+)
+_DEPLOY = re.compile(
+    r"\.(ya?ml|sh|cron)$|(^|/)(crontab|Makefile|Justfile|Procfile)$|(^|/)cron\.d/[^/]+$"
 )
 _SWALLOW = re.compile(r"\|\|\s*(true|:|exit 0)\b")
 
@@ -65,6 +73,8 @@ def kind_of(rel: str) -> str | None:
         return "requirements"
     if name in _LOCKS or name.endswith(".lock"):
         return "lock"
+    if _DEPLOY.search(rel):
+        return "deploy"  # read only for what it says about backups (`_check_data`)
     return None
 
 
@@ -97,13 +107,13 @@ def check_files(files: list[TextFile], config: AuditConfig) -> tuple[list[Findin
         if config.enabled(rule_id):
             out.append(_finding(config, rule_id, rel, line, message))
 
+    pinned = True
     for f in files:
-        if f.kind == "dockerfile":
+        if f.kind == "dockerfile" and not _TEST_IMAGE.search(f.rel.rpartition("/")[2]):
             _dockerfile(f, emit)
-        elif f.kind == "compose":
-            _compose(f, emit)
         elif f.kind == "requirements":
-            _requirements(f, emit)
+            pinned &= _requirements(f, emit)
+    _composes([f for f in files if f.kind == "compose"], emit)
     requirements = sorted(f.rel for f in files if f.kind == "requirements")
     hashed = any("--hash=" in f.text for f in files if f.kind == "requirements")
     if requirements and "lock" not in kinds and not hashed:
@@ -111,7 +121,10 @@ def check_files(files: list[TextFile], config: AuditConfig) -> tuple[list[Findin
             "BTR702",
             requirements[0],
             1,
-            "requirements files and no lock file: installs are not reproducible",
+            "requirements pinned without hashes and no lock file: an index can serve other "
+            "files under the same versions"
+            if pinned
+            else "requirements files and no lock file: installs are not reproducible",
         )
     workflows = sorted((f for f in files if f.kind == "workflow"), key=lambda f: f.rel)
     if workflows:
@@ -167,16 +180,21 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def _compose(f: TextFile, emit: _Emit) -> None:
+def _compose(f: TextFile) -> tuple[list[tuple[str, int]], set[str]]:
+    """The services without a healthcheck (name, line), and those with one."""
     in_services = False
     service_indent: int | None = None
     current: tuple[str, int] | None = None
     checked = False
+    missing: list[tuple[str, int]] = []
+    healthy: set[str] = set()
 
     def finish() -> None:
-        if current is not None and not checked:
-            name, number = current
-            emit("BTR603", f.rel, number, f"compose service `{name}` has no healthcheck:")
+        if current is not None:
+            if checked:
+                healthy.add(current[0])
+            else:
+                missing.append(current)
 
     for number, line in enumerate(f.text.splitlines(), 1):
         text = _content(line)
@@ -199,10 +217,31 @@ def _compose(f: TextFile, emit: _Emit) -> None:
         elif indent > service_indent and text.startswith("healthcheck:"):
             checked = True
     finish()
+    return missing, healthy
 
 
-def _requirements(f: TextFile, emit: _Emit) -> None:
+def _composes(files: list[TextFile], emit: _Emit) -> None:
+    """BTR603 on compose services, the files of one directory merged.
+
+    ``compose.yml`` + ``compose.override.yml`` (or ``-f a.yml -f b.yml``) describe one
+    service together: a healthcheck in either file counts for the service.
+    """
+    by_dir: dict[str, list[TextFile]] = {}
+    for f in files:
+        by_dir.setdefault(f.rel.rpartition("/")[0], []).append(f)
+    for group in by_dir.values():
+        parsed = [(f, *_compose(f)) for f in group]
+        healthy = set().union(*(h for _, _, h in parsed))
+        for f, missing, _ in parsed:
+            for name, number in missing:
+                if name not in healthy:
+                    emit("BTR603", f.rel, number, f"compose service `{name}` has no healthcheck:")
+
+
+def _requirements(f: TextFile, emit: _Emit) -> bool:
+    """BTR701 on one requirements file; True when every requirement is pinned."""
     logical: list[tuple[int, str]] = []
+    pinned = True
     pending = ""
     start = 0
     for number, line in enumerate(f.text.splitlines(), 1):
@@ -223,6 +262,8 @@ def _requirements(f: TextFile, emit: _Emit) -> None:
         if "==" not in spec:
             name = re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0]
             emit("BTR701", f.rel, number, f"`{name}` is not pinned (==): installs drift")
+            pinned = False
+    return pinned
 
 
 def _steps(lines: list[str]) -> list[list[tuple[int, str]]]:

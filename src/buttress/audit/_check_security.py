@@ -1,7 +1,8 @@
 """Input and security configuration: CORS, debug, SQL from strings, secrets, hashes.
 
 Rules BTR401 (CORS), BTR402 (debug/reload), BTR404 (SQL built from strings), BTR405
-(hardcoded secrets), BTR406 (fast password hashes).
+(hardcoded secrets: assigned, passed, defaulted or compared with), BTR406 (fast password
+hashes).
 
 Values are followed through module constants and imports (``allow_origins=ORIGINS``
 where another module says ``ORIGINS = ["*"]``), and settings-class defaults.
@@ -20,6 +21,7 @@ from buttress.audit._index import dotted
 __all__ = [
     "check_assign",
     "check_call",
+    "check_compare",
     "check_dict",
     "check_function_defaults",
     "secret_reason",
@@ -157,8 +159,15 @@ _SQL = re.compile(
     r"|\bWITH\s+\w+\s+AS\b",
     re.IGNORECASE,
 )
-_EXECUTORS = frozenset({"execute", "executemany", "executescript", "exec_driver_sql", "raw"})
-_TEXT = frozenset({"sqlalchemy.text", "sqlalchemy.sql.text", "sqlalchemy.sql.expression.text"})
+# DB-API and SQLAlchemy, Django's Manager.raw, asyncpg (fetch*, cursor), pg8000's run
+_EXECUTORS = frozenset(
+    {"execute", "executemany", "executescript", "exec_driver_sql", "raw", "fetch", "fetchrow",
+     "fetchval", "cursor", "run"}
+)  # fmt: skip
+_TEXT = frozenset(
+    {"sqlalchemy.text", "sqlalchemy.sql.text", "sqlalchemy.sql.expression.text",
+     "django.db.models.expressions.RawSQL", "django.db.models.RawSQL"}
+)  # fmt: skip
 _PLACEHOLDERS = frozenset({"?", "%s", ",", ", ", " , ", "(", ")", ""})
 
 
@@ -197,20 +206,24 @@ def _is_counter(node: ast.Name) -> bool:
     return False if node.id.isupper() else node.id in ("_", "i", "n", "ids", "values", "items")
 
 
-def _sql_shape(node: ast.expr) -> str | None:
-    """How ``node`` builds SQL from strings ("an f-string", "%", "+", ".format"), or None."""
+def _sql_shape(node: ast.expr, *, sql: bool = True) -> str | None:
+    """How ``node`` builds SQL from strings ("an f-string", "%", "+", ".format"), or None.
+
+    ``sql=False``: the string is known to be SQL (a WHERE clause), keywords or not.
+    """
+    looks = _SQL.search if sql else (lambda text: True)
     if isinstance(node, ast.JoinedStr):
         text = "".join(
             v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
         )
         dynamic = [v.value for v in node.values if isinstance(v, ast.FormattedValue)]
-        if dynamic and _SQL.search(text) and not all(_safe_value(v) for v in dynamic):
+        if dynamic and looks(text) and not all(_safe_value(v) for v in dynamic):
             return "an f-string"
         return None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
         if isinstance(node.left, ast.Constant) and isinstance(node.left.value, str):
             values = node.right.elts if isinstance(node.right, ast.Tuple) else [node.right]
-            if _SQL.search(node.left.value) and not all(_safe_value(v) for v in values):
+            if looks(node.left.value) and not all(_safe_value(v) for v in values):
                 return "% formatting"
         return None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
@@ -219,19 +232,26 @@ def _sql_shape(node: ast.expr) -> str | None:
             p.value for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str)
         )
         dynamic = [p for p in parts if not isinstance(p, ast.Constant)]
-        if _SQL.search(text) and dynamic and not all(_safe_value(p) for p in dynamic):
+        if looks(text) and dynamic and not all(_safe_value(p) for p in dynamic):
             return "string concatenation"
         return None
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and node.func.attr == "format"
-        and isinstance(node.func.value, ast.Constant)
-        and isinstance(node.func.value.value, str)
-        and _SQL.search(node.func.value.value)
+        and (
+            (
+                isinstance(node.func.value, ast.Constant)
+                and isinstance(node.func.value.value, str)
+                and looks(node.func.value.value)
+            )
+            # a template from elsewhere (``queries.BY_NAME.format(name)``): its text is
+            # unknown, but what reaches an executor is SQL
+            or isinstance(node.func.value, ast.Name | ast.Attribute)
+        )
     ):
         values = [*node.args, *(k.value for k in node.keywords)]
-        if not all(_safe_value(v) for v in values):
+        if values and not all(_safe_value(v) for v in values):
             return "str.format"
     return None
 
@@ -242,20 +262,40 @@ def _flatten_add(node: ast.expr) -> list[ast.expr]:
     return [node]
 
 
+def _last_before(values: list[ast.expr], line: int) -> ast.expr | None:
+    """The value assigned last before ``line`` (the first one when none is before it).
+
+    A name reassigned in a loop or a branch may hold another value at run time, but the
+    nearest assignment above is what a reader sees.
+    """
+    ordered = sorted(values, key=lambda v: getattr(v, "lineno", 0))
+    before = [v for v in ordered if getattr(v, "lineno", 0) <= line]
+    if before:
+        return before[-1]
+    return ordered[0] if ordered else None
+
+
 def _sql(ctx: FileContext, call: ast.Call, qual: str) -> None:
     func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "extra":  # Django QuerySet.extra
+        where = keyword(call, "where")
+        if where is not None and isinstance(where.value, ast.List | ast.Tuple):
+            for item in where.value.elts:
+                shape = _sql_shape(item, sql=False)
+                if shape:
+                    ctx.emit("BTR404", item, f"SQL built with {shape} passed to extra(where=)")
+        return
     is_exec = isinstance(func, ast.Attribute) and func.attr in _EXECUTORS
     if not (is_exec or qual in _TEXT) or not call.args:
         return
     query = call.args[0]
     shape = _sql_shape(query)
-    if shape is None and isinstance(query, ast.Name) and ctx.scopes:
-        values = ctx.scopes[-1].get(query.id, [])
-        for value in values:
-            shape = _sql_shape(value)
-            if shape:
-                shape = f"{shape} (assigned to {query.id})"
-                break
+    if shape is None and isinstance(query, ast.Name):
+        bindings = ctx.scopes[-1] if ctx.scopes else ctx.module.assigns
+        value = _last_before(bindings.get(query.id, []), call.lineno)
+        shape = _sql_shape(value) if value is not None else None
+        if shape:
+            shape = f"{shape} (assigned to {query.id})"
     if shape:
         name = func.attr if isinstance(func, ast.Attribute) else qual
         ctx.emit("BTR404", query, f"SQL built with {shape} passed to {name}()")
@@ -268,7 +308,15 @@ _SECRET_WORDS = re.compile(
     r"signing_?key|encryption_?key|client_?secret|token|credentials?|bearer)",
     re.IGNORECASE,
 )
-_PASSWORD_WORDS = re.compile(r"(password|passwd|passphrase|pwd)", re.IGNORECASE)
+_PASSWORD_WORDS = re.compile(r"(password|passwd|passphrase|pwd|^pass$|_pass$)", re.IGNORECASE)
+# a passphrase: words and single spaces, no sentence punctuation (a message is no password)
+_PASSPHRASE = re.compile(r"[^\s.!]+( [^\s.!]+){1,5}")
+# values that stand for a password rather than being one (placeholders, sentinels)
+_PLACEHOLDER_WORD = re.compile(
+    r"[\W_]*(secret|password|passwd|pass|pwd|token|key|none|null|nil|empty|unset|"
+    r"test|testing)[\W_]*",
+    re.IGNORECASE,
+)
 _NOT_SECRET_SUFFIX = re.compile(
     r"(_|^)(type|types|url|uri|endpoint|path|file|filename|dir|name|names|env|var|field|"
     r"header|prefix|suffix|length|len|size|ttl|expiry|expires|expire|timeout|id|kind|"
@@ -281,8 +329,8 @@ _NOT_SECRET_SUFFIX = re.compile(
 )
 _PLACEHOLDER = re.compile(
     r"(change.?me|example|placeholder|your[_\- ]|xxx|\*\*\*|<[^>]*>|\$\{|\{\{|%\(|"
-    r"dummy|fake|sample|redacted|replace|todo|fixme|none|null|undefined|not.?set|secret|"
-    r"password|insecure-default|default)",
+    r"dummy|fake|sample|redacted|replace|todo|fixme|undefined|not.?set|"
+    r"insecure-default)",
     re.IGNORECASE,
 )
 _KNOWN_TOKEN = re.compile(
@@ -311,19 +359,26 @@ def secret_reason(name: str, value: str) -> str | None:
     if short.isupper() and short.startswith(("ENV_", "VAR_")):
         return None
     stripped = value.strip()
+    password = bool(_PASSWORD_WORDS.search(short))
     if (
         not stripped
         or stripped != value
-        or any(ch.isspace() for ch in value)
+        or (any(ch.isspace() for ch in value) and not (password and _PASSPHRASE.fullmatch(value)))
         or _PLACEHOLDER.search(value)
+        or _PLACEHOLDER_WORD.fullmatch(value)
         or re.fullmatch(r"[A-Z][A-Z0-9_]*", value)  # an environment variable's name
-        or (re.fullmatch(r"[a-z][a-z0-9_.\-]*", value) and len(value) < 16)  # a name or word
         or (value.startswith(("http://", "https://", "/", "./", "~", "$")) and "@" not in value)
+        or value.endswith((":", "?", ": "))  # a prompt or a label
         or len(set(value)) <= 2
     ):
         return None
-    if _PASSWORD_WORDS.search(short):
-        return "a password literal" if len(value) >= 6 else None
+    if password:
+        # any other literal a password-named variable holds is a password, short ones too
+        return "a password literal" if len(value) >= 4 else None
+    if re.fullmatch(r"[a-z][a-z0-9_.\-]*", value) and len(value) < 16:  # a name or a word
+        return None
+    if re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+", value):  # a dotted import path
+        return None
     if len(value) >= 16 and _entropy(value) >= 3.0:
         return "a high-entropy literal"
     return None
@@ -381,6 +436,62 @@ def _hash(ctx: FileContext, call: ast.Call, qual: str) -> None:
                 return
 
 
+_FAST_HASHES = frozenset(
+    {"md5", "sha1", "sha224", "sha256", "sha384", "sha512", "sha3_224", "sha3_256", "sha3_384",
+     "sha3_512", "blake2b", "blake2s", "new"}
+)  # fmt: skip
+_DIGESTS = frozenset({"hexdigest", "digest", "finalize", "hex"})
+_PASSWORD_SETTER = re.compile(r"^(set_?password|update_?password|set_?passwd)$", re.IGNORECASE)
+_HASH_LIBS = ("cryptography.hazmat.primitives.hashes.", "Crypto.Hash.", "Cryptodome.Hash.")
+
+
+def _fast_hash(ctx: FileContext, node: ast.expr, depth: int = 0) -> str | None:
+    """The fast hash ``node``'s value comes from (``md5``...), through locals, or None.
+
+    ``hashlib.md5(x).hexdigest()``, ``hashes.Hash(hashes.MD5())`` then ``.finalize()``,
+    ``Crypto.Hash.MD5.new()`` then ``.hexdigest()``; names are followed to what they were
+    assigned.
+    """
+    if depth > 4:
+        return None
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in _DIGESTS:
+            return _fast_hash(ctx, func.value, depth + 1)
+        qual = ctx.qual(func)
+        if qual.startswith("hashlib.") and qual[8:] in _FAST_HASHES:
+            return qual[8:]
+        if qual.startswith(_HASH_LIBS):
+            name = qual.rpartition(".")[0].rpartition(".")[2] if qual.endswith(".new") else ""
+            if qual.endswith(".Hash") and node.args:
+                name = ctx.qual(node.args[0]).removesuffix("()").rpartition(".")[2]
+            if name.upper().startswith(("MD5", "SHA", "BLAKE")):
+                return name
+        return None
+    if isinstance(node, ast.Name):
+        for found in ctx.resolve(node):
+            if found.node is not node:
+                algo = _fast_hash(ctx, found.node, depth + 1)
+                if algo:
+                    return algo
+    return None
+
+
+def _stored_hash(ctx: FileContext, call: ast.Call) -> None:
+    """BTR406 on ``user.set_password(md5_digest)``: a fast hash stored as the password."""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else dotted(func) or ""
+    if not _PASSWORD_SETTER.search(name):
+        return
+    for arg in call.args[:1]:
+        algo = _fast_hash(ctx, arg)
+        if algo:
+            ctx.emit(
+                "BTR406", call, f"{name}() stores a fast hash ({algo.lower()}) as the password"
+            )
+            return
+
+
 def check_call(ctx: FileContext, call: ast.Call) -> None:
     """BTR401, BTR402, BTR404, BTR405 (getenv defaults, keyword arguments), BTR406."""
     qual = ctx.qual(call.func)
@@ -388,6 +499,7 @@ def check_call(ctx: FileContext, call: ast.Call) -> None:
     _debug_call(ctx, call, qual)
     _sql(ctx, call, qual)
     _hash(ctx, call, qual)
+    _stored_hash(ctx, call)
     if qual in ("os.getenv", "os.environ.get") and len(call.args) == 2:
         key = call.args[0]
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
@@ -397,8 +509,27 @@ def check_call(ctx: FileContext, call: ast.Call) -> None:
             _secret(ctx, kw.arg, kw.value, kw.value)
 
 
+def check_compare(ctx: FileContext, node: ast.Compare) -> None:
+    """BTR405 on ``password == "hunter22"``: a credential checked against a literal."""
+    if any(isinstance(op, ast.In | ast.NotIn) for op in node.ops):
+        return  # ``"api_key" in SECRETS``: a lookup by name, not a credential check
+    parts = [node.left, *node.comparators]
+    names = [n for n in (dotted(p) for p in parts) if n]
+    if not names:
+        return
+    for part in parts:
+        if isinstance(part, ast.Constant) and isinstance(part.value, str):
+            for name in names:
+                reason = secret_reason(name, part.value)
+                if reason:
+                    ctx.emit("BTR405", node, f"{name} is compared with {reason}")
+                    return
+
+
 def check_dict(ctx: FileContext, node: ast.Dict) -> None:
     """BTR405 on dict literals (``{"api_key": "sk_live_..."}``)."""
     for key, value in zip(node.keys, node.values, strict=True):
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            if key.value.lower() == "pass":
+                continue  # {"pass": ..., "fail": ...}: a status, not a password
             _secret(ctx, key.value, value, value)

@@ -2,6 +2,9 @@
 
 Exit codes: 0 when every gate passes, 1 when one fails, 2 for a usage error (a path
 that does not exist, an unknown rule, a bad pyproject.toml table or baseline file).
+``--fix`` rewrites the mechanical fixes (`_fix`), then audits again and reports what is
+left; ``--diff`` prints them as a unified diff, writes nothing, and exits 1 when there
+is something to fix (0 otherwise), as ``ruff --diff`` does.
 
 The result cache is on by default (`_cache.default_cache_dir`: ``.buttress_cache/audit``
 in the audited tree, or under ``$XDG_CACHE_HOME`` when the tree is read-only).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -60,9 +64,33 @@ def run_audit(args: argparse.Namespace) -> int:
         baseline = read_baseline(Path(args.baseline)) if args.baseline else None
     except ConfigurationError as exc:
         return _usage(str(exc))
-    report = _run(
-        path, config, baseline, show_progress=args.format == "terminal", cache_dir=_cache_dir(args)
+    cache_dir = _cache_dir(args)
+    show_progress = args.format == "terminal"
+    jobs = getattr(args, "jobs", None)
+    if jobs is not None and jobs < 1:
+        return _usage(f"--jobs {jobs}: give 1 or more processes")
+    run = functools.partial(
+        _run, path, config, baseline, show_progress=show_progress, cache_dir=cache_dir, jobs=jobs
     )
+    report = run()
+    if getattr(args, "diff", False) or getattr(args, "fix", False):
+        from buttress.audit._fix import (  # noqa: PLC0415 - libcst only when fixing
+            apply_fixes,
+            plan_fixes,
+            unified_diff,
+        )
+
+        fixes = plan_fixes(path, report.findings)
+        if getattr(args, "diff", False):
+            sys.stdout.write(unified_diff(fixes))
+            fixed = sum(len(fix.fixed) for fix in fixes)
+            note = f"buttress audit: {fixed} fixable findings in {len(fixes)} files"
+            print(note, file=sys.stderr)
+            return 1 if fixes else 0
+        fixed = apply_fixes(path, fixes)
+        print(f"buttress audit: fixed {fixed} findings in {len(fixes)} files", file=sys.stderr)
+        if fixes:
+            report = run()
     if args.write_baseline:
         write_baseline(Path(args.write_baseline), list(report.findings))
     return finish(report, args, tool="audit")
@@ -81,19 +109,27 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _run(
-    path: Path, config: Any, baseline: Any, *, show_progress: bool, cache_dir: Path | None
+    path: Path,
+    config: Any,
+    baseline: Any,
+    *,
+    show_progress: bool,
+    cache_dir: Path | None,
+    jobs: int | None,
 ) -> Report:
     if not (show_progress and sys.stderr.isatty()):
-        return audit(path, config, baseline=baseline, cache_dir=cache_dir)
+        return audit(path, config, baseline=baseline, cache_dir=cache_dir, jobs=jobs)
     try:
         from rich.progress import Progress  # noqa: PLC0415 - the audit extra
     except ImportError:
-        return audit(path, config, baseline=baseline, cache_dir=cache_dir)
+        return audit(path, config, baseline=baseline, cache_dir=cache_dir, jobs=jobs)
     with Progress(transient=True) as bar:
         task = bar.add_task("auditing", total=None)
 
         def progress(done: int, total: int) -> None:
-            if total > 200 and done % 50 == 0:
+            if total > 200:
                 bar.update(task, completed=done, total=total)
 
-        return audit(path, config, baseline=baseline, progress=progress, cache_dir=cache_dir)
+        return audit(
+            path, config, baseline=baseline, progress=progress, cache_dir=cache_dir, jobs=jobs
+        )

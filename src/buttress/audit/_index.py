@@ -12,8 +12,12 @@ imported or executed: values the index cannot see resolve to themselves.
 from __future__ import annotations
 
 import ast
+import pickle
+import re
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from buttress.audit._walk import SourceFile
 
@@ -21,6 +25,7 @@ __all__ = [
     "LEAVES",
     "Bindings",
     "ModuleIndex",
+    "Packed",
     "Program",
     "Resolved",
     "fast_walk",
@@ -54,6 +59,7 @@ def fast_walk(tree: ast.AST) -> list[ast.AST]:
 Bindings = Mapping[str, list[ast.expr]]
 
 _MAX_DEPTH = 12
+_BACKUP_CODE = re.compile(r"\bBackupCheck\b|buttress\.backup\b")
 
 _CLI_MODULES = frozenset({"argparse", "click", "typer", "fire", "docopt"})
 _CLI_FILES = frozenset({"__main__.py", "cli.py", "manage.py", "setup.py", "noxfile.py"})
@@ -138,6 +144,65 @@ def dotted(node: ast.expr) -> str | None:
     return None
 
 
+_V = TypeVar("_V")
+#: How many `Packed` mappings are unpacked at a time (the least recently used is packed).
+UNPACKED = 256
+_unpacked: OrderedDict[int, Packed[object]] = OrderedDict()
+
+
+class Packed(Mapping[str, _V], Generic[_V]):
+    """A name -> syntax mapping kept pickled, unpacked when a value is read.
+
+    The whole-program index holds one per module and kind; at most `UNPACKED` are
+    unpacked at once, so the index's syntax stays a few bytes per source line however
+    large the program is. Names (``in``, iteration) are answered without unpacking.
+    Values are rebuilt on each unpacking: never key anything by their ``id``.
+    """
+
+    __slots__ = ("_blob", "_names", "_values")
+
+    def __init__(self, values: Mapping[str, _V]) -> None:
+        self._names = tuple(values)
+        self._blob = pickle.dumps(dict(values), protocol=pickle.HIGHEST_PROTOCOL)
+        self._values: dict[str, _V] | None = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_packed_from, (self._names, self._blob))
+
+    def _unpacked(self) -> dict[str, _V]:
+        values = self._values
+        me = id(self)
+        if values is None:
+            values = self._values = pickle.loads(self._blob)  # noqa: S301 - our own bytes
+            _unpacked[me] = self  # type: ignore[assignment]
+            while len(_unpacked) > UNPACKED:
+                _, oldest = _unpacked.popitem(last=False)
+                oldest._values = None  # noqa: SLF001 - the same class
+        else:
+            _unpacked.move_to_end(me, last=True)
+        return values
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __getitem__(self, name: str) -> _V:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._unpacked()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _packed_from(names: tuple[str, ...], blob: bytes) -> Packed[object]:
+    packed: Packed[object] = Packed.__new__(Packed)
+    packed._names, packed._blob, packed._values = names, blob, None  # noqa: SLF001
+    return packed
+
+
 @dataclass(slots=True, kw_only=True)
 class ModuleIndex:
     """What one module imports and binds."""
@@ -147,11 +212,13 @@ class ModuleIndex:
     is_package: bool
     aliases: dict[str, str] = field(default_factory=dict)
     imported: set[str] = field(default_factory=set)  # full names of imported modules
-    assigns: dict[str, list[ast.expr]] = field(default_factory=dict)
-    functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
-    classes: dict[str, ast.ClassDef] = field(default_factory=dict)
+    assigns: Mapping[str, list[ast.expr]] = field(default_factory=dict)
+    functions: Mapping[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
+    classes: Mapping[str, ast.ClassDef] = field(default_factory=dict)
     main_guards: list[ast.If] = field(default_factory=list)
     nodes: list[ast.AST] = field(default_factory=list)  # every node, walked once
+    lines: int = 0  # the number of source lines
+    backup_code: bool = False  # names BackupCheck or buttress.backup (BTR707)
 
     @property
     def roots(self) -> set[str]:
@@ -162,8 +229,8 @@ class ModuleIndex:
     def is_cli(self) -> bool:
         """True for a command-line script, where ``print`` is the interface.
 
-        It has a ``__main__`` guard, uses argparse/click/typer, or lives in scripts/,
-        bin/, tools/, examples/.
+        It has a ``__main__`` guard, uses argparse/click/typer, lives in scripts/,
+        bin/, tools/, examples/, or is a Django management command.
         """
         rel = self.source.rel
         parts = rel.split("/")
@@ -172,6 +239,7 @@ class ModuleIndex:
             or self.roots & _CLI_MODULES
             or parts[-1] in _CLI_FILES
             or any(p in _CLI_DIRS for p in parts[:-1])
+            or parts[-3:-1] == ["management", "commands"]  # Django management commands
         )
 
     @classmethod
@@ -183,6 +251,8 @@ class ModuleIndex:
             is_package=source.rel.endswith("__init__.py"),
         )
         tree = source.tree
+        index.lines = source.text.count("\n") + 1
+        index.backup_code = _BACKUP_CODE.search(source.text) is not None
         index.nodes = fast_walk(tree)
         for node in index.nodes:
             if isinstance(node, ast.Import):
@@ -202,12 +272,16 @@ class ModuleIndex:
                     if alias.name == "*":
                         continue
                     index.aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
-        _collect_bindings(tree.body, index.assigns)
+        assigns: dict[str, list[ast.expr]] = {}
+        functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        classes: dict[str, ast.ClassDef] = {}
+        _collect_bindings(tree.body, assigns)
+        index.assigns, index.functions, index.classes = assigns, functions, classes
         for stmt in tree.body:
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
-                index.functions[stmt.name] = stmt
+                functions[stmt.name] = stmt
             elif isinstance(stmt, ast.ClassDef):
-                index.classes[stmt.name] = stmt
+                classes[stmt.name] = stmt
             elif isinstance(stmt, ast.If) and _is_main_guard(stmt):
                 index.main_guards.append(stmt)
         return index

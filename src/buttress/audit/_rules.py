@@ -10,7 +10,8 @@ than a free pass): when a module of the audited tree imports one of the listed m
 ``"*"`` for any Python code, ``"app"`` when the tree defines a web app
 (``"asgi-app"``: a FastAPI or Starlette one), ``"file:..."`` when the tree has such a
 non-Python file (``container``: a Dockerfile or compose file; ``requirements``;
-``workflow``: a GitHub Actions workflow).
+``workflow``: a GitHub Actions workflow; ``migration``: Alembic revisions; ``database``:
+code that uses a database driver or ORM, or migrations).
 """
 
 from __future__ import annotations
@@ -299,6 +300,29 @@ _TABLE: list[tuple[str, str, str, Priority, str]] = [
         "(.github/dependabot.yml)",
     ),
     (
+        "BTR705",
+        "supply-chain",
+        "migration without a downgrade",
+        _P1,
+        "write downgrade() so a bad release can be rolled back (alembic revision "
+        "--autogenerate writes one; check it with buttress migrate rehearse)",
+    ),
+    (
+        "BTR706",
+        "supply-chain",
+        "more than one Alembic head",
+        _P0,
+        "merge the branches: alembic merge heads -m 'merge' (then alembic heads shows one)",
+    ),
+    (
+        "BTR707",
+        "supply-chain",
+        "no database backup job or backup verification",
+        _P1,
+        "schedule backups and prove they restore: buttress backup run / buttress backup "
+        "verify (or pg_dump) in a CI schedule, a cron job or a Kubernetes CronJob",
+    ),
+    (
         "BTR900",
         "audit",
         "suppression without a reason",
@@ -368,6 +392,9 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "BTR702": ("file:requirements",),
     "BTR703": ("file:workflow",),
     "BTR704": ("file:workflow",),
+    "BTR705": ("file:migration",),
+    "BTR706": ("file:migration",),
+    "BTR707": ("file:database",),
     "BTR900": ("*",),
 }
 

@@ -1,10 +1,16 @@
 """`audit`: discover, read, parse, index, run the rules, suppress, baseline, report.
 
-The per-file part (the `Visitor`) depends only on the file and the names it resolves
-through the index (so on the audited modules it imports); absence rules run once on the
-whole program afterwards. With a cache directory (`_cache.ResultCache`), a run on an
-unchanged tree reads and hashes the files and parses nothing, and after a change the
-per-file rules run only on the files whose content or imported modules changed.
+Two passes over the Python files. The first parses each file, indexes it and keeps only
+its `_skeleton`; the second (`_shard`) parses each file again and walks it with the rules,
+in forked workers when there are several CPUs. The per-file part (the `Visitor`) depends
+only on the file and the names it resolves through the index (so on the audited modules
+it imports), which is why the second pass can be split: its result is the same in any
+number of processes. Absence rules run once on the whole program afterwards. Syntax
+trees are never all in memory at once: memory grows with the program's module-level
+names and its findings, not with its code. With a cache directory
+(`_cache.ResultCache`), a run on an unchanged tree reads and hashes the files and parses
+nothing, and after a change the per-file rules run only on the files whose content or
+imported modules changed.
 Non-Python files (Dockerfiles, compose, requirements, lock files, CI workflows) are read
 as text by `_check_files`.
 """
@@ -27,20 +33,20 @@ from buttress.audit._cache import (
     skipped_from,
     skipped_to,
 )
+from buttress.audit._check_data import check_data, find_migrations
 from buttress.audit._check_files import TextFile, check_files, kind_of
 from buttress.audit._config import AuditConfig
-from buttress.audit._context import FileContext
 from buttress.audit._index import ModuleIndex, Program
 from buttress.audit._rules import APPLIES, CATEGORIES, RULES
+from buttress.audit._shard import Shared, collapsed, default_jobs, index_shards, run_shards
 from buttress.audit._suppress import (
+    Suppression,
     apply_baseline,
     apply_suppressions,
-    fingerprint,
-    suppressions,
+    line_fingerprint,
     text_suppressions,
 )
-from buttress.audit._visitor import Visitor
-from buttress.audit._walk import SourceFile, discover, parse, read
+from buttress.audit._walk import discover, read
 from buttress.audit._web import WebFacts, absence_findings
 from buttress.report import Check, CheckStatus, Finding, Report, Rule, Skipped
 
@@ -54,10 +60,13 @@ def audit(
     baseline: Counter[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cache_dir: Path | None = None,
+    jobs: int | None = None,
 ) -> Report:
     """Audit the files under ``path`` (a directory or one file).
 
-    ``cache_dir``: where to keep the result cache (None: no cache).
+    ``cache_dir``: where to keep the result cache (None: no cache). ``jobs``: processes
+    for the per-file rules (None: one per CPU; 1: all in this process). The report is
+    the same whatever ``jobs`` is.
 
     Example::
 
@@ -69,13 +78,13 @@ def audit(
     root = path if path.is_dir() else path.parent
     other_paths: list[tuple[Path, str]] = []
     files, skipped = discover(path, config, other_paths)
-    raw: list[tuple[Path, str, bytes, str]] = []
+    raw: list[tuple[Path, str, str]] = []  # path, relative path, sha256 (no bytes kept)
     for done, (file, rel) in enumerate(files, 1):
         data = read(file, rel, config)
         if isinstance(data, Skipped):
             skipped.append(data)
         else:
-            raw.append((file, rel, data, hashlib.sha256(data).hexdigest()))
+            raw.append((file, rel, hashlib.sha256(data).hexdigest()))
         if progress is not None:
             progress(done, len(files) * 2)
     texts: list[TextFile] = []
@@ -87,6 +96,10 @@ def audit(
         kind = kind_of(rel)
         if kind is not None:
             texts.append(TextFile(rel, kind, data.decode("utf-8", errors="replace")))
+    for file, rel in find_migrations(root if path.is_dir() else path, config):
+        data = read(file, rel, config)
+        if not isinstance(data, Skipped):
+            texts.append(TextFile(rel, "migration", data.decode("utf-8", errors="replace")))
     tree_digest = _tree_digest(raw, texts, skipped)
     cache = ResultCache(cache_dir, config) if cache_dir is not None else None
     cached = cache.result(tree_digest) if cache is not None else None
@@ -97,9 +110,10 @@ def audit(
         except (KeyError, ValueError, TypeError):
             result = None
     if result is None:
-        result = _analyse(raw, texts, config, cache, len(files), progress)
+        workers = default_jobs() if jobs is None else max(1, jobs)
+        result = _analyse(raw, texts, config, cache, len(files), progress, workers)
         if cache is not None:
-            present = {rel for _, rel, _, _ in raw}
+            present = {rel for _, rel, _ in raw}
             cache.save(tree_digest, _to_cache(result), present)
     findings, parse_skipped, lines, applicable, parsed, replayed = result
     if baseline is not None:
@@ -131,10 +145,10 @@ _Result = tuple[list[Finding], list[Skipped], int, set[str], int, int]
 
 
 def _tree_digest(
-    raw: list[tuple[Path, str, bytes, str]], texts: list[TextFile], skipped: list[Skipped]
+    raw: list[tuple[Path, str, str]], texts: list[TextFile], skipped: list[Skipped]
 ) -> str:
     h = hashlib.sha256()
-    for _, rel, _, digest in raw:
+    for _, rel, digest in raw:
         h.update(f"{rel}\0{digest}\n".encode())
     for text in texts:
         h.update(f"{text.rel}\0{hashlib.sha256(text.text.encode()).hexdigest()}\n".encode())
@@ -214,72 +228,112 @@ def _dependencies(program: Program) -> dict[str, str]:
     return out
 
 
+def _index(
+    raw: list[tuple[Path, str, str]],
+    config: AuditConfig,
+    jobs: int,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[ModuleIndex], list[Skipped]]:
+    """The first pass: every file parsed and indexed, kept as a skeleton."""
+    modules: list[ModuleIndex] = []
+    parse_skipped: list[Skipped] = []
+
+    def indexed(done: int) -> None:
+        if progress is not None:
+            progress(total + done * total // (2 * max(1, len(raw))), total * 2)
+
+    items = [(file, rel) for file, rel, _ in raw]
+    for shard in index_shards(config, items, jobs, indexed):
+        for loaded in shard:
+            if isinstance(loaded, Skipped):
+                parse_skipped.append(loaded)
+            else:
+                modules.append(loaded)
+    return modules, parse_skipped
+
+
 def _analyse(
-    raw: list[tuple[Path, str, bytes, str]],
+    raw: list[tuple[Path, str, str]],
     texts: list[TextFile],
     config: AuditConfig,
     cache: ResultCache | None,
     total: int,
     progress: Callable[[int, int], None] | None,
+    jobs: int,
 ) -> _Result:
-    sources: list[SourceFile] = []
-    parse_skipped: list[Skipped] = []
-    for file, rel, data, _ in raw:
-        loaded = parse(file, rel, data)
-        if isinstance(loaded, Skipped):
-            parse_skipped.append(loaded)
-        else:
-            sources.append(loaded)
-    modules = [ModuleIndex.build(source) for source in sources]
+    modules, parse_skipped = _index(raw, config, jobs, total, progress)
     program = Program(modules)
     deps = _dependencies(program) if cache is not None else {}
+    shared = Shared(program=program, config=config, cache=cache, deps=deps)
     web = WebFacts()
     per_file: dict[str, list[Finding]] = {}
+    marks: dict[str, list[Suppression]] = {}
+    line_text: dict[str, dict[int, str]] = {}
     replayed = 0
-    for done, module in enumerate(modules, total + 1):
-        rel, digest = module.source.rel, module.source.digest
-        dep = deps.get(module.name, "")
-        hit = cache.findings(rel, digest, dep) if cache is not None else None
-        ctx = FileContext(program=program, module=module, config=config, silent=hit is not None)
-        Visitor(ctx, web).run()
-        if hit is None:
-            per_file[rel] = ctx.findings
-            if cache is not None:
-                cache.store(rel, digest, dep, ctx.findings)
-        else:
-            per_file[rel] = hit
-            replayed += 1
+    items = [(m.source.path, m.source.rel) for m in modules]
+
+    def walked(done: int) -> None:
         if progress is not None:
-            progress(done, total * 2)
+            progress(total + (total + done * total // max(1, len(items))) // 2, total * 2)
+
+    for shard in run_shards(shared, items, jobs, walked):
+        web.merge(shard.web)
+        for result in shard.files:
+            per_file[result.rel] = result.findings
+            marks[result.rel] = result.marks
+            line_text[result.rel] = result.line_text
+            if result.replayed:
+                replayed += 1
+            elif cache is not None:
+                module = program.by_rel[result.rel]
+                dep = deps.get(module.name, "")
+                cache.store(result.rel, module.source.digest, dep, result.findings)
     for finding in absence_findings(web, program, config):
         per_file.setdefault(finding.location.path, []).append(finding)
     file_findings, tokens = check_files(texts, config)
-    for finding in file_findings:
+    data_findings, data_tokens = check_data(texts, program, config)
+    tokens |= data_tokens
+    for finding in [*file_findings, *data_findings]:
         per_file.setdefault(finding.location.path, []).append(finding)
     findings: list[Finding] = []
     report_bare = config.enabled("BTR900")
     for module in modules:
         rel = module.source.rel
-        marks = suppressions(module.source.text)
-        mine = apply_suppressions(per_file.get(rel, []), marks, rel, report_bare=report_bare)
-        lines = module.source.lines
-        findings += [_with_fingerprint(f, lines) for f in _dedupe(mine)]
+        mine = apply_suppressions(
+            per_file.get(rel, []), marks.get(rel, []), rel, report_bare=report_bare
+        )
+        known = line_text.get(rel, {})
+        if any(f.location.line not in known for f in mine):  # absence findings: read again
+            known = _line_texts(module.source.path)
+        findings += [_with_fingerprint(f, known) for f in _dedupe(mine)]
     for text in texts:
         rel = text.rel
-        if rel not in per_file:
-            continue
-        marks = text_suppressions(text.text)
-        mine = apply_suppressions(per_file[rel], marks, rel, report_bare=report_bare)
+        if rel not in per_file or rel in program.by_rel:
+            continue  # no findings, or a Python module (--include-tests) handled above
+        found = text_suppressions(text.text)
+        mine = apply_suppressions(per_file[rel], found, rel, report_bare=report_bare)
         lines = text.text.splitlines()
-        findings += [_with_fingerprint(f, lines) for f in _dedupe(mine)]
+        known = {f.location.line: collapsed(lines, f.location.line) for f in mine}
+        findings += [_with_fingerprint(f, known) for f in _dedupe(mine)]
     rules = [rule for rule in RULES.values() if config.enabled(rule.id)]
     applicable = _applicable(rules, program, web, tokens)
-    line_count = sum(s.text.count("\n") + 1 for s in sources)
+    line_count = sum(m.lines for m in modules)
     return findings, parse_skipped, line_count, applicable, len(raw), replayed
 
 
-def _with_fingerprint(finding: Finding, lines: list[str]) -> Finding:
-    return dataclasses.replace(finding, fingerprint=fingerprint(finding, lines))
+def _line_texts(path: Path) -> dict[int, str]:
+    """Every line of a file, whitespace collapsed (empty when it cannot be read now)."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
+    except OSError:
+        return {}
+    return {n: " ".join(line.split()) for n, line in enumerate(text.splitlines(), 1)}
+
+
+def _with_fingerprint(finding: Finding, line_text: dict[int, str]) -> Finding:
+    text = line_text.get(finding.location.line, "")
+    return dataclasses.replace(finding, fingerprint=line_fingerprint(finding, text))
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -34,6 +34,7 @@ __all__ = [
     "apply_baseline",
     "apply_suppressions",
     "fingerprint",
+    "line_fingerprint",
     "read_baseline",
     "suppressions",
     "text_suppressions",
@@ -137,6 +138,11 @@ def fingerprint(finding: Finding, lines: list[str]) -> str:
     """A fingerprint that survives lines moving: rule, path, the line's text."""
     line = finding.location.line
     text = " ".join(lines[line - 1].split()) if 0 < line <= len(lines) else ""
+    return line_fingerprint(finding, text)
+
+
+def line_fingerprint(finding: Finding, text: str) -> str:
+    """`fingerprint`, given the finding's line with its whitespace collapsed."""
     key = f"{finding.rule_id}\0{finding.location.path}\0{text}"
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 

@@ -156,6 +156,12 @@ class Visitor(ast.NodeVisitor):
             self._assigned(node.target, node.value)
         self.generic_visit(node)
 
+    def visit_Compare(self, node: ast.Compare) -> None:
+        """Comparisons: a credential checked against a literal."""
+        if not self.ctx.silent:
+            _check_security.check_compare(self.ctx, node)
+        self.generic_visit(node)
+
     def visit_Dict(self, node: ast.Dict) -> None:
         """Dict literals: secrets under secret-like keys."""
         if not self.ctx.silent:

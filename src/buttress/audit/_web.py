@@ -14,6 +14,11 @@ graceful shutdown (BTR602, ASGI apps only: WSGI servers drain on SIGTERM themsel
 Each finding is located at the app's constructor. An app passed to ``harden()`` has all
 five. Routes the index cannot tie to an app (an unresolved receiver, a router never
 included) count for every app: absence findings err towards silence.
+
+Apps and routers are keyed by their constructor's position (`Key`: file, line, column),
+never by ``id(node)``: the same constructor is met in the walk of its own file and,
+through the index, from other files, and a parallel run walks files in other processes;
+`WebFacts.merge` joins the facts of several walks in order.
 """
 
 from __future__ import annotations
@@ -29,7 +34,22 @@ from buttress.audit._index import ModuleIndex, Program, dotted
 from buttress.audit._rules import RULES
 from buttress.report import Finding
 
-__all__ = ["App", "WebFacts", "absence_findings", "is_route_decorator"]
+__all__ = ["App", "Key", "WebFacts", "absence_findings", "is_route_decorator", "key"]
+
+#: Where a constructor call is written: (file, line, column, end line, end column).
+Key = tuple[str, int, int, int, int]
+
+
+def key(rel: str, node: ast.AST) -> Key:
+    """The `Key` of ``node`` in the file ``rel``."""
+    return (
+        rel,
+        getattr(node, "lineno", 0),
+        getattr(node, "col_offset", 0),
+        getattr(node, "end_lineno", 0) or 0,
+        getattr(node, "end_col_offset", 0) or 0,
+    )
+
 
 APP_CTORS = {
     "fastapi.FastAPI": "fastapi",
@@ -38,7 +58,28 @@ APP_CTORS = {
     "flask.Flask": "flask",
     "flask.app.Flask": "flask",
     "quart.Quart": "quart",
+    "aiohttp.web.Application": "aiohttp",
+    "aiohttp.web_app.Application": "aiohttp",
 }
+#: Frameworks that limit request bodies by default (Django's DATA_UPLOAD_MAX_MEMORY_SIZE,
+#: aiohttp's client_max_size) and drain on SIGTERM themselves (WSGI servers, run_app).
+_BUILT_IN_LIMITS = frozenset({"django", "aiohttp"})
+_DJANGO_PATHS = frozenset(
+    {"django.urls.path", "django.urls.re_path", "django.conf.urls.url", "django.urls.conf.path",
+     "django.urls.conf.re_path"}
+)  # fmt: skip
+_AIOHTTP_ROUTES = frozenset({"get", "post", "put", "patch", "delete", "head", "view", "route"})
+_HTTP_NAMES = frozenset({"get", "post", "put", "patch", "delete", "head", "options"})
+# auth on a route: Depends(get_current_user), @login_required, permission_classes, mixins
+_AUTH = re.compile(
+    r"(current_user|current_active_user|superuser|get_user|authenticat|authoriz|auth_required|login_required|jwt_required|"
+    r"token_required|permission|require_user|requires_auth|verify_token|api_key|is_admin|"
+    r"admin_required|roles_required|principal|oauth2|bearer|security|user_required)",
+    re.IGNORECASE,
+)
+_AUTH_MIXINS = re.compile(r"(LoginRequired|PermissionRequired|UserPassesTest|Authenticated)")
+_OPEN_PERMISSIONS = frozenset({"AllowAny"})
+_DJANGO_WRITE_VIEWS = re.compile(r"(Create|Update|Delete|Form|Edit)View$|ViewSet$")
 ROUTER_CTORS = frozenset(
     {"fastapi.APIRouter", "fastapi.routing.APIRouter", "flask.Blueprint",
      "flask.blueprints.Blueprint", "starlette.routing.Router", "quart.Blueprint"}
@@ -86,8 +127,8 @@ class App:
     """One web app constructor in the program."""
 
     kind: str
-    node: ast.Call
-    module: ModuleIndex
+    node: ast.expr  # the constructor call (Django: the root urlpatterns list)
+    rel: str  # the file it is written in
     hardened: bool = False
     rate_limited: bool = False  # harden(app, rate_limits=[...])
     shutdown: bool = False
@@ -100,30 +141,62 @@ class Route:
 
     path: str
     methods: frozenset[str]
-    owner: int | None
+    owner: Key | None
+    public: bool = True  # no authentication dependency, decorator or permission seen
 
 
 @dataclass(slots=True, kw_only=True)
 class WebFacts:
     """What the walk learned about the program's web apps."""
 
-    apps: dict[int, App] = field(default_factory=dict)
-    routers: set[int] = field(default_factory=set)
-    includes: list[tuple[int, int]] = field(default_factory=list)  # (app or router, router)
+    apps: dict[Key, App] = field(default_factory=dict)
+    routers: set[Key] = field(default_factory=set)
+    includes: list[tuple[Key, Key]] = field(default_factory=list)  # (app or router, router)
     routes: list[Route] = field(default_factory=list)
-    middleware: list[tuple[int | None, str]] = field(default_factory=list)
+    middleware: list[tuple[Key | None, str]] = field(default_factory=list)
     signals: bool = False  # a SIGTERM handler, or a graceful-shutdown timeout
     max_content_length: bool = False
     idempotency: bool = False
     metrics: bool = False
     rate_limit: bool = False  # a rate limiter somewhere in the program
     db: DbFacts = field(default_factory=DbFacts)
+    urlconfs: list[tuple[str, str, ast.expr]] = field(default_factory=list)  # Django
+    root_urlconf: set[str] = field(default_factory=set)  # ROOT_URLCONF values
+
+    def merge(self, other: WebFacts) -> None:
+        """Add the facts of a later walk (``other``: the files after this one's).
+
+        Merging the walks of consecutive shards in order gives the facts of one walk over
+        all of them (apps keep the order they were first seen in).
+        """
+        for where, app in other.apps.items():
+            mine = self.apps.setdefault(where, app)
+            if mine is not app:
+                mine.hardened |= app.hardened
+                mine.rate_limited |= app.rate_limited
+                mine.shutdown |= app.shutdown
+                mine.body_limit |= app.body_limit
+        self.routers |= other.routers
+        self.includes += other.includes
+        self.routes += other.routes
+        self.middleware += other.middleware
+        self.signals |= other.signals
+        self.max_content_length |= other.max_content_length
+        self.idempotency |= other.idempotency
+        self.metrics |= other.metrics
+        self.rate_limit |= other.rate_limit
+        self.db.postgres |= other.db.postgres
+        self.db.statement_timeout |= other.db.statement_timeout
+        if self.db.first_connect is None:
+            self.db.first_connect = other.db.first_connect
+        self.urlconfs += other.urlconfs
+        self.root_urlconf |= other.root_urlconf
 
     # ---------------------------------------------------------------- resolution
 
-    def owners(self, ctx: FileContext, node: ast.expr, depth: int = 0) -> set[int]:
+    def owners(self, ctx: FileContext, node: ast.expr, depth: int = 0) -> set[Key]:
         """The apps and routers ``node`` may be (ids of their constructor calls)."""
-        found: set[int] = set()
+        found: set[Key] = set()
         if depth > 4:
             return found
         for resolved in ctx.program.resolve(ctx.module, node, ctx.scope()):
@@ -132,11 +205,11 @@ class WebFacts:
                 continue
             qual = ctx.program.qualname(resolved.module, value.func)
             if qual in APP_CTORS:
-                self.app(value, resolved.module, qual)
-                found.add(id(value))
+                found.add(self.app(value, resolved.module, qual))
             elif qual in ROUTER_CTORS:
-                self.routers.add(id(value))
-                found.add(id(value))
+                where = key(resolved.module.source.rel, value)
+                self.routers.add(where)
+                found.add(where)
             else:
                 function = ctx.program.function_def(resolved.module, value.func)
                 if function is not None:
@@ -148,37 +221,36 @@ class WebFacts:
                     found |= self.owners(inner, value.args[0], depth + 1)
         return found
 
-    def _owners_or_any(self, ctx: FileContext, node: ast.expr) -> set[int | None]:
+    def _owners_or_any(self, ctx: FileContext, node: ast.expr) -> set[Key | None]:
         """`owners`, or ``{None}`` (every app) when the receiver cannot be resolved."""
-        found: set[int | None] = set(self.owners(ctx, node))
+        found: set[Key | None] = set(self.owners(ctx, node))
         return found or {None}
 
-    def app(self, node: ast.Call, module: ModuleIndex, qual: str) -> App:
-        """The `App` of a constructor call (registered on first sight)."""
-        key = id(node)
-        if key not in self.apps:
-            app = App(kind=APP_CTORS[qual], node=node, module=module)
+    def app(self, node: ast.Call, module: ModuleIndex, qual: str) -> Key:
+        """The `Key` of an app's constructor call (the `App` registered on first sight)."""
+        where = key(module.source.rel, node)
+        if where not in self.apps:
+            app = App(kind=APP_CTORS[qual], node=node, rel=module.source.rel)
             for name in ("lifespan", "on_shutdown"):
                 kw = keyword(node, name)
                 if kw is not None and not const(kw.value, None):
                     app.shutdown = True
-            self.apps[key] = app
-        return self.apps[key]
+            self.apps[where] = app
+        return where
 
     def apps_in(
         self,
         program: Program,
         function: ast.FunctionDef | ast.AsyncFunctionDef,
         module: ModuleIndex,
-    ) -> set[int]:
+    ) -> set[Key]:
         """The apps a factory function constructs."""
-        found: set[int] = set()
+        found: set[Key] = set()
         for node in ast.walk(function):
             if isinstance(node, ast.Call):
                 qual = program.qualname(module, node.func)
                 if qual in APP_CTORS:
-                    self.app(node, module, qual)
-                    found.add(id(node))
+                    found.add(self.app(node, module, qual))
         return found
 
     # ---------------------------------------------------------------- recording
@@ -201,8 +273,9 @@ class WebFacts:
                 continue
             methods = _methods(decorator, attr)
             owners = self._owners_or_any(ctx, decorator.func.value)
+            public = not _authenticated(func, decorator)
             for maybe in owners:
-                self.routes.append(Route(path=path, methods=methods, owner=maybe))
+                self.routes.append(Route(path=path, methods=methods, owner=maybe, public=public))
             if _IDEMPOTENCY.search(" ".join(a.arg for a in func.args.args + func.args.kwonlyargs)):
                 self.idempotency = True
 
@@ -233,6 +306,12 @@ class WebFacts:
                 methods = _methods(call, "route") if qual.endswith("Route") else frozenset()
                 self.routes.append(Route(path=path, methods=methods, owner=None))
             return
+        if qual in _DJANGO_PATHS:
+            self._django_path(ctx, call)
+            return
+        if qual.startswith("aiohttp.web.") and qual.rpartition(".")[2] in _AIOHTTP_ROUTES:
+            self._aiohttp_route(ctx, call, qual.rpartition(".")[2], None)
+            return
         if qual in ("starlette.middleware.Middleware", "fastapi.middleware.Middleware"):
             if call.args:
                 self.middleware.append((None, ctx.qual(call.args[0])))
@@ -252,6 +331,31 @@ class WebFacts:
         attr = func.attr
         if attr == "add_signal_handler":
             self.signals = True
+        elif attr.startswith("add_") and attr[4:] in _HTTP_NAMES | {"view"} and call.args:
+            receiver = func.value  # aiohttp: app.router.add_post(path, handler)
+            if isinstance(receiver, ast.Attribute) and receiver.attr == "router":
+                receiver = receiver.value
+            for maybe in self._owners_or_any(ctx, receiver):
+                self._aiohttp_route(ctx, call, attr[4:], maybe)
+        elif (
+            attr == "add_route"
+            and len(call.args) >= 2
+            and isinstance(call.args[0], ast.Constant)
+            and str(call.args[0].value).lower() in _HTTP_NAMES | {"*"}
+        ):  # aiohttp: app.router.add_route("POST", path, handler)
+            where = call.args[1]
+            if isinstance(where, ast.Constant) and isinstance(where.value, str):
+                verb = str(call.args[0].value).upper()
+                verbs = frozenset(_PUBLIC_WRITE | {"GET"}) if verb == "*" else frozenset({verb})
+                self.routes.append(Route(path=where.value, methods=verbs, owner=None))
+        elif (
+            attr in ("append", "extend")
+            and isinstance(func.value, ast.Attribute)
+            and (func.value.attr in ("on_shutdown", "on_cleanup", "cleanup_ctx"))
+        ):  # aiohttp: app.on_shutdown.append(close)
+            for owner in self.owners(ctx, func.value.value):
+                if owner in self.apps:
+                    self.apps[owner].shutdown = True
         elif attr in ("add_api_route", "add_route", "add_url_rule", "mount", "add_websocket_route"):
             path = _path(call)
             if path is None:
@@ -273,13 +377,53 @@ class WebFacts:
                 if owner in self.apps:
                     self.apps[owner].shutdown = True
 
+    def _django_path(self, ctx: FileContext, call: ast.Call) -> None:
+        """``path("orders/", views.create)`` / ``re_path(...)``: a route with its view's methods."""
+        if len(call.args) < 2:
+            return
+        route, view = call.args[0], call.args[1]
+        if not (isinstance(route, ast.Constant) and isinstance(route.value, str)):
+            return
+        if isinstance(view, ast.Call) and ctx.qual(view.func) in (
+            "django.urls.include",
+            "django.conf.urls.include",
+        ):
+            return  # the included urlconf's own paths are recorded where they are written
+        methods, public = _view_facts(ctx, view)
+        path = "/" + route.value.lstrip("^").rstrip("$")
+        self.routes.append(Route(path=path, methods=methods, owner=None, public=public))
+
+    def _aiohttp_route(
+        self, ctx: FileContext, call: ast.Call, method: str, owner: Key | None
+    ) -> None:
+        """``web.post(path, handler)``, ``router.add_post(...)``, ``web.view(path, View)``."""
+        args = call.args
+        if method == "route":  # web.route("POST", path, handler)
+            if len(args) < 2 or not isinstance(args[0], ast.Constant):
+                return
+            method, args = str(args[0].value).lower(), args[1:]
+        path = args[0] if args else None
+        if not (isinstance(path, ast.Constant) and isinstance(path.value, str)):
+            return
+        if method == "view" and len(args) > 1:
+            methods, public = _view_facts(ctx, args[1])
+        else:
+            methods, public = frozenset({method.upper()}), True
+            if len(args) > 1:
+                public = _view_facts(ctx, args[1])[1]
+        self.routes.append(Route(path=path.value, methods=methods, owner=owner, public=public))
+
     def on_assign(self, ctx: FileContext, target: ast.expr, value: ast.expr) -> None:
         """Record what assignments say about the apps.
 
         ``MAX_CONTENT_LENGTH``, ``graceful_timeout``, ``app.wsgi_app = M(app.wsgi_app)``,
-        ``app.router.lifespan_context = ...``.
+        ``app.router.lifespan_context = ...``, Django's ``urlpatterns`` and ``ROOT_URLCONF``.
         """
         name = dotted(target) or ""
+        if name == "urlpatterns" and not ctx.scopes:
+            self.urlconfs.append((ctx.module.name, ctx.rel, value))
+        elif name == "ROOT_URLCONF" and isinstance(value, ast.Constant):
+            self.root_urlconf.add(str(value.value))
         if (
             isinstance(target, ast.Subscript) and const(target.slice, "MAX_CONTENT_LENGTH")
         ) or name.rpartition(".")[2] in ("MAX_CONTENT_LENGTH", "max_content_length"):
@@ -340,6 +484,98 @@ def is_route_decorator(decorator: ast.expr) -> bool:
     )
 
 
+def _authenticated(
+    func: ast.FunctionDef | ast.AsyncFunctionDef, route: ast.Call | None = None
+) -> bool:
+    """True when a handler requires a user.
+
+    A decorator (``@login_required``, ``@jwt_required()``, ``@permission_required(...)``),
+    a parameter whose default is ``Depends(get_current_user)`` / ``Security(...)``, or
+    ``dependencies=[Depends(auth)]`` on the route decorator.
+    """
+    for decorator in func.decorator_list:
+        if decorator is route:
+            continue
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if _AUTH.search(dotted(target) or ""):
+            return True
+    defaults = [*func.args.defaults, *(d for d in func.args.kw_defaults if d is not None)]
+    annotations = [a.annotation for a in (*func.args.args, *func.args.kwonlyargs) if a.annotation]
+    for annotation in annotations:  # an alias: ``current_user: CurrentUser`` (FastAPI docs)
+        name = (dotted(annotation) or "").rpartition(".")[2]
+        if _AUTH.search(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)):
+            return True
+    if route is not None:
+        dependencies = keyword(route, "dependencies")
+        if dependencies is not None:
+            defaults.append(dependencies.value)
+    for node in (*defaults, *annotations):
+        for inner in ast.walk(node):
+            if (
+                isinstance(inner, ast.Call)
+                and (dotted(inner.func) or "").rpartition(".")[2] in ("Depends", "Security")
+                and (
+                    (dotted(inner.func) or "").endswith("Security")
+                    or any(_AUTH.search(dotted(a) or "") for a in inner.args)
+                )
+            ):
+                return True
+    return False
+
+
+def _view_facts(ctx: FileContext, view: ast.expr) -> tuple[frozenset[str], bool]:
+    """The methods a Django/aiohttp view answers, and whether it is public."""
+    target = view.func.value if (
+        isinstance(view, ast.Call)
+        and isinstance(view.func, ast.Attribute)
+        and view.func.attr == "as_view"
+    ) else view  # fmt: skip
+    found = ctx.program.class_def(ctx.module, target)
+    if found is not None:
+        klass = found[0]
+        methods = {
+            stmt.name.upper()
+            for stmt in klass.body
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name in _HTTP_NAMES
+        }
+        bases = [dotted(b) or "" for b in klass.bases]
+        if any(_DJANGO_WRITE_VIEWS.search(b) for b in bases):
+            methods |= {"POST"} if not any(b.endswith("ViewSet") for b in bases) else _PUBLIC_WRITE
+        public = not any(_AUTH_MIXINS.search(b) for b in bases)
+        for stmt in klass.body:
+            if (
+                isinstance(stmt, ast.Assign)
+                and any(dotted(t) == "permission_classes" for t in stmt.targets)
+                and isinstance(stmt.value, ast.List | ast.Tuple)
+            ):
+                names = {(dotted(e) or "").rpartition(".")[2] for e in stmt.value.elts}
+                public = not names or names <= _OPEN_PERMISSIONS
+        return frozenset(methods or {"GET"}), public
+    function = ctx.program.function_def(ctx.module, view)
+    if function is None:
+        name = (dotted(view) or "").rpartition(".")[2]
+        return frozenset({"GET"}), not _AUTH.search(name)
+    func = function[0]
+    verbs: set[str] = set()
+    for decorator in func.decorator_list:
+        name = dotted(decorator.func if isinstance(decorator, ast.Call) else decorator) or ""
+        last = name.rpartition(".")[2]
+        if last == "require_POST":
+            verbs.add("POST")
+        elif last in ("require_http_methods", "api_view") and isinstance(decorator, ast.Call):
+            for arg in decorator.args[:1]:
+                if isinstance(arg, ast.List | ast.Tuple):
+                    verbs |= {str(e.value).upper() for e in arg.elts if isinstance(e, ast.Constant)}
+    if not verbs:  # a function view answers every method: the ones it tests for
+        verbs = {
+            node.value
+            for node in ast.walk(func)
+            if isinstance(node, ast.Constant) and node.value in _PUBLIC_WRITE
+        }
+        verbs.add("GET")
+    return frozenset(verbs), not _authenticated(func)
+
+
 def _path(call: ast.Call) -> str | None:
     node = call.args[0] if call.args else None
     for name in ("path", "rule"):
@@ -364,7 +600,18 @@ def _methods(call: ast.Call, attr: str) -> frozenset[str]:
     )
 
 
-def _routes_of(facts: WebFacts, app_id: int) -> list[Route]:
+def _django_app(facts: WebFacts) -> None:
+    """The Django project's root urlconf as an app (``ROOT_URLCONF``, else the shallowest)."""
+    if not facts.urlconfs or any(app.kind == "django" for app in facts.apps.values()):
+        return
+    chosen = [c for c in facts.urlconfs if c[0] in facts.root_urlconf] or sorted(
+        facts.urlconfs, key=lambda c: (c[1].count("/"), c[1])
+    )
+    _, rel, node = chosen[0]
+    facts.apps[key(rel, node)] = App(kind="django", node=node, rel=rel)
+
+
+def _routes_of(facts: WebFacts, app_id: Key) -> list[Route]:
     if len(facts.apps) == 1:
         return list(facts.routes)
     reach = {app_id}
@@ -393,11 +640,15 @@ def _shown(writes: list[str]) -> str:
 def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> list[Finding]:
     """The absence findings of every app (see the module docstring)."""
     findings: list[Finding] = []
+    _django_app(facts)
     for app_id, app in facts.apps.items():
         routes = _routes_of(facts, app_id)
         paths = [r.path for r in routes]
         middleware = [name for owner, name in facts.middleware if owner in (None, app_id)]
-        label = f"{app.kind} app `{dotted(app.node.func) or app.kind}()`"
+        if isinstance(app.node, ast.Call):
+            label = f"{app.kind} app `{dotted(app.node.func) or app.kind}()`"
+        else:
+            label = f"django urlconf `{app.rel}`"
 
         def emit(rule_id: str, message: str, app: App = app) -> None:
             if not config.enabled(rule_id):
@@ -409,13 +660,15 @@ def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> 
                     category=rule.category,
                     priority=config.severity.get(rule_id, rule.priority),
                     message=message,
-                    location=location(app.module.source.rel, app.node),
+                    location=location(app.rel, app.node),
                     fix=rule.fix,
                     docs=rule.docs,
                 )
             )
 
-        writes = sorted({f"{m} {r.path}" for r in routes for m in r.methods & _PUBLIC_WRITE})
+        writes = sorted(
+            {f"{m} {r.path}" for r in routes if r.public for m in r.methods & _PUBLIC_WRITE}
+        )
         limited = (
             app.rate_limited
             or facts.rate_limit
@@ -441,6 +694,7 @@ def absence_findings(facts: WebFacts, program: Program, config: AuditConfig) -> 
         )
         if app.kind in ("flask", "quart"):
             limited = limited or facts.max_content_length
+        limited = limited or app.kind in _BUILT_IN_LIMITS
         if not limited:
             emit("BTR407", f"{label} accepts request bodies of any size")
         if not facts.metrics and not any("metrics" in p for p in paths):

@@ -8,7 +8,11 @@ another loopback port, through a `buttress.http` client (retries, breaker, fallb
 Routes: ``POST /orders`` (requires an ``Idempotency-Key``: a retried POST never creates a
 second order), ``GET /orders``, ``GET /orders/{order_id}``, ``GET /price/{sku}`` (rate
 limited per client: 25 at once, then 60 a minute), ``GET /slow`` (for deadlines),
-``GET /boom`` (for errors), plus what `harden` adds.
+``GET /boom`` (for errors), ``GET /orders/{order_id}/confirmations`` (what the order's
+confirmation job sent, with ``BUTTRESS_DEMO_BROKER``: see `buttress.demo.jobs`),
+``GET /orders/export`` (a quota per plan: ``X-Plan: free``
+3 a minute, ``pro`` 120), plus what `harden` adds. At start-up it fills a price cache
+(about a second): until then ``/health/startup`` and ``/health/ready`` answer 503.
 
 Shared state (rate limits, idempotency records) lives in the store named by
 ``BUTTRESS_STORE_URL`` (``memory://`` by default; ``buttress demo --workers N`` defaults to
@@ -18,6 +22,7 @@ a SQLite file shared by the workers; Redis and PostgreSQL URLs work too).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import tempfile
@@ -33,13 +38,27 @@ from buttress import Fallback, Pipeline, Timeout
 from buttress.asgi import HardenSettings, Limit, RateLimitRule, harden
 from buttress.asgi._idempotency import MAX_KEY_LENGTH
 from buttress.asgi.context import propagate_context
-from buttress.asgi.health import CheckResult, DiskCheck, HttpCheck, MemoryCheck, SQLiteCheck
+from buttress.asgi.health import (
+    CheckResult,
+    DiskCheck,
+    HttpCheck,
+    MemoryCheck,
+    PostgresCheck,
+    RedisCheck,
+    SQLiteCheck,
+)
+from buttress.asgi.quotas import Plans, plan_from_header
 from buttress.demo.flaky import FlakyServer
+from buttress.demo.jobs import broker_url, confirmations, enqueue_confirmation, ensure_table
 from buttress.http import async_client
 
 __all__ = ["OrderIn", "create_app"]
 
+_log = logging.getLogger("buttress.demo")
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER range
+_WARM_SKUS = tuple(f"sku-{i}" for i in range(5))  # the price cache filled at start-up
+_WARM_PAUSE = 0.2  # between two of them: the start-up takes about a second
+_EXPORT_PLANS = {"free": "3/minute", "pro": "120/minute"}  # the first is the default
 
 
 class OrderIn(BaseModel):
@@ -121,6 +140,7 @@ def create_app(
         or os.path.join(tempfile.mkdtemp(prefix="buttress-demo-"), "orders.sqlite3")
     )
     store = _Store(path)
+    ensure_table(path)  # the confirmations the order job sends (with BUTTRESS_DEMO_BROKER)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -129,11 +149,36 @@ def create_app(
         flaky.__enter__()
         state["flaky"] = flaky
         state["http"] = async_client(on_request=[propagate_context])
+        warming = asyncio.create_task(_warm_prices())
         try:
             yield
         finally:
+            warming.cancel()
             await state["http"].aclose()
             flaky.__exit__(None, None, None)
+
+    async def _warm_prices() -> None:
+        """Start-up work: fill the price cache (a second or so), then the service is started.
+
+        Until it is done, ``/health/startup`` and ``/health/ready`` answer 503 (the start-up
+        probe of Kubernetes waits; no traffic is sent), while ``/health/live`` answers 200.
+        """
+        try:
+            for sku in _WARM_SKUS:
+                value = await price_pipeline.acall(_fetch_price)  # a failure: None (fallback)
+                state.setdefault("prices", {})[sku] = value
+                await asyncio.sleep(_WARM_PAUSE)
+        finally:  # started, warm or not: a cold cache only means cached=false answers
+            state["warm"] = True
+
+    def prices_warm() -> bool:
+        """The start-up check: the price cache is filled."""
+        return bool(state.get("warm"))
+
+    async def _fetch_price() -> Any:
+        response = await state["http"].get(state["flaky"].url)
+        response.raise_for_status()
+        return response.json()["price"]
 
     app = FastAPI(title="buttress demo: orders", version="1", lifespan=lifespan)
     price_pipeline = Pipeline(
@@ -152,8 +197,14 @@ def create_app(
             description="Required: a retry with the same key replays the first answer",
         ),
     ) -> dict[str, Any]:
-        """Create an order (exactly once per Idempotency-Key)."""
-        return await store.insert(order.sku, order.quantity)
+        """Create an order (exactly once per Idempotency-Key); its confirmation is a job."""
+        created = await store.insert(order.sku, order.quantity)
+        if broker_url() is not None:  # the request's id and trace go with the job
+            try:
+                await asyncio.to_thread(enqueue_confirmation, created["id"])
+            except Exception as exc:  # the order stands; the broker's outage is logged
+                _log.warning("order %s: confirmation not enqueued: %s", created["id"], exc)
+        return created
 
     @app.get("/orders")
     async def list_orders(
@@ -162,6 +213,18 @@ def create_app(
     ) -> list[dict[str, Any]]:
         """The most recent orders (of one SKU, if given)."""
         return await store.list(limit, sku)
+
+    @app.get("/orders/export")
+    async def export_orders(sku: str | None = Query(default=None, max_length=64)) -> Any:
+        """Every order (up to 500), as an export: a per-plan quota (``X-Plan``: free, pro)."""
+        rows = await store.list(500, sku)
+        return {"rows": len(rows), "orders": rows}
+
+    @app.get("/orders/{order_id}/confirmations")
+    async def order_confirmations(order_id: int = Path(ge=1, le=_MAX_ID)) -> dict[str, int]:
+        """How many confirmations the job sent for this order (one, with a broker)."""
+        sent = await asyncio.to_thread(confirmations, path, order_id)
+        return {"order_id": order_id, "sent": sent}
 
     @app.get("/orders/{order_id}")
     async def get_order(order_id: int = Path(ge=1, le=_MAX_ID)) -> dict[str, Any]:
@@ -174,13 +237,7 @@ def create_app(
     @app.get("/price/{sku}")
     async def price(sku: str = Path(max_length=64)) -> dict[str, Any]:
         """The price from the flaky price service, or a cached one when it is down."""
-
-        async def fetch() -> Any:
-            response = await state["http"].get(state["flaky"].url)
-            response.raise_for_status()
-            return response.json()["price"]
-
-        value = await price_pipeline.acall(fetch)
+        value = await price_pipeline.acall(_fetch_price)
         return {
             "sku": sku,
             "price": 42 if value is None else value,
@@ -212,6 +269,18 @@ def create_app(
             self.url = flaky.url
             return await super().run()
 
+    checks: list[Any] = [
+        SQLiteCheck(path, name="orders-db"),
+        _FlakyCheck(),
+        DiskCheck(),
+        MemoryCheck(),
+    ]
+    store_url = os.environ.get("BUTTRESS_STORE_URL") or ""
+    scheme = store_url.partition(":")[0].lower()
+    if scheme in ("redis", "rediss"):  # the shared store: without it, not ready
+        checks.append(RedisCheck(url=store_url, name="store"))
+    elif scheme in ("postgresql", "postgres"):
+        checks.append(PostgresCheck(dsn=store_url, name="store"))
     return harden(
         app,
         settings
@@ -224,13 +293,20 @@ def create_app(
             store_url=os.environ.get("BUTTRESS_STORE_URL"),
             idempotency_routes={"POST /orders": "required"},
         ),
-        checks=[SQLiteCheck(path, name="orders-db"), _FlakyCheck(), DiskCheck(), MemoryCheck()],
+        checks=checks,
+        startup_checks=[prices_warm],
         rate_limits=[
             RateLimitRule([Limit("price", "60/minute;burst=25")], path="/price/{sku}"),
             RateLimitRule(
                 [Limit("orders", "50/second;burst=100"), Limit("orders-daily", "20000/day")],
                 path="/orders",
                 methods=["POST"],
+            ),
+            # a quota by plan: the demo takes the plan from a header, which only a trusted
+            # gateway may set in production (there: your authentication's principal)
+            RateLimitRule(
+                [Limit("exports", Plans(_EXPORT_PLANS, resolve=plan_from_header("x-plan"), ttl=0))],
+                path="/orders/export",
             ),
         ],
     )

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from buttress.cli import demo_server_options
+from buttress.demo.jobs import DB_ENV, broker_url, enqueue_confirmation
 
 __all__ = ["Check", "run_selfcheck"]
 
@@ -289,6 +290,41 @@ def _deadline_check(
     )
 
 
+def _plan_check(http: httpx.Client) -> tuple[str, bool, str]:
+    """The export quota by plan: the free plan's 4th export in a minute is refused, pro's not."""
+    seen: dict[str, list[tuple[int, str]]] = {}
+    for plan in ("free", "pro"):
+        for _ in range(4):
+            r = http.get("/orders/export", headers={"x-plan": plan})
+            seen.setdefault(plan, []).append((r.status_code, r.headers.get("ratelimit-policy", "")))
+    free, pro = [s for s, _ in seen["free"]], [s for s, _ in seen["pro"]]
+    named = all(f'"exports.{p}"' in policy for p in seen for _, policy in seen[p])
+    return (
+        "quota by plan: free 3/minute refused at the 4th, pro not",
+        free == [200, 200, 200, 429] and pro == [200] * 4 and named,
+        f"free {free}, pro {pro}; RateLimit-Policy {seen['free'][0][1]!r} / {seen['pro'][0][1]!r}",
+    )
+
+
+def _startup_check(base: str) -> tuple[str, bool, str]:
+    """The start-up probe: 503 (and readiness 503) while the price cache warms, then 200."""
+    seen: list[tuple[int | None, int | None]] = []
+    limit = time.monotonic() + 15.0
+    while time.monotonic() < limit:
+        startup, ready = _status(f"{base}/health/startup"), _status(f"{base}/health/ready")
+        seen.append((startup, ready))
+        if startup == 200:
+            break
+        time.sleep(0.05)
+    gated = all(ready != 200 for startup, ready in seen if startup != 200)
+    warming = sum(1 for startup, _ in seen if startup == 503)
+    return (
+        "startup probe: 503 while warming, readiness gated, then 200",
+        bool(seen) and seen[-1][0] == 200 and gated,
+        f"{warming} polls saw /health/startup 503 (readiness 503 too), then 200",
+    )
+
+
 def run_selfcheck(
     report: Callable[[Check], None] | None = None,
     *,
@@ -318,6 +354,7 @@ def run_selfcheck(
             record("service starts", False, f"no answer on {base} ({err.strip()})")
             return checks
         record("service starts", True, f"answering on {base}")
+        record(*_startup_check(base))
         with httpx.Client(base_url=base, timeout=10.0) as http:
             r = http.get("/orders", headers={"x-request-id": "selfcheck-1"})
             record(
@@ -349,6 +386,7 @@ def run_selfcheck(
             )
             r = http.post(
                 "/orders",
+                # buttress: ignore[BTR405] a fake credential: the 422 must not echo it
                 json={"sku": "bad sku", "quantity": 0, "password": "p4ss"},
                 headers=_key("bad-1"),
             )
@@ -396,6 +434,7 @@ def run_selfcheck(
                 _problem(r, 413, "payload_too_large"),
                 f"{r.status_code}",
             )
+            record(*_plan_check(http))
             live = http.get("/health/live")
             ready = http.get("/health/ready")
             health_doc = http.get("/health")
@@ -458,4 +497,70 @@ def run_selfcheck(
             f"exit code {code} after {time.monotonic() - started:.2f} s",
         )
     _shared_state_checks(record, store_url, workers, port)
+    if broker_url() is not None:
+        record(*_job_check())
     return checks
+
+
+def _job_check() -> tuple[str, bool, str]:
+    """With a broker: the order's confirmation job runs exactly once, duplicates and all."""
+    feature = "order confirmation job: sent exactly once (a replayed POST, two re-enqueues)"
+    folder = tempfile.mkdtemp(prefix="buttress-demo-jobs-")
+    db = os.path.join(folder, "orders.sqlite3")
+    os.environ[DB_ENV] = db  # this process enqueues the duplicates: the same files
+    env = {DB_ENV: db, "BUTTRESS_LOG_LEVEL": "WARNING"}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "buttress.demo.jobs", "worker", "-P", "solo",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        with _server(port, env) as proc:
+            if not _wait_ready(base, proc):
+                return feature, False, "the demo did not start with the broker configured"
+            with httpx.Client(base_url=base, timeout=10.0) as http:
+                body = {"sku": "sku-job", "quantity": 1}
+                first = http.post("/orders", json=body, headers=_key("job-1"))
+                again = http.post("/orders", json=body, headers=_key("job-1"))
+                order_id = first.json().get("id") if first.status_code == 201 else None
+                if order_id is None or again.json().get("id") != order_id:
+                    return feature, False, f"POST {first.status_code}, replay {again.status_code}"
+                for _ in range(2):  # a duplicate enqueue: the same key
+                    enqueue_confirmation(order_id)
+                sent = _poll_sent(http, order_id, limit=30.0)
+                time.sleep(1.5)  # the duplicates' turn: they must find the key completed
+                sent = _poll_sent(http, order_id, limit=0.0)
+        return (
+            feature,
+            sent == 1,
+            f"order {order_id}: {sent} confirmation(s) after 3 enqueues of key "
+            f"confirm-{order_id} (POST, 2 duplicates) and a replayed POST",
+        )
+    finally:
+        _stop_group_quietly(worker)
+
+
+def _poll_sent(http: httpx.Client, order_id: int, *, limit: float) -> int:
+    """The confirmations sent for ``order_id``, polled until one is there or ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while True:
+        sent = int(http.get(f"/orders/{order_id}/confirmations").json().get("sent", 0))
+        if sent or time.monotonic() >= deadline:
+            return sent
+        time.sleep(0.1)
+
+
+def _stop_group_quietly(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -20,10 +20,11 @@ from typing import Any
 
 import httpx
 
-__all__ = ["GIVE_UP", "MAX_BODY", "Client", "Exchange"]
+__all__ = ["GIVE_UP", "MAX_BODY", "MAX_LOG", "Client", "Exchange"]
 
 MAX_BODY = 256 * 1024
 GIVE_UP = 3
+MAX_LOG = 2000
 
 
 @dataclass(slots=True)
@@ -94,17 +95,29 @@ def _describe(exc: BaseException, timeout: float) -> str:
 class Client:
     """Requests to one origin, each bounded in time and size; never raises."""
 
-    def __init__(self, base: str, *, timeout: float, budget: float) -> None:
+    def __init__(
+        self,
+        base: str,
+        *,
+        timeout: float,
+        budget: float,
+        give_up: int = GIVE_UP,
+        connections: int = 16,
+        record: bool = False,
+    ) -> None:
         self.base = base.rstrip("/")
         self.timeout = timeout
         self.deadline = time.monotonic() + budget
         self.sent = 0
+        self.give_up = give_up  # transport failures in a row before it stops; 0: never
+        self.record = record  # keep the first `MAX_LOG` exchanges in ``log`` (for parity)
+        self.log: list[Exchange] = []
         self._failures = 0
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             trust_env=False,
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers={"user-agent": "buttress-probe"},
         )
 
@@ -115,7 +128,8 @@ class Client:
     @property
     def gave_up(self) -> bool:
         """True once the target stopped answering or the run's time is up."""
-        return self._failures >= GIVE_UP or time.monotonic() >= self.deadline
+        stopped = 0 < self.give_up <= self._failures
+        return stopped or time.monotonic() >= self.deadline
 
     def url(self, path: str) -> str:
         """The absolute URL of ``path`` on the target."""
@@ -172,6 +186,8 @@ class Client:
             )
             return seen
         self.sent += 1
+        if self.record and len(self.log) < MAX_LOG:
+            self.log.append(seen)
         started = time.monotonic()
         try:
             await asyncio.wait_for(work(seen), self.timeout)

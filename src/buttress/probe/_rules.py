@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from buttress.report import Priority, Rule
 
-__all__ = ["RULES", "rule"]
+__all__ = ["GROUPS", "RULES", "rule"]
 
 _DOCS = "https://github.com/buttress-dev/buttress/blob/main/docs/probe.md"
 
@@ -74,8 +74,54 @@ RULES: dict[str, Rule] = {
            P1, "export a request counter and a duration histogram in Prometheus text"),
         _r("PRB041", "/metrics is not open to the world", "metrics", P1,
            "serve /metrics to loopback or with a bearer token only"),
+        _r("PRB060", "Latency under load within the thresholds", "load", P1,
+           "find the slow part (traces, the duration histogram); add capacity or shed load"),
+        _r("PRB061", "Errors under load within the thresholds", "load", P0,
+           "a 5xx or a reset under load: bound concurrency (shedding answers 503 + "
+           "Retry-After), time out dependencies, size pools"),
+        _r("PRB062", "Throughput under load within the thresholds", "load", P2,
+           "raise the workers or the pool sizes, or lower the rps threshold to what is needed"),
+        _r("PRB070", "SIGTERM under load loses no request", "shutdown", P0,
+           "drain on SIGTERM: serve for a delay, finish in-flight requests, then exit "
+           "(harden(app): GracefulShutdown)"),
+        _r("PRB071", "Readiness turns 503 soon after SIGTERM", "shutdown", P1,
+           "answer 503 on the readiness path from the signal on (HealthMiddleware.mark_draining)"),
+        _r("PRB072", "The process exits in bounded time after SIGTERM", "shutdown", P1,
+           "bound the drain (drain delay + grace + close timeout) below the orchestrator's "
+           "termination grace period"),
+        _r("PRB080", "Readiness turns 503 while a dependency is down", "faults", P0,
+           "check critical dependencies in readiness (RedisCheck, PostgresCheck), "
+           "time-bounded and cached"),
+        _r("PRB081", "Liveness stays 200 while a dependency is down", "faults", P0,
+           "keep dependencies out of liveness: one database blip must not restart every replica"),
+        _r("PRB082", "Readiness and liveness recover with the dependency", "faults", P1,
+           "reconnect on the next use (pools with pre-ping) and keep the readiness cache short"),
+        _r("PRB090", "The thresholds hold during the deploy watch", "deploy", P0,
+           "roll back, then find what the release changed (the thresholds' evidence)"),
+        _r("PRB091", "The rollback command runs when a threshold breaks", "deploy", P0,
+           "give --on-fail a command that exits 0 after rolling back"),
+        _r("PRB095", "Both environments pass the same checks", "parity", P1,
+           "make the environments' configuration the same (or the differences deliberate)"),
+        _r("PRB096", "The same requests get the same status codes", "parity", P1,
+           "deploy the same routes and error handling to both environments"),
+        _r("PRB097", "The same headers on both sides", "parity", P2,
+           "apply the same security, CORS and rate-limit settings in both environments"),
+        _r("PRB098", "The same health answer shape", "parity", P2,
+           "check the same components in both environments' health answers"),
+        _r("PRB099", "Comparable latency", "parity", P2,
+           "look for what differs: sizing, a cold cache, a dependency in another region"),
     )
 }  # fmt: skip
+
+#: The rules of each mode: the checks always run; the others when their options are given.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "checks": tuple(r for r in RULES if r < "PRB060"),
+    "load": ("PRB060", "PRB061", "PRB062"),
+    "shutdown": ("PRB070", "PRB071", "PRB072"),
+    "fault": ("PRB080", "PRB081", "PRB082"),
+    "watch": ("PRB090", "PRB091"),
+    "compare": ("PRB095", "PRB096", "PRB097", "PRB098", "PRB099"),
+}
 
 
 def rule(rid: str) -> Rule:

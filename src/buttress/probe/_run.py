@@ -1,27 +1,38 @@
 """The probe run: every check in order, each a pass, warn, fail or n/a with evidence.
 
-The order matters: the rate-limit burst runs last (it spends the budget the
-``X-Forwarded-For`` check needs). Every check reads `Exchange` objects from the bounded
+The order matters: the rate-limit burst runs last among the checks (it spends the budget
+the ``X-Forwarded-For`` check needs). Every check reads `Exchange` objects from the bounded
 `Client`, so a target that hangs, resets or answers garbage gives failed checks quickly.
+
+The modes asked for follow the checks, in this order: the service is started first
+(``start``), then the checks, the load (``load``), the dependency fault (``fault``) and
+last the shutdown under load (it ends the service). The report holds the rules of the
+checks and of the modes that ran (`GROUPS`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import itertools
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from buttress import __version__
+from buttress.probe._compare import compare_runs, merge_status
 from buttress.probe._http import Client, Exchange
 from buttress.probe._idem import example_body, idempotency
-from buttress.probe._rules import RULES
+from buttress.probe._lifecycle import Service, fault, shutdown
+from buttress.probe._load import LoadPlan, Progress, run_load
+from buttress.probe._rules import GROUPS, RULES
+from buttress.probe._threshold import Stats
+from buttress.probe._watch import WatchOptions, watch
 from buttress.report import Check, CheckStatus, Finding, Location, Report
 
 __all__ = ["ProbeOptions", "is_loopback", "probe", "run"]
@@ -63,7 +74,32 @@ class ProbeOptions:
     write_body: str | None = None  # JSON; else from /openapi.json's schema, else {}
     burst: int = 50
     burst_route: str | None = None  # a GET path
-    budget: float = 60.0  # seconds for the whole run, the burst included
+    budget: float = 60.0  # seconds for the checks, the burst included
+    load: LoadPlan | None = None  # the load and its thresholds (PRB060-PRB062)
+    load_route: str | None = None  # the load's GET path when ``load.path`` is "" (found)
+    start: tuple[str, ...] = ()  # start this command, and SIGTERM it under load at the end
+    start_timeout: float = 30.0  # seconds for the started service to answer
+    shutdown_timeout: float = 30.0  # seconds from SIGTERM to exit before it is killed
+    fault: tuple[str, ...] = ()  # cut a dependency (PRB080-PRB082)
+    recover: tuple[str, ...] = ()  # and restore it
+    fault_timeout: float = 30.0  # seconds to wait for readiness 503, and for recovery
+    compare: str | None = None  # parity: the same checks on this URL too (PRB095-PRB099)
+    watch: WatchOptions | None = None  # the deploy gate instead of the checks (PRB090-PRB091)
+
+    def modes(self) -> tuple[str, ...]:
+        """The rule groups this run fills (`GROUPS`): the checks, then the modes asked.
+
+        The deploy gate runs alone: it watches a service just deployed, it does not probe it.
+        """
+        if self.watch is not None:
+            return ("watch",)
+        asked = (
+            ("load", self.load),
+            ("fault", self.fault),
+            ("shutdown", self.start),
+            ("compare", self.compare),
+        )
+        return ("checks", *(name for name, value in asked if value))
 
 
 def is_loopback(url: str) -> bool:
@@ -94,8 +130,10 @@ class _State:
     get_paths: list[str] = field(default_factory=list)
     post_paths: list[str] = field(default_factory=list)
     live: Exchange | None = None
+    ready: Exchange | None = None
     openapi: Any = None
     write_schemas: dict[str, Any] = field(default_factory=dict)  # "POST /path" -> schema
+    load_stats: Stats | None = None
 
     def set(self, rid: str, status: CheckStatus, evidence: str, where: str = "") -> None:
         self.outcomes[rid] = _Outcome(status, evidence, where or self.client.url("/"))
@@ -179,6 +217,7 @@ async def _health(st: _State) -> None:
         st.samples.append(live)
         st.set("PRB001", PASS, live.short(), live.url)
     ready = await _find(st, ready_paths, (200, 503))
+    st.ready = ready
     if ready is None:
         st.set("PRB002", FAIL, f"no 200 or 503 from GET {_tried(ready_paths)}")
     elif ready.status == 503:
@@ -500,12 +539,14 @@ async def _forwarded(st: _State, path: str) -> None:
             f"{'XFF ' + xff if xff else 'no XFF'}: {seen.short()} remaining={counters[-1]}"
         )
     known = [c for c in counters if c is not None]
+    # a pair says something only while the budget is not spent: (1, 0, 0) is one budget
+    telling = [(a, b) for a, b in itertools.pairwise(known) if a > 0]
     if len(known) < len(counters):
         st.set("PRB026", NA, f"GET {path} reports no RateLimit remaining: " + "; ".join(shown))
-    elif all(a > b for a, b in itertools.pairwise(known)):
-        st.set("PRB026", PASS, "one budget, decreasing: " + "; ".join(shown))
-    elif known[0] == 0:
+    elif not telling:
         st.set("PRB026", NA, "the budget is spent (run again later): " + "; ".join(shown))
+    elif all(a > b for a, b in telling):
+        st.set("PRB026", PASS, "one budget, decreasing: " + "; ".join(shown))
     else:
         st.set("PRB026", FAIL, "a forged X-Forwarded-For gets another budget: " + "; ".join(shown))
 
@@ -625,10 +666,9 @@ async def _metrics(st: _State) -> None:
 # -- the run ---------------------------------------------------------------------
 
 
-async def run(opts: ProbeOptions) -> Report:
-    """Probe ``opts.url``; the report (never raises for anything the target does)."""
-    started = time.monotonic()
-    client = Client(opts.url, timeout=opts.timeout, budget=opts.budget)
+async def checks(opts: ProbeOptions, *, record: bool = False) -> _State:
+    """The checks (PRB001-PRB052) against ``opts.url``; the state with every outcome."""
+    client = Client(opts.url, timeout=opts.timeout, budget=opts.budget, record=record)
     st = _State(client=client, opts=opts)
     try:
         root = await client.send("GET", "/")
@@ -643,13 +683,227 @@ async def run(opts: ProbeOptions) -> Report:
         await _burst(st, route)
     finally:
         await client.aclose()
+    return st
+
+
+def health_paths(st: _State) -> tuple[str, str]:
+    """The liveness and readiness paths found (else the given ones, else buttress's)."""
+    given = st.opts.health
+    live = _path(st.live.url) if st.live is not None else (given[0] if given else LIVE_PATHS[0])
+    ready = (
+        _path(st.ready.url)
+        if st.ready is not None
+        else (given[1] if len(given) > 1 else READY_PATHS[0])
+    )
+    return live, ready
+
+
+def load_route(st: _State) -> str:
+    """The load's route: given, else the first plain GET route of /openapi.json, else liveness."""
+    if st.opts.load_route:
+        return st.opts.load_route
+    skip = ("/health", "/livez", "/readyz", "/healthz", "/metrics", "/docs", "/redoc", "/openapi")
+    plain = [p for p in st.get_paths if not p.startswith(skip) and "probe" not in p]
+    return plain[0] if plain else health_paths(st)[0]
+
+
+async def _load(st: _State, plan: LoadPlan, on_progress: Any) -> None:
+    client = Client(
+        st.opts.url,
+        timeout=st.opts.timeout,
+        budget=plan.duration + st.opts.timeout + 5,
+        give_up=0,
+        connections=plan.concurrency,
+    )
+    started = time.monotonic()
+    try:
+        samples = await run_load(client, plan, on_progress=on_progress)
+    finally:
+        await client.aclose()
+    stats = Stats.of(samples, seconds=time.monotonic() - started)
+    head = f"{plan.describe()}: {stats.summary()}"
+    for rid, kind in (("PRB060", "latency"), ("PRB061", "errors"), ("PRB062", "throughput")):
+        mine = [t for t in plan.thresholds if t.kind == kind]
+        if not mine:
+            st.set(rid, NA, f"no {kind} threshold given; {head}")
+            continue
+        results = [(t, *t.check(stats)) for t in mine]
+        broken = [f"{t.text} broken: {seen}" for t, ok, seen in results if not ok]
+        held = [f"{t.text} held: {seen}" for t, ok, seen in results if ok]
+        if broken:
+            st.set(rid, FAIL, "; ".join([*broken, *held]) + f"; {head}", client.url(plan.path))
+        else:
+            st.set(rid, PASS, "; ".join(held) + f"; {head}")
+    st.load_stats = stats
+
+
+def _mode_client(opts: ProbeOptions, budget: float, connections: int = 4) -> Client:
+    return Client(opts.url, timeout=opts.timeout, budget=budget, give_up=0, connections=connections)
+
+
+async def run(
+    opts: ProbeOptions,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+    on_tick: Callable[[str], None] | None = None,
+) -> Report:
+    """Probe ``opts.url``; the report (never raises for anything the target does).
+
+    ``on_progress`` sees the load while it runs; ``on_phase`` is told each phase begins;
+    ``on_tick`` sees each judgement of a deploy watch.
+    """
+    started = time.monotonic()
+    tell = on_phase or (lambda _: None)
+    if opts.watch is not None:
+        return await _watched(opts, opts.watch, tell, on_tick)
+    if opts.compare:
+        return await _compared(opts, opts.compare, tell)
+    service = Service(opts.start) if opts.start else None
+    try:
+        if service is not None:
+            tell(f"starting {' '.join(opts.start)}")
+            early = await _start(service, opts)
+            if early:
+                return await _failed_start(opts, early, time.monotonic() - started)
+        tell("checks")
+        st = await checks(opts)
+        if opts.load is not None:
+            plan = opts.load
+            if not plan.path:
+                plan = dataclasses.replace(plan, path=load_route(st))
+            tell(f"load: {plan.describe()}")
+            await _load(st, plan, on_progress)
+        live, ready = health_paths(st)
+        if opts.fault:
+            tell(f"fault: {' '.join(opts.fault)}")
+            client = _mode_client(opts, budget=4 * opts.fault_timeout + 300)
+            try:
+                outcomes = await fault(
+                    client,
+                    fault_cmd=opts.fault,
+                    recover_cmd=opts.recover or None,
+                    live=live,
+                    ready=ready,
+                    limit=opts.fault_timeout,
+                )
+            finally:
+                await client.aclose()
+            for rid, (status, evidence) in outcomes.items():
+                st.set(rid, status, evidence, st.client.url(ready) if status is FAIL else "")
+        if service is not None:
+            tell("shutdown: SIGTERM under load")
+            await _shutdown(st, service, opts, ready)
+    finally:
+        if service is not None:
+            service.stop()
     return _report(st, opts, time.monotonic() - started)
+
+
+async def _watched(
+    opts: ProbeOptions,
+    watching: WatchOptions,
+    tell: Callable[[str], None],
+    tick: Callable[[str], None] | None,
+) -> Report:
+    started = time.monotonic()
+    st = _State(client=Client(opts.url, timeout=opts.timeout, budget=0), opts=opts)
+    await st.client.aclose()
+    outcomes = await watch(watching, on_phase=tell, on_tick=tick)
+    for rid, (status, evidence) in outcomes.items():
+        st.set(rid, status, evidence, watching.prometheus or "")
+    return _report(st, opts, time.monotonic() - started)
+
+
+async def _compared(opts: ProbeOptions, other: str, tell: Callable[[str], None]) -> Report:
+    started = time.monotonic()
+    tell(f"checks: A {opts.url}")
+    a = await checks(opts, record=True)
+    tell(f"checks: B {other}")
+    b = await checks(dataclasses.replace(opts, url=other), record=True)
+    merged = _State(client=a.client, opts=opts)
+    none = _Outcome(NA, "not run (the run's time was up)")
+    for rid in GROUPS["checks"]:
+        oa, ob = a.outcomes.get(rid, none), b.outcomes.get(rid, none)
+        status = merge_status(oa.status, ob.status)
+        evidence = f"A {oa.status.value}: {oa.evidence} | B {ob.status.value}: {ob.evidence}"
+        where = oa.where if oa.status is status else ob.where
+        merged.set(rid, status, evidence, where)
+    parity = compare_runs(
+        (
+            {rid: o.status for rid, o in a.outcomes.items()},
+            {rid: o.status for rid, o in b.outcomes.items()},
+        ),
+        (a.client.log, b.client.log),
+        ([a.live, a.ready], [b.live, b.ready]),
+    )
+    for rid, (status, evidence) in parity.items():
+        merged.set(rid, status, evidence, other if status is FAIL else "")
+    report = _report(merged, opts, time.monotonic() - started)
+    extra = {**report.extra, "requests": str(a.client.sent + b.client.sent)}
+    return dataclasses.replace(report, target=f"{opts.url} vs {other}", extra=extra)
+
+
+async def _start(service: Service, opts: ProbeOptions) -> str:
+    client = _mode_client(opts, budget=opts.start_timeout + opts.timeout + 2, connections=1)
+    try:
+        path = opts.health[0] if opts.health else LIVE_PATHS[0]
+        before = await client.send("GET", path)
+        if before.ok or "refused" not in before.error:  # another process would be judged
+            return (
+                f"something already answers at {opts.url} ({before.short()}): stop it, or "
+                "give --start a command that serves on a free port"
+            )
+        problem = service.start()
+        if problem:
+            return problem
+        ready = opts.health[1] if len(opts.health) > 1 else READY_PATHS[0]
+        return await service.wait_ready(client, path, ready, opts.start_timeout)
+    finally:
+        await client.aclose()
+
+
+async def _shutdown(st: _State, service: Service, opts: ProbeOptions, ready: str) -> None:
+    base = opts.load or LoadPlan(path="", concurrency=4, rate=50.0)
+    plan = dataclasses.replace(
+        base,
+        path=base.path or load_route(st),
+        duration=min(opts.shutdown_timeout + 10.0, 600.0),
+    )
+    budget = plan.duration + opts.timeout + 5
+    client = _mode_client(opts, budget=budget, connections=plan.concurrency)
+    ready_client = _mode_client(opts, budget=budget, connections=1)
+    try:
+        outcomes = await shutdown(
+            service,
+            client,
+            ready_client,
+            plan=plan,
+            ready_path=ready,
+            limit=opts.shutdown_timeout,
+        )
+    finally:
+        await client.aclose()
+        await ready_client.aclose()
+    for rid, (status, evidence) in outcomes.items():
+        st.set(rid, status, f"{plan.describe()}: {evidence}" if rid == "PRB070" else evidence)
+
+
+async def _failed_start(opts: ProbeOptions, problem: str, duration: float) -> Report:
+    st = _State(client=Client(opts.url, timeout=opts.timeout, budget=0), opts=opts)
+    await st.client.aclose()
+    for rid in RULES:
+        st.set(rid, FAIL, f"the service did not start: {problem}")
+    return _report(st, opts, duration)
 
 
 def _report(st: _State, opts: ProbeOptions, duration: float) -> Report:
     checks = []
     findings = []
-    for rid, definition in RULES.items():
+    wanted = {rid for mode in opts.modes() for rid in GROUPS[mode]}
+    rules = tuple(r for rid, r in RULES.items() if rid in wanted)
+    for definition in rules:
+        rid = definition.id
         outcome = st.outcomes.get(rid, _Outcome(NA, "not run (the run's time was up)"))
         fail = outcome.status is FAIL
         checks.append(
@@ -677,12 +931,19 @@ def _report(st: _State, opts: ProbeOptions, duration: float) -> Report:
         tool="buttress probe",
         version=__version__,
         target=opts.url,
-        rules=tuple(RULES.values()),
+        rules=rules,
         checks=tuple(checks),
         findings=tuple(findings),
         duration=duration,
-        extra={"requests": str(st.client.sent)},
+        extra=_extra(st),
     )
+
+
+def _extra(st: _State) -> dict[str, str]:
+    extra = {"requests": str(st.client.sent)}
+    if st.load_stats is not None:
+        extra["load"] = st.load_stats.summary()
+    return extra
 
 
 def probe(opts: ProbeOptions) -> Report:

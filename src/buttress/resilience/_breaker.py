@@ -338,6 +338,15 @@ class CircuitBreaker(Policy):
         if now is None:
             now = self.clock.now()
         slow_after = self.slow_call_duration
+        # closed, not slow, in the window's current bucket: counted without the lock (one
+        # increment, see `BreakerWindow.try_success`); a success never changes the state
+        if (
+            permit == self.closed_permit >= 0  # (-1: not closed)
+            and (slow_after is None or elapsed < slow_after)
+            and self._window.try_success(now)
+        ):
+            self._consecutive = 0
+            return
         lock = self._lock
         lock.acquire()  # not `with`: the hot path of every call (a `with` costs twice as much)
         if (

@@ -3,7 +3,9 @@
 `default_is_failure` decides which exceptions say the dependency is unwell.
 `BreakerWindow` is the sliding window of outcomes a closed breaker judges: time-based, in
 ten buckets, or count-based, a ring of the last ``n`` calls. It is not thread-safe by
-itself: the breaker calls it under its lock. `BreakerSnapshot` is the consistent view a
+itself: the breaker calls it under its lock, but for `try_success`, the closed breaker's
+hot path, which counts a success with one increment when it falls in the current bucket
+(as `RetryBudget.deposit` counts a request). `BreakerSnapshot` is the consistent view a
 breaker gives of its state and window, for health checks and dashboards.
 """
 
@@ -91,6 +93,21 @@ class BreakerWindow:
             self.tick = 0
         else:
             self.ring[:] = [0] * (3 * self.n)
+
+    def try_success(self, now: float) -> bool:
+        """Count one success that was not slow if ``now`` is in the current bucket.
+
+        False when it is not (or the window counts calls): then `record_success`, under
+        the breaker's lock, moves the window. Safe without the lock: a bucket the window
+        is moving past keeps the count until it expires, as it would have a moment
+        earlier, and a success that races a state change lands in a window the change
+        clears anyway.
+        """
+        if self.by_count or _floor(now * self.inv) != self.tick:
+            return False
+        self.ring[self.slot] += 1
+        self.calls += 1
+        return True
 
     def record_success(self, now: float) -> None:
         """Count one success that was not slow (the hot path of a closed breaker)."""

@@ -19,9 +19,11 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.errors import ConfigurationError
 from buttress.resilience._breaker import CircuitBreaker
 from buttress.resilience._hedge import Hedge
+from buttress.resilience._metering import metered_async, metered_sync
 from buttress.resilience._policy import (
     AsyncLink,
     BuildContext,
@@ -33,7 +35,7 @@ from buttress.resilience._policy import (
 from buttress.resilience._registry import registry
 from buttress.resilience._retry import Retry
 from buttress.resilience._timeout import Timeout
-from buttress.telemetry import Hook
+from buttress.telemetry import Hook, meters
 
 __all__ = ["Pipeline"]
 
@@ -52,6 +54,11 @@ class Pipeline:
         hooks: event hooks for this pipeline (in addition to the global ones).
         traced: record a span per call (and per attempt) when OpenTelemetry is on
             (`buttress.otel`); decided when the pipeline first runs. Default True.
+
+    A named pipeline built while a meter is added (`buttress.telemetry.add_meter`;
+    ``harden(metrics_detail=True)`` adds Prometheus') reports every call's duration and
+    outcome: ``buttress_pipeline_calls_total{pipeline,outcome}`` and
+    ``buttress_pipeline_call_duration_seconds{pipeline}``.
 
     The whole pipeline is validated when it is built: an attempt timeout (a `Timeout`
     inside a `Retry`) must be shorter than the total timeout (one outside it); a breaker's
@@ -170,8 +177,17 @@ class Pipeline:
             self._gate = None  # an open breaker's rejection goes through the spans too
         return tracing
 
+    def _metering(self) -> Clock | None:
+        """The clock to measure calls on when meters are added and the pipeline is named."""
+        if self.name is None or not meters():
+            return None
+        self._gate = None  # an open breaker's rejection is a measured call too
+        clocks = (getattr(p, "clock", None) for p in self.policies)
+        return next((c for c in clocks if isinstance(c, Clock)), SYSTEM_CLOCK)
+
     def _build_sync(self) -> SyncLink:
         tracing = self._tracing()
+        metering = self._metering()
         link: SyncLink = call_terminal
         for policy in reversed(self.policies):
             if tracing is not None:
@@ -179,6 +195,8 @@ class Pipeline:
             link = policy.wrap(link, self._ctx)
             if tracing is not None:
                 link = tracing.outside(policy, link, sync=True)
+        if metering is not None:
+            link = metered_sync(link, self.name or "", metering)
         if tracing is not None:
             link = tracing.span(link, sync=True)
         self._sync = link
@@ -188,6 +206,7 @@ class Pipeline:
         # The innermost link returns the coroutine itself; the next link awaits it, which
         # saves one coroutine frame per call.
         tracing = self._tracing()
+        metering = self._metering()
         link: AsyncLink = call_terminal
         for policy in reversed(self.policies):
             if tracing is not None:
@@ -195,6 +214,8 @@ class Pipeline:
             link = policy.awrap(link, self._ctx)
             if tracing is not None:
                 link = tracing.outside(policy, link, sync=False)
+        if metering is not None:
+            link = metered_async(link, self.name or "", metering)
         if tracing is not None:
             link = tracing.span(link, sync=False)
         self._async = link
@@ -241,15 +262,16 @@ class Pipeline:
             @functools.wraps(fn)
             async def gated_async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 link = pipeline._async or pipeline._build_async()
-                if gate.closed_permit < 0:
+                # spans or meters, decided when the chain was built, see every rejection
+                if gate.closed_permit < 0 and pipeline._gate is not None:
                     pipeline._reject_if_open(gate)
                 return await link(fn, args, kwargs)
 
             return gated_async_wrapper
         # build now, so that a sync-only mistake (a Hedge) surfaces at decoration time
         link = self._sync or self._build_sync()
-
-        if gate is None:
+        sync_gate = self._gate  # the build may have given it up (spans, meters)
+        if sync_gate is None:
 
             @functools.wraps(fn)
             def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -260,8 +282,8 @@ class Pipeline:
 
         @functools.wraps(fn)
         def gated_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            if gate.closed_permit < 0:
-                reject_if_open(gate)
+            if sync_gate.closed_permit < 0:
+                reject_if_open(sync_gate)
             return link(fn, args, kwargs)
 
         return gated_wrapper

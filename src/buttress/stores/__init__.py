@@ -43,6 +43,7 @@ from buttress.stores._base import (
     store_key,
 )
 from buttress.stores._memory import MemoryStore
+from buttress.stores._metered import MeteredStore, metered
 
 __all__ = [
     "STORES",
@@ -52,12 +53,14 @@ __all__ = [
     "BreakerStateStore",
     "IdempotencyStore",
     "MemoryStore",
+    "MeteredStore",
     "Rate",
     "RateDecision",
     "RateLimitStore",
     "RateRequest",
     "Store",
     "StoredResponse",
+    "metered",
     "open_store",
     "store_key",
 ]

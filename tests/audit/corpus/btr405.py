@@ -35,3 +35,9 @@ access_key = "<access-key>"
 secret_key = "${SECRET_KEY}"
 password_min_length = 12
 token = "xxxxxxxxxxxxxxxx"
+PUSH_CREDENTIALS = "aggregator.utils.push_credentials"  # a dotted import path (django-push)
+
+
+def lookups(SECRETS: dict) -> None:
+    if "recaptcha_private_key" in SECRETS:  # a lookup by name, not a comparison
+        pass

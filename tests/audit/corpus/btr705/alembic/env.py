@@ -1,0 +1,2 @@
+# ruff: noqa
+"""Alembic's environment (its presence marks versions/ as Alembic revisions)."""

@@ -1,0 +1,15 @@
+# ruff: noqa
+"""create orders"""
+
+from alembic import op
+
+revision = "a1"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.create_table("orders")
+
+
+def downgrade() -> None:  # expect: BTR705
+    pass

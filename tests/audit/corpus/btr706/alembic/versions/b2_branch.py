@@ -1,0 +1,13 @@
+# ruff: noqa
+from alembic import op
+
+revision = "b2"  # expect: BTR706
+down_revision = "a1"
+
+
+def upgrade() -> None:
+    op.add_column("orders", "total")
+
+
+def downgrade() -> None:
+    op.drop_column("orders", "total")
