@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import inspect
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -313,12 +314,19 @@ def _on_event(event: Event) -> None:
     )
 
 
+_TAKES_CLIENT_OPTIONS = "client_options" in inspect.signature(event_from_exception).parameters
+
+
 def _capture(error: BaseException) -> None:
     """Send ``error`` as an unhandled exception of the request (mechanism ``buttress``)."""
-    client = sentry_sdk.get_client()
-    event, hint = event_from_exception(
+    # sentry-sdk 2 takes the client's options; 3 reads them from the current client itself
+    options: dict[str, Any] = (
+        {"client_options": sentry_sdk.get_client().options} if _TAKES_CLIENT_OPTIONS else {}
+    )
+    build: Any = event_from_exception
+    event, hint = build(
         (type(error), error, error.__traceback__),
-        client_options=client.options,
         mechanism={"type": "buttress", "handled": False},
+        **options,
     )
     sentry_sdk.capture_event(event, hint=hint)
