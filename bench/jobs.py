@@ -83,29 +83,48 @@ if os.environ.get("BENCH_JOBS_ROLE") == "worker":
     else:
 
         class Counting:
-            """The Redis store, counting round trips."""
+            """The Redis store, counting round trips and the time spent in them."""
 
             def __init__(self, inner: Any) -> None:
                 self.inner = inner
                 self.calls = 0
+                self.seconds = 0.0
 
             def __getattr__(self, name: str) -> Any:
                 target = getattr(self.inner, name)
 
                 def call(*args: Any, **kwargs: Any) -> Any:
                     self.calls += 1
-                    return target(*args, **kwargs)
+                    started = time.perf_counter()
+                    try:
+                        return target(*args, **kwargs)
+                    finally:
+                        self.seconds += time.perf_counter() - started
 
                 return call
 
         store = Counting(open_store(REDIS, namespace="bench"))
         jobs = CeleryJobs(app, store=store, dlq=REDIS)  # type: ignore[arg-type]
+        execute = jobs._execute  # noqa: SLF001 - timed from outside, behaviour unchanged
+        in_execute = [0.0]  # the adapter's task body: Job, runner, store round trips, metrics
+
+        def timed_execute(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return execute(*args)
+            finally:
+                in_execute[0] += time.perf_counter() - started
+
+        jobs._execute = timed_execute  # type: ignore[method-assign,assignment]  # noqa: SLF001
 
         def counted(fn: Any) -> Any:
             def run(i: int) -> None:
                 fn(i)
                 if i == N - 1:
                     flags.set("bench:store_calls_at_end", store.calls)
+                    # inside the last job: its own `complete` and the rest of its body to come
+                    flags.set("bench:store_s", repr(store.seconds))
+                    flags.set("bench:execute_s", repr(in_execute[0]))
 
             run.__name__ = fn.__name__
             run.__qualname__ = fn.__qualname__
@@ -138,8 +157,13 @@ def _teardown() -> None:
     redis.Redis.from_url(REDIS).flushdb()
 
 
-def run_case(broker: str, variant: str, task: str, n: int) -> tuple[float, float | None]:
-    """Jobs per second, and store round trips per job (buttress only)."""
+def run_case(
+    broker: str, variant: str, task: str, n: int
+) -> tuple[float, float | None, tuple[float, float] | None]:
+    """Jobs per second, store round trips per job, and µs per job (store, adapter body).
+
+    The last two are None for the bare variant.
+    """
     flags = redis.Redis.from_url(REDIS)
     flags.flushdb()
     with psycopg.connect(PG, autocommit=True) as c:
@@ -171,12 +195,16 @@ def run_case(broker: str, variant: str, task: str, n: int) -> tuple[float, float
         start = float(flags.get("bench:start") or 0)
         end = float(flags.get("bench:end") or 0)
         calls = flags.get("bench:store_calls_at_end")
+        store_s, execute_s = flags.get("bench:store_s"), flags.get("bench:execute_s")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     # counted inside the last job: its own `complete` is still to come (+1)
     per_job = None if calls is None else (int(calls) + 1) / n
-    return (n - 1) / (end - start), per_job
+    split = None
+    if store_s is not None and execute_s is not None:
+        split = (float(store_s) / (n - 1) * 1e6, float(execute_s) / (n - 1) * 1e6)
+    return (n - 1) / (end - start), per_job, split
 
 
 def _per_call(fn: Any, n: int) -> float:
@@ -241,7 +269,7 @@ def main() -> None:
     try:
         print(
             f"{'broker':9} {'job':5} {'bare/s':>9} {'buttress/s':>11} {'ratio':>6} "
-            f"{'cost':>6} {'store trips/job':>15}"
+            f"{'cost':>6} {'store trips/job':>15} {'gap µs':>7} {'body µs':>8} {'store µs':>9}"
         )
         for broker_name, broker in (("redis", REDIS), ("rabbitmq", RABBIT)):
             for task in ("noop", "pg"):
@@ -250,17 +278,22 @@ def main() -> None:
                 bare: list[float] = []
                 ours: list[float] = []
                 trips: list[float] = []
+                splits: list[tuple[float, float]] = []
                 for rep in range(args.repeat):
                     order = ("bare", "buttress") if rep % 2 == 0 else ("buttress", "bare")
                     for variant in order:
-                        rate, per_job = run_case(broker, variant, task, args.jobs)
+                        rate, per_job, split = run_case(broker, variant, task, args.jobs)
                         (bare if variant == "bare" else ours).append(rate)
                         if per_job is not None:
                             trips.append(per_job)
+                        if split is not None:
+                            splits.append(split)
                 b, o = statistics.median(bare), statistics.median(ours)
                 print(
                     f"{broker_name:9} {task:5} {b:9.0f} {o:11.0f} {o / b:6.2f} "
-                    f"{(1 - o / b) * 100:5.1f}% {statistics.median(trips):15.2f}"
+                    f"{(1 - o / b) * 100:5.1f}% {statistics.median(trips):15.2f} "
+                    f"{1e6 / o - 1e6 / b:7.0f} {statistics.median(s[1] for s in splits):8.0f} "
+                    f"{statistics.median(s[0] for s in splits):9.0f}"
                 )
         in_process()
         print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} at the end")

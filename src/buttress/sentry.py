@@ -1,6 +1,7 @@
 """Sentry for buttress: request tags, the error taxonomy as a filter, events as breadcrumbs.
 
-`ButtressIntegration` is a ``sentry_sdk`` integration (install ``buttress[sentry]``)::
+`ButtressIntegration` is a ``sentry_sdk`` integration (install ``buttress[sentry]``; it
+works with sentry-sdk 2 and 3, by feature detection)::
 
     import sentry_sdk
     from buttress.sentry import ButtressIntegration

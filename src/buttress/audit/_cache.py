@@ -19,6 +19,7 @@ cache directory keeps it out of version control.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,8 +62,24 @@ def config_key(config: AuditConfig) -> str:
         "exclude": list(config.exclude),
         "max_file_size": config.max_file_size,
         "rule_table": sorted((r.id, r.title, r.priority.value, r.fix) for r in RULES.values()),
+        "code": _code_digest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@functools.cache
+def _code_digest() -> str:
+    """The analyzer's own source: a checkout whose rules changed must not replay old findings.
+
+    A release changes ``__version__``; between releases (a checkout, an editable install) the
+    rules' code changes with no version bump, so the key also covers the package's files.
+    """
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def finding_to(f: Finding) -> dict[str, Any]:
