@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -90,6 +91,84 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server a test owns: a free loopback port, its own directory, stopped after.
+
+    Started daemonized from `start_argv` and stopped with `stop_argv` (``redis-cli
+    shutdown nosave``, a clean stop), so a test can also hand both command lines to the
+    code under test (``buttress probe --fault ... --recover ...``). ``durable``: an AOF
+    written at every command, so a restart keeps every key. Whatever a test leaves
+    running is killed by its pid at the end (`close`).
+    """
+
+    def __init__(self, directory: Path, *, db: int = 0, durable: bool = False) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed (this test starts one of its own)")
+        self.port = free_port()
+        self.directory = directory
+        self.db = db
+        self.durable = durable
+        self.pidfile = directory / f"redis-{self.port}.pid"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/{self.db}"
+
+    def start_argv(self) -> list[str]:
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.durable
+            else ["--appendonly", "no"]
+        )
+        return [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            *aof, "--daemonize", "yes", "--pidfile", str(self.pidfile),
+            "--dir", str(self.directory),
+        ]  # fmt: skip
+
+    def stop_argv(self) -> list[str]:
+        return ["redis-cli", "-p", str(self.port), "shutdown", "nosave"]
+
+    def start(self) -> None:
+        subprocess.run(self.start_argv(), check=True, timeout=10)  # noqa: S603
+        if not self._wait(answering=True):
+            pytest.fail(f"the private redis-server on port {self.port} did not answer")
+
+    def stop(self) -> bool:
+        """Shut it down; True once it no longer answers."""
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(self.stop_argv(), capture_output=True, timeout=10, check=False)  # noqa: S603
+        return self._wait(answering=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server; kill it by its pid only if it still answers after that."""
+        if not self.stop():
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(self.pidfile.read_text().strip()), 9)
+
+    def _wait(self, *, answering: bool) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2) as conn,
+            ):
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    if answering:
+                        return True
+                    time.sleep(0.05)
+                    continue
+            if not answering:
+                return True
+            time.sleep(0.05)
+        return False
 
 
 @contextlib.contextmanager

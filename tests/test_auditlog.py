@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,62 +23,16 @@ from buttress.asgi._ratelimit import Limit, RateLimitMiddleware
 from buttress.asgi.keys import header
 from buttress.auditlog import AuditLog, audit_event, configure_audit_log
 from buttress.errors import ConfigurationError
-from tests.conftest import POSTGRES_URL, captured_logs, free_port
+from tests.conftest import POSTGRES_URL, captured_logs
+from tests.conftest import PrivateRedis as SharedRedis
 
 KEY = "audit-key-0123456789abcdef"
 SUBJECT = "alice@example.com"
 
 
 # ----------------------------------------------------------------------------- servers
-class PrivateRedis:
-    """A redis-server this test owns, on its own port and directory (AOF on: restarts keep)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"the private redis-server on {self.port} did not start")
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+class PrivateRedis(SharedRedis):
+    """The shared private redis-server, durable (restarts keep the stream), and its stream."""
 
     def xlen(self, stream: str = "buttress:audit") -> int:
         client = redis.Redis(port=self.port)
@@ -99,11 +51,11 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(tmp_path, durable=True)
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="module")

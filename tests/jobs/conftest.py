@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from tests.conftest import POSTGRES_URL, free_port
+from tests.conftest import POSTGRES_URL, PrivateRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS5 = "redis://127.0.0.1:6379/5"
@@ -97,43 +97,15 @@ def rabbit_vhost() -> Iterator[str]:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[tuple[str, Callable[[], None]]]:
-    """A redis-server of this test on a free port: (url, restart)."""
-    port = free_port()
+    """A durable redis-server of this test on a free port: (url, restart)."""
     workdir = tempfile.mkdtemp(prefix="jobs-redis-")
-    args = [
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "yes", "--appendfsync", "always", "--dir", workdir,
-    ]  # fmt: skip
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
-        wait_until(lambda: _pings(client), 10, "the private redis-server")
-        client.close()
-
-    def restart() -> None:
-        proc = procs[-1]
-        proc.send_signal(signal.SIGTERM)  # a clean stop: the AOF is complete
-        proc.wait(timeout=10)
-        start()
-
-    start()
+    server = PrivateRedis(Path(workdir), durable=True)  # a clean stop keeps the AOF whole
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0", restart
+        yield server.url, server.restart
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 class Workers:

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from buttress.probe._rules import GROUPS
 from buttress.probe._threshold import Sample, Stats, Threshold, percentile
 from buttress.probe._watch import judge, promql
 from buttress.report import schema_path
-from tests.conftest import free_port, served
+from tests.conftest import PrivateRedis, free_port, served
 
 from .apps import configured_app, flipping_app
 from .conftest import BadServer, ServerThread
@@ -279,64 +278,14 @@ def test_emitted_locustfile_runs_and_its_thresholds_set_the_exit_code(
 # -- a private Redis for the shutdown and fault modes -----------------------------
 
 
-class PrivateRedis:
-    """A redis-server on a free loopback port, no persistence; stopped (by pid) at the end."""
-
-    def __init__(self, tmp: Path) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is not installed (the shutdown and fault tests need it)")
-        self.port = free_port()
-        self.dir = tmp
-        self.pidfile = tmp / "redis.pid"
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/8"
-
-    def start_argv(self) -> list[str]:
-        return [
-            "redis-server",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "yes",
-            "--pidfile", str(self.pidfile),
-            "--dir", str(self.dir),
-        ]  # fmt: skip
-
-    def stop_argv(self) -> list[str]:
-        return ["redis-cli", "-p", str(self.port), "shutdown", "nosave"]
-
-    def start(self) -> None:
-        subprocess.run(self.start_argv(), check=True, timeout=10)  # noqa: S603
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            ping = subprocess.run(  # noqa: S603
-                ["redis-cli", "-p", str(self.port), "ping"],  # noqa: S607
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-            if ping.stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)
-        pytest.fail(f"the private redis-server on port {self.port} did not answer")
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(self.stop_argv(), capture_output=True, timeout=10, check=False)  # noqa: S603
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path)
+    redis = PrivateRedis(tmp_path, db=8)
     redis.start()
     try:
         yield redis
     finally:
-        redis.stop()
+        redis.close()
 
 
 def test_start_sigterm_under_load_loses_nothing(
