@@ -41,36 +41,53 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def flags() -> Iterator[redis.Redis]:
-    """Redis DB 5, emptied before and after (counters and flags of the worker app)."""
-    client = redis.Redis.from_url(REDIS5)
+@contextlib.contextmanager
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client of the Redis database ``url``, emptied before and after."""
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS5} does not answer ({exc}); .ci/run starts it")
+        pytest.fail(f"Redis at {url} does not answer ({exc}); .ci/run starts it")
     client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture
-def pg_db() -> Iterator[str]:
-    """A PostgreSQL database ``test_jobs_<random>`` with an ``orders`` table; dropped after."""
-    name = f"test_jobs_{uuid.uuid4().hex[:10]}"
+def flags() -> Iterator[redis.Redis]:
+    """Redis DB 5, emptied before and after (counters and flags of the worker app)."""
+    with flushed_redis(REDIS5) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def orders_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database ``<prefix>_<random>`` with an ``orders`` table; dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
             conn.execute(f"CREATE DATABASE {name}")
     except psycopg.Error as exc:
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({exc}); .ci/run starts it")
-    base = POSTGRES_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int NOT NULL, job_key text)")
-    yield url
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id int NOT NULL, job_key text)")
+        yield url
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_db() -> Iterator[str]:
+    """A PostgreSQL database ``test_jobs_<random>`` with an ``orders`` table; dropped after."""
+    with orders_database("test_jobs") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

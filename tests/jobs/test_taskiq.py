@@ -24,8 +24,7 @@ import psycopg
 import pytest
 import redis
 from taskiq.kicker import AsyncKicker
-from tests.conftest import POSTGRES_URL
-from tests.jobs.conftest import ROOT, wait_until
+from tests.jobs.conftest import ROOT, flushed_redis, orders_database, wait_until
 from tests.jobs.taskiq_broker import make_broker
 
 from buttress.asgi.context import bound_context
@@ -42,32 +41,15 @@ REDIS9 = "redis://127.0.0.1:6379/9"
 @pytest.fixture
 def flags9() -> Iterator[redis.Redis]:
     """Redis DB 9 (this engine's tests), emptied before and after."""
-    client = redis.Redis.from_url(REDIS9)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS9} does not answer ({exc}); .ci/run starts it")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_redis(REDIS9) as client:
+        yield client
 
 
 @pytest.fixture
 def tq_pg() -> Iterator[str]:
     """A PostgreSQL database ``test_tq_<random>`` with an ``orders`` table; dropped after."""
-    name = f"test_tq_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({exc}); .ci/run starts it")
-    url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int NOT NULL, job_key text)")
-    yield url
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with orders_database("test_tq") as url:
+        yield url
 
 
 class TaskiqWorkers:
