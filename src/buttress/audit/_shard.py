@@ -18,6 +18,7 @@ Where fork is not available, or the tree is small, the pass runs in this process
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import multiprocessing.pool
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from buttress.audit._cache import ResultCache
 from buttress.audit._config import AuditConfig
@@ -154,6 +156,9 @@ def index_shard(config: AuditConfig, items: list[tuple[Path, str]]) -> list[Modu
     return out
 
 
+_R = TypeVar("_R")
+
+
 class _Pool:
     """A fork pool whose workers do not copy the parent's heap (``gc.freeze`` first).
 
@@ -195,20 +200,25 @@ def index_shards(
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[list[ModuleIndex | Skipped]]:
     """The first pass over ``items`` with ``jobs`` processes, in file order (see above)."""
-    work = partial(index_shard, config)
-    if not _parallel(jobs, len(items)):
+    yield from _map_shards(partial(index_shard, config), items, jobs, progress)
+
+
+def _map_shards(
+    work: Callable[[list[tuple[Path, str]]], _R],
+    items: list[tuple[Path, str]],
+    jobs: int,
+    progress: Callable[[int], None] | None,
+) -> Iterator[_R]:
+    """``work`` over the shards of ``items``, in file order: here, or in ``jobs`` processes."""
+    with contextlib.ExitStack() as stack:
+        if _parallel(jobs, len(items)):
+            shards = _shards(items, jobs * _SHARDS_PER_JOB)
+            results: Iterator[_R] = stack.enter_context(_Pool(jobs)).imap(work, shards)
+        else:
+            shards = _shards(items, max(1, len(items) // 64))
+            results = map(work, shards)
         done = 0
-        for shard in _shards(items, max(1, len(items) // 64)):
-            done += len(shard)
-            result = work(shard)
-            if progress is not None:
-                progress(done)
-            yield result
-        return
-    shards = _shards(items, jobs * _SHARDS_PER_JOB)
-    with _Pool(jobs) as pool:
-        done = 0
-        for shard, result in zip(shards, pool.imap(work, shards), strict=True):
+        for shard, result in zip(shards, results, strict=True):
             done += len(shard)
             if progress is not None:
                 progress(done)
@@ -231,25 +241,8 @@ def run_shards(
     ``progress`` is called with the number of files done so far.
     """
     global _SHARED  # the forked workers inherit it (no pickling)
-    parallel = _parallel(jobs, len(items))
     _SHARED = shared
     try:
-        if not parallel:
-            done = 0
-            for shard in _shards(items, max(1, len(items) // 64)):
-                result = walk_shard(shard)
-                done += len(shard)
-                if progress is not None:
-                    progress(done)
-                yield result
-            return
-        shards = _shards(items, jobs * _SHARDS_PER_JOB)
-        with _Pool(jobs) as pool:
-            done = 0
-            for shard, result in zip(shards, pool.imap(walk_shard, shards), strict=True):
-                done += len(shard)
-                if progress is not None:
-                    progress(done)
-                yield result
+        yield from _map_shards(walk_shard, items, jobs, progress)
     finally:
         _SHARED = None
