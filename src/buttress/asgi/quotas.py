@@ -16,7 +16,7 @@ Example::
     app = harden(app, rate_limits=[RateLimitRule(daily)])
 """
 
-from buttress.asgi._heavy_hitters import NoisyNeighbours, TopKey
+from buttress.asgi._heavy_hitters import NoisyNeighbours, SpaceSaving, TopKey
 from buttress.asgi._quotas import (
     Cost,
     Plans,
@@ -31,6 +31,7 @@ __all__ = [
     "Cost",
     "NoisyNeighbours",
     "Plans",
+    "SpaceSaving",
     "TopKey",
     "plan_from_header",
     "plan_from_state",
