@@ -311,7 +311,10 @@ def _startup_check(base: str) -> tuple[str, bool, str]:
     seen: list[tuple[int | None, int | None]] = []
     limit = time.monotonic() + 15.0
     while time.monotonic() < limit:
-        startup, ready = _status(f"{base}/health/startup"), _status(f"{base}/health/ready")
+        # readiness first: the start-up only goes 503 -> 200, so a ready 200 read before a
+        # start-up 503 is a readiness that was not gated (the other order would race)
+        ready = _status(f"{base}/health/ready")
+        startup = _status(f"{base}/health/startup")
         seen.append((startup, ready))
         if startup == 200:
             break
