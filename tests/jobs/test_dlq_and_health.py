@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.jobs.conftest import REDIS5
@@ -69,6 +71,36 @@ def test_open_dlq_errors_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
         open_dlq()
     with pytest.raises(ConfigurationError, match="unknown scheme"):
         open_dlq("ftp://x")
+
+
+def _open_sqlite_dlq(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        open_dlq(f"sqlite:///{path}").close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts
+        results.put(repr(exc))
+
+
+def test_sqlite_dead_letters_open_by_many_workers_at_once(tmp_path: Path) -> None:
+    """Workers starting together all open a new file: switching it to WAL needs the file to
+    itself and SQLite's busy handler does not wait for that (CI saw "database is locked").
+    Raw ``PRAGMA journal_mode=WAL`` failed 4 times in 20 such rounds here."""
+    ctx = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for round_ in range(8):
+        path = str(tmp_path / f"dlq{round_}.db")
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_sqlite_dlq, args=(path, barrier, results)) for _ in range(6)
+        ]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+        failures += [o for o in outcomes if o != "ok"]
+    assert failures == []
 
 
 def test_cli_list_show_purge_terminal_and_json(tmp_path: Path, capsys) -> None:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores._base import backend_errors
+from buttress.stores._sqlite import retry_while_locked
 
 __all__ = ["DeadLetter", "DeadLetterStore", "open_dlq"]
 
@@ -282,7 +283,17 @@ class SQLiteDeadLetters(_SQLDeadLetters):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            # switching a new file to WAL needs it to itself (SQLite's busy handler
+            # does not wait for that): every worker opening the file at once races here
+            try:
+                retry_while_locked(
+                    lambda: conn.execute("PRAGMA journal_mode=WAL"),
+                    timeout=self.timeout,
+                    label="SQLite dead letters",
+                )
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn

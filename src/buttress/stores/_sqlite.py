@@ -160,6 +160,34 @@ def _busy(exc: BaseException | None) -> bool:
     return code & 0xFF == sqlite3.SQLITE_BUSY
 
 
+def retry_while_locked(attempt: Callable[[], T], *, timeout: float, label: str) -> T:
+    """``attempt()``, repeated while another connection holds the database's lock.
+
+    Naps between attempts are jittered, at most 2 ms; after ``timeout`` seconds the lock
+    is reported busy as a `BackendError` naming ``label``. Other errors pass through.
+    Also for what SQLite's busy handler does not wait on, such as switching a new file
+    to WAL (it needs the file to itself) - the one place every SQLite user in buttress
+    (the store, the dead letters) waits for the lock.
+    """
+    deadline = 0.0
+    tries = 0
+    while True:
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            now = time.monotonic()
+            if tries == 0:
+                deadline = now + timeout
+            elif now >= deadline:
+                raise BackendError(
+                    f"{label}: the write lock stayed busy for {timeout:g} s ({exc})"
+                ) from exc
+            tries += 1
+            time.sleep(random.uniform(0.0, min(_NAP, _NAP * tries / 8)))
+
+
 # ---------------------------------------------------------------- connections
 _forks = [0]  # bumped in a forked child: connections must not cross a fork
 _inherited: list[sqlite3.Connection] = []  # the parent's, kept open (never used) in a child
@@ -234,28 +262,10 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ connections
     def _retrying(self, attempt: Callable[[], T], wait: bool) -> T:
-        """``attempt()``, repeated while the database is locked (when ``wait``).
-
-        Naps between attempts are jittered, at most 2 ms; after ``timeout`` seconds the
-        lock is reported busy. Without ``wait`` the first error is raised.
-        """
-        deadline = 0.0
-        tries = 0
-        while True:
-            try:
-                return attempt()
-            except sqlite3.OperationalError as exc:
-                if not wait or not _busy(exc):
-                    raise
-                now = time.monotonic()
-                if tries == 0:
-                    deadline = now + self.timeout
-                elif now >= deadline:
-                    raise BackendError(
-                        f"{self._label}: the write lock stayed busy for {self.timeout:g} s ({exc})"
-                    ) from exc
-                tries += 1
-                time.sleep(random.uniform(0.0, min(_NAP, _NAP * tries / 8)))
+        """``attempt()``, repeated while the database is locked (when ``wait``)."""
+        if not wait:
+            return attempt()
+        return retry_while_locked(attempt, timeout=self.timeout, label=self._label)
 
     def _open(self, wait: bool) -> sqlite3.Connection:
         path = self.path
