@@ -28,6 +28,7 @@ are checked against the running demo in test_demo_commands.py.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from pathlib import Path
 
@@ -80,3 +81,16 @@ def test_store_example_prints_the_same_on_every_server(
     source = block.source.replace("docs-example", f"docs-{uuid.uuid4().hex[:12]}")
     report = run(dataclasses.replace(block, source=source, argv=(url,)), example.path)
     assert not report, report
+
+
+def test_examples_import_only_public_names() -> None:
+    """A reader copies the import lines: a private module (``buttress.x._y``) in an example
+    is a name the library may move without notice."""
+    private = re.compile(r"^\s*(?:from|import)\s+(buttress(?:\.\w+)*\._\w+)", re.MULTILINE)
+    found = [
+        f"{relative(group[-1])}: {match.group(1)}"
+        for group in BLOCKS
+        for example in group
+        for match in private.finditer(example.parsed.source)
+    ]
+    assert not found, found

@@ -27,7 +27,7 @@ from buttress.migrate._command import AlembicCommand, StepResult
 from buttress.migrate._locks import LockHold, LockLedger, LockSample, LockSampler
 from buttress.migrate._rehearse import Rehearsal, RehearsalOptions, rehearse_on
 from buttress.migrate._report import to_report, verdict
-from buttress.migrate._rules import RULES
+from buttress.migrate._rules import RULES, squawk_rule
 from buttress.migrate._schema import schema_diff, schema_lines
 from buttress.migrate._source import ScratchCopy, copy_database, rehearse, scratch_copy
 from buttress.migrate._squawk import LintIssue, lint_findings, lint_sql
@@ -52,6 +52,7 @@ __all__ = [
     "schema_diff",
     "schema_lines",
     "scratch_copy",
+    "squawk_rule",
     "to_report",
     "verdict",
 ]

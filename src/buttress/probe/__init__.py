@@ -19,7 +19,7 @@ Example::
 from buttress.probe._load import LoadPlan
 from buttress.probe._rules import GROUPS, RULES
 from buttress.probe._run import MAX_BURST, ProbeOptions, is_loopback, probe, run
-from buttress.probe._threshold import Threshold
+from buttress.probe._threshold import Sample, Stats, Threshold
 from buttress.probe._watch import WatchOptions
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "RULES",
     "LoadPlan",
     "ProbeOptions",
+    "Sample",
+    "Stats",
     "Threshold",
     "WatchOptions",
     "is_loopback",
