@@ -33,13 +33,34 @@ Scrape: one ``/metrics`` exposition (``HttpMetrics.render()`` / prometheus-clien
 multiprocess mode each variant runs in its own process and directory (the collector reads
 every file there).
 
-Run:  .venv/bin/python bench/metrics.py [--repeat 11] [--modes single,multi] [--markdown]
+Meter (``metrics_detail``): `buttress.telemetry.PrometheusMeter`, which records every call
+of a named pipeline (``buttress_pipeline_calls_total{pipeline,outcome}`` + 1 and
+``buttress_pipeline_call_duration_seconds{pipeline}`` observed), against the same series on
+prometheus-client's ``Counter``/``Histogram`` with ``.labels(...)`` per call (what
+``PrometheusMeter`` did before it kept plain numbers, per-thread shards summed at scrape):
+
+  no-op meter [floor]            ``pipeline_call`` doing nothing
+  buttress PrometheusMeter       ``meter.pipeline_call(pipeline, seconds, outcome)``
+  prom-client .labels() per call the former implementation
+  Pipeline unmetered [floor]     ``await Pipeline(Timeout(5), Retry(attempts=3),
+                                 name=...).acall(fn)``, no meter added
+  Pipeline + ...                 the same pipeline built with the meter added
+                                 (`buttress.telemetry.add_meter`): two clock reads and one
+                                 ``pipeline_call`` more per call
+
+Calls: 10 pipeline names, outcome ``ok`` 95 % / ``upstream_timeout`` 5 %, durations
+log-uniform from 0.1 ms to 2 s; the pipeline rows call an ``async def`` returning at once.
+In multiprocess mode ``PrometheusMeter`` records through prometheus-client's objects too.
+
+Run:  .venv/bin/python bench/metrics.py [--repeat 11] [--modes single,multi]
+      [--parts requests,scrape,meter] [--markdown]
       (./dev bench metrics, or ``python bench/run.py metrics``)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -59,7 +80,9 @@ import prometheus_client as prom
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from buttress import telemetry
 from buttress.asgi._metrics import DEFAULT_BUCKETS, HttpMetrics
+from buttress.resilience import Pipeline, Retry, Timeout
 
 DISTS = ["buttress", "prometheus-client"]
 ROUTES = 50
@@ -146,7 +169,7 @@ class Prom:
         self.exposition = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             self.exposition = prom.CollectorRegistry()
-            MultiProcessCollector(self.exposition)
+            MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
         self._choose_encoder = choose_encoder
         self._children: dict[tuple[int, str, int], tuple[object, Any, Any]] = {}
         self._templates: dict[int, tuple[object, str]] = {}
@@ -279,13 +302,208 @@ def drive(recorder: Any, work: Iterable[tuple[dict[str, Any], int, float]], trac
 def total_requests(recorder: Any) -> float:
     """Sum of the request counter in the registry (single process only)."""
     registry = recorder.registry
-    return sum(
-        s.value
-        for m in registry.collect()
-        if m.name.endswith("_http_requests")
-        for s in m.samples
-        if s.name.endswith("_total")
+    return float(
+        sum(
+            s.value
+            for m in registry.collect()
+            if m.name.endswith("_http_requests")
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
     )
+
+
+# --------------------------------------------------------------------------- the meters
+
+METER_FLOOR = "no-op meter [floor]"
+METER_BUTTRESS = "buttress PrometheusMeter"
+METER_PROM = "prom-client .labels() per call"
+PIPE_FLOOR = "Pipeline unmetered [floor]"
+PIPE_BUTTRESS = "Pipeline + buttress PrometheusMeter"
+PIPE_PROM = "Pipeline + prom-client .labels() per call"
+PIPELINES = [f"dep{i}" for i in range(10)]
+
+
+class NoOpMeter:
+    def __init__(self, prefix: str) -> None:
+        pass
+
+    def pipeline_call(self, pipeline: str, seconds: float, outcome: str) -> None:
+        pass
+
+    def store_call(self, system: str, operation: str, seconds: float, outcome: str) -> None:
+        pass
+
+    def idempotency(self, outcome: str) -> None:
+        pass
+
+    def total(self) -> float:
+        return float("nan")
+
+    def unregister(self) -> None:
+        pass
+
+
+class ButtressMeter:
+    """`buttress.telemetry.PrometheusMeter` on its own registry."""
+
+    def __init__(self, prefix: str) -> None:
+        self.registry = prom.CollectorRegistry()
+        self.meter = telemetry.PrometheusMeter(registry=self.registry, prefix=prefix)
+        self.prefix = prefix
+        self.pipeline_call = self.meter.pipeline_call
+        self.store_call = self.meter.store_call
+        self.idempotency = self.meter.idempotency
+
+    def total(self) -> float:
+        return sum(
+            s.value
+            for m in self.registry.collect()
+            if m.name == f"{self.prefix}_pipeline_calls"
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+
+    def unregister(self) -> None:
+        self.meter.unregister()
+
+
+class PromClientMeter(ButtressMeter):
+    """The former `PrometheusMeter`: prometheus-client's objects, ``.labels()`` per call."""
+
+    def __init__(self, prefix: str) -> None:
+        self.registry = r = prom.CollectorRegistry()
+        self.prefix = p = prefix
+        self.calls = prom.Counter(f"{p}_pipeline_calls", HELP, ["pipeline", "outcome"], registry=r)
+        self.duration = prom.Histogram(
+            f"{p}_pipeline_call_duration_seconds", HELP, ["pipeline"], registry=r
+        )
+        self.store_calls = prom.Counter(
+            f"{p}_store_calls", HELP, ["system", "operation", "outcome"], registry=r
+        )
+        self.store_duration = prom.Histogram(
+            f"{p}_store_call_duration_seconds", HELP, ["system", "operation"], registry=r
+        )
+        self.idempotent = prom.Counter(f"{p}_idempotency_requests", HELP, ["outcome"], registry=r)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.registry = prom.CollectorRegistry()
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+
+    def pipeline_call(self, pipeline: str, seconds: float, outcome: str) -> None:
+        self.calls.labels(pipeline, outcome).inc()
+        self.duration.labels(pipeline).observe(seconds)
+
+    def store_call(self, system: str, operation: str, seconds: float, outcome: str) -> None:
+        self.store_calls.labels(system, operation, outcome).inc()
+        self.store_duration.labels(system, operation).observe(seconds)
+
+    def idempotency(self, outcome: str) -> None:
+        self.idempotent.labels(outcome).inc()
+
+    def unregister(self) -> None:
+        pass  # a registry of its own, dropped
+
+
+def meter_calls(n: int, seed: int = 11) -> list[tuple[str, float, str]]:
+    """n meter calls: (pipeline, seconds, outcome), the same sequence for every row."""
+    rnd = random.Random(seed)
+    return [
+        (
+            rnd.choice(PIPELINES),
+            0.0001 * (20000.0 ** rnd.random()),  # log-uniform, 0.1 ms .. 2 s
+            "ok" if rnd.random() < 0.95 else "upstream_timeout",
+        )
+        for _ in range(n)
+    ]
+
+
+# (name, meter class or None, through a pipeline, prefix: distinct per row, see SINGLE)
+METER_ROWS = [
+    (METER_FLOOR, NoOpMeter, False, "mfloor"),
+    (METER_BUTTRESS, ButtressMeter, False, "mbt"),
+    (METER_PROM, PromClientMeter, False, "mpc"),
+    (PIPE_FLOOR, None, True, "pfloor"),
+    (PIPE_BUTTRESS, ButtressMeter, True, "pbt"),
+    (PIPE_PROM, PromClientMeter, True, "ppc"),
+]
+
+
+def measure_meter(args: argparse.Namespace, check: bool) -> dict[str, Any]:
+    calls = meter_calls(args.number)
+    warm = meter_calls(args.warmup, seed=2)
+
+    async def answer() -> int:
+        return 1
+
+    async def through(pipe: Pipeline, n: int) -> int:
+        acall = pipe.acall
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            await acall(answer)
+        return time.perf_counter_ns() - t0
+
+    def once(row: tuple[str, Any, bool, str], n: int) -> float:
+        name, cls, piped, prefix = row
+        meter = cls(prefix) if cls is not None else None
+        try:
+            if piped:
+                if meter is not None:
+                    telemetry.add_meter(meter)
+                # built (on its first call) with the meter added: measured; without: not
+                pipe = Pipeline(Timeout(5), Retry(attempts=3), name="bench-dep")
+                asyncio.run(through(pipe, len(warm)))
+                ns_total = asyncio.run(through(pipe, n))
+                expected = n + len(warm)
+            else:
+                assert meter is not None
+                record = meter.pipeline_call
+                for pipeline, seconds, outcome in warm:
+                    record(pipeline, seconds, outcome)
+                t0 = time.perf_counter_ns()
+                for pipeline, seconds, outcome in islice(calls, n):
+                    record(pipeline, seconds, outcome)
+                ns_total = time.perf_counter_ns() - t0
+                expected = n + len(warm)
+            if check and meter is not None and not isinstance(meter, NoOpMeter):
+                got = meter.total()
+                if got != expected:
+                    raise AssertionError(f"{name}: counted {got}, expected {expected}")
+        finally:
+            if meter is not None:
+                telemetry.remove_meter(meter)
+                meter.unregister()
+        return ns_total / n
+
+    rows = METER_ROWS
+    numbers = {}
+    for row in rows:
+        est = once(row, args.min_number)
+        fit = int(args.max_seconds * 1e9 / max(est, 1.0))
+        numbers[row[0]] = max(args.min_number, min(args.number, fit // 1000 * 1000))
+    samples: dict[str, list[float]] = {row[0]: [] for row in rows}
+    for rep in range(args.repeat):
+        k = rep % len(rows)
+        for row in rows[k:] + rows[:k]:
+            samples[row[0]].append(once(row, numbers[row[0]]))
+        print(f"  rep {rep + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+    return {"numbers": numbers, "samples": samples}
+
+
+def meter_rows(mode: str, res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
+    samples = res["samples"]
+    rows, out = [], {}
+    for name, xs in samples.items():
+        floor = samples[PIPE_FLOOR if name.startswith("Pipeline") else METER_FLOOR]
+        med = cm.median(xs) / 1000
+        net = cm.paired_median(xs, floor, ratio=False) / 1000
+        rows.append([mode, name, res["numbers"][name], med, net])
+        out[name] = {
+            "number": res["numbers"][name],
+            "us_per_call_median": med,
+            "net_us": net,
+            "samples_ns": [round(x, 1) for x in xs],
+        }
+    return rows, out
 
 
 # --------------------------------------------------------------------------- a child: one mode
@@ -355,15 +573,17 @@ def child(args: argparse.Namespace) -> None:
     gc.enable()
     multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     out: dict[str, Any] = {}
-    if args.child == "requests":
+    if args.child == "meter":
+        out["meter"] = measure_meter(args, check=not multi)
+    elif args.child == "requests":
         rows = MULTI if multi else SINGLE
         if args.only:
             keep = [s.lower() for s in args.only]
             rows = [r for r in rows if r[0] == FLOOR or any(s in r[0].lower() for s in keep)]
         out["requests"] = measure_requests(rows, args, check=not multi)
     else:
-        rows = [r for r in SCRAPE if r[0] == args.child.removeprefix("scrape:")] or SCRAPE
-        out["scrapes"] = measure_scrapes(rows, args)
+        scrape = [r for r in SCRAPE if r[0] == args.child.removeprefix("scrape:")] or SCRAPE
+        out["scrapes"] = measure_scrapes(scrape, args)
     Path(args.child_out).write_text(json.dumps(out))
 
 
@@ -450,6 +670,9 @@ def main() -> None:
         unit="requests",
     )
     ap.add_argument("--modes", default="single,multi", help="single,multi (both)")
+    ap.add_argument(
+        "--parts", default="requests,scrape,meter", help="requests,scrape,meter (all three)"
+    )
     ap.add_argument("--scrapes", type=int, default=20, help="scrapes per measurement (20)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -460,37 +683,58 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("single", "multi") for m in modes):
         ap.error("--modes takes single and/or multi")
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"requests", "scrape", "meter"}:
+        ap.error("--parts takes requests, scrape and/or meter")
     env = cm.start("metrics", args)
     t0 = time.time()
     extra = child_args(args)
-    req_rows, scr_rows, results = [], [], {}
+    req_rows, scr_rows, met_rows, results = [], [], [], {}
     for mode in modes:
-        res = run_child("requests", mode, args, extra)
-        rows, out = request_rows(mode, res["requests"])
-        req_rows += rows
-        results[f"{mode} requests"] = out
-        scrapes: dict[str, Any] = {"samples": {}, "bytes": {}}
-        kinds = ["scrape:all"] if mode == "single" else [f"scrape:{name}" for name, *_ in SCRAPE]
-        for kind in kinds:  # multiprocess: one directory per variant
-            part = run_child(kind, mode, args, extra)["scrapes"]
-            scrapes["samples"].update(part["samples"])
-            scrapes["bytes"].update(part["bytes"])
-        rows, out = scrape_rows(mode, scrapes)
-        scr_rows += rows
-        results[f"{mode} scrape"] = out
+        if "requests" in parts:
+            res = run_child("requests", mode, args, extra)
+            rows, out = request_rows(mode, res["requests"])
+            req_rows += rows
+            results[f"{mode} requests"] = out
+        if "scrape" in parts:
+            scrapes: dict[str, Any] = {"samples": {}, "bytes": {}}
+            kinds = (
+                ["scrape:all"] if mode == "single" else [f"scrape:{name}" for name, *_ in SCRAPE]
+            )
+            for kind in kinds:  # multiprocess: one directory per variant
+                part = run_child(kind, mode, args, extra)["scrapes"]
+                scrapes["samples"].update(part["samples"])
+                scrapes["bytes"].update(part["bytes"])
+            rows, out = scrape_rows(mode, scrapes)
+            scr_rows += rows
+            results[f"{mode} scrape"] = out
+        if "meter" in parts:
+            rows, out = meter_rows(mode, run_child("meter", mode, args, extra)["meter"])
+            met_rows += rows
+            results[f"{mode} meter"] = out
     wall = time.time() - t0
     env["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     vers = cm.versions(DISTS)
 
     h1 = ["mode", "case", "requests", "µs/req", "net µs", "net - buttress", "net x buttress"]
     h2 = ["mode", "case", "format", f"µs/scrape ({ROUTES} routes)", "bytes", "x buttress"]
-    print(
-        f"\nRecording one request (count + histogram + in flight), median of {args.repeat} "
-        "(net = minus the no-op floor of the same repetition)"
-    )
-    print(cm.table(h1, req_rows, markdown=args.markdown))
-    print(f"\nOne /metrics scrape, {ROUTES} routes x 2 methods x 3 statuses")
-    print(cm.table(h2, scr_rows, markdown=args.markdown))
+    h3 = ["mode", "case", "calls", "µs/call", "net µs"]
+    if req_rows:
+        print(
+            f"\nRecording one request (count + histogram + in flight), median of {args.repeat} "
+            "(net = minus the no-op floor of the same repetition)"
+        )
+        print(cm.table(h1, req_rows, markdown=args.markdown))
+    if scr_rows:
+        print(f"\nOne /metrics scrape, {ROUTES} routes x 2 methods x 3 statuses")
+        print(cm.table(h2, scr_rows, markdown=args.markdown))
+    if met_rows:
+        print(
+            f"\nMetering one pipeline call (count + histogram), median of {args.repeat} "
+            "(net = minus the floor of its group in the same repetition: the no-op meter, "
+            "or the unmetered pipeline)"
+        )
+        print(cm.table(h3, met_rows, markdown=args.markdown))
     print("\nversions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     payload = {
         "benchmark": "metrics",
@@ -504,6 +748,7 @@ def main() -> None:
             "scrapes": args.scrapes,
             "routes": ROUTES,
             "modes": modes,
+            "parts": sorted(parts),
             "gc": "enabled",
             "pinned_cpus": env["pinned_cpus"],
         },
@@ -513,6 +758,7 @@ def main() -> None:
         "tables": {
             "requests": cm.table(h1, req_rows, markdown=True),
             "scrape": cm.table(h2, scr_rows, markdown=True),
+            "meter": cm.table(h3, met_rows, markdown=True),
         },
     }
     path = cm.write_json(args.out, payload)

@@ -305,7 +305,7 @@ class Meter(Protocol):
     (``upstream_timeout``, ``circuit_open``...), ``cancelled``, or ``error`` for an
     exception the taxonomy does not know.
 
-    Two meters ship: `PrometheusHook` (prometheus-client; ``harden()`` adds it with
+    Two meters ship: `PrometheusMeter` (prometheus-client; ``harden()`` adds it with
     ``metrics_detail=True``) and ``buttress.otel.OtelMeter`` (OpenTelemetry metrics).
     """
 
@@ -661,6 +661,12 @@ class PrometheusMeter:
     ``error``. ``harden(..., settings=HardenSettings(metrics_detail=True))`` adds one on the
     app's registry.
 
+    In one process the values are plain numbers, one shard per recording thread (no count
+    is lost, no lock is taken), exposed by one collector that builds prometheus-client's
+    metric families when scraped (`buttress._prom_local`; no ``_created`` samples). With
+    ``PROMETHEUS_MULTIPROC_DIR`` they go through prometheus-client's own ``Counter`` and
+    ``Histogram`` (their values live in its files).
+
     Example::
 
         from prometheus_client import CollectorRegistry
@@ -670,67 +676,91 @@ class PrometheusMeter:
     def __init__(self, *, registry: Any = None, prefix: str = "buttress") -> None:
         try:
             import prometheus_client as prom  # noqa: PLC0415 - optional dependency
+            from prometheus_client import values  # noqa: PLC0415
         except ImportError as exc:  # pragma: no cover - exercised without the extra
             from buttress.errors import ConfigurationError  # noqa: PLC0415
 
             raise ConfigurationError(
                 "PrometheusMeter needs prometheus-client: pip install 'buttress[metrics]'"
             ) from exc
+        from buttress._prom_local import LocalCollector, LocalMetric, PromMetric  # noqa: PLC0415
+
         reg = registry if registry is not None else prom.REGISTRY
         p = prefix
-        self.calls = prom.Counter(
-            f"{p}_pipeline_calls",
-            "Calls through a named pipeline",
-            ["pipeline", "outcome"],
-            registry=reg,
-        )
-        self.duration = prom.Histogram(
-            f"{p}_pipeline_call_duration_seconds",
-            "Duration of calls through a named pipeline (retries and waits included)",
-            ["pipeline"],
-            registry=reg,
-        )
-        self.store_calls = prom.Counter(
-            f"{p}_store_calls",
-            "Round trips to the shared store",
-            ["system", "operation", "outcome"],
-            registry=reg,
-        )
-        self.store_duration = prom.Histogram(
-            f"{p}_store_call_duration_seconds",
-            "Duration of round trips to the shared store",
-            ["system", "operation"],
-            buckets=_STORE_BUCKETS,
-            registry=reg,
-        )
-        self.idempotent = prom.Counter(
-            f"{p}_idempotency_requests",
-            "Requests with an Idempotency-Key, by outcome",
-            ["outcome"],
-            registry=reg,
-        )
-        self.collectors = (
-            self.calls,
-            self.duration,
-            self.store_calls,
-            self.store_duration,
-            self.idempotent,
+        specs = (  # (counter, help, labels, histogram, help, histogram labels, buckets)
+            (
+                f"{p}_pipeline_calls",
+                "Calls through a named pipeline",
+                ("pipeline", "outcome"),
+                f"{p}_pipeline_call_duration_seconds",
+                "Duration of calls through a named pipeline (retries and waits included)",
+                1,
+                tuple(prom.Histogram.DEFAULT_BUCKETS[:-1]),  # without +Inf, always added
+            ),
+            (
+                f"{p}_store_calls",
+                "Round trips to the shared store",
+                ("system", "operation", "outcome"),
+                f"{p}_store_call_duration_seconds",
+                "Duration of round trips to the shared store",
+                2,
+                _STORE_BUCKETS,
+            ),
+            (
+                f"{p}_idempotency_requests",
+                "Requests with an Idempotency-Key, by outcome",
+                ("outcome",),
+                None,
+                "",
+                0,
+                (),
+            ),
         )
         self._registry = reg
+        # prometheus-client picked file-backed values at import (PROMETHEUS_MULTIPROC_DIR)
+        if values.ValueClass is not values.MutexValue:
+            recorders: list[Any] = []
+            collectors: list[Any] = []
+            for counter, doc, labels, histogram, hdoc, keep, buckets in specs:
+                made = prom.Counter(counter, doc, labels, registry=reg)
+                collectors.append(made)
+                hist = None
+                if histogram is not None:
+                    hist = prom.Histogram(
+                        histogram, hdoc, labels[:keep], buckets=buckets, registry=reg
+                    )
+                    collectors.append(hist)
+                recorders.append(PromMetric(made, hist, keep))
+            self.collectors: tuple[Any, ...] = tuple(collectors)
+        else:
+            recorders = [
+                LocalMetric(
+                    counter,
+                    doc,
+                    labels,
+                    histogram=histogram,
+                    histogram_help=hdoc,
+                    histogram_labels=keep,
+                    bounds=buckets,
+                )
+                for counter, doc, labels, histogram, hdoc, keep, buckets in specs
+            ]
+            collector = LocalCollector(recorders)
+            reg.register(collector)  # ValueError when the names are taken, as prometheus'
+            self.collectors = (collector,)
+        self._pipelines, self._stores, self._idempotency = recorders
 
     def pipeline_call(self, pipeline: str, seconds: float, outcome: str) -> None:
         """Count the call and observe its duration."""
-        self.calls.labels(pipeline, outcome).inc()
-        self.duration.labels(pipeline).observe(seconds)
+        self._pipelines.observe((pipeline, outcome), seconds)
 
     def store_call(self, system: str, operation: str, seconds: float, outcome: str) -> None:
         """Count the round trip and observe its duration."""
-        self.store_calls.labels(system, operation, outcome).inc()
-        self.store_duration.labels(system, operation).observe(seconds)
+        self._stores.observe((system, operation, outcome), seconds)
 
     def idempotency(self, outcome: str) -> None:
         """Count the idempotent request's outcome."""
-        self.idempotent.labels(outcome).inc()
+        self._idempotency.inc((outcome,))
 
     def unregister(self) -> None:
         """Remove the metrics from their registry (and stop measuring: `remove_meter`)."""

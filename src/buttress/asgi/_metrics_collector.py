@@ -5,13 +5,20 @@ three per-request series (``http_requests_total{method,route,status}``,
 ``http_request_duration_seconds{method,route}``, ``http_requests_in_flight``) in one
 process, the default:
 
-* `LocalSeries` (one count, and its (method, route) histogram: per-bucket counts, a
-  sum, the last exemplars) holds plain ints and floats, bumped without a lock on the
-  event-loop thread (ASGI servers run one loop per process);
-* `LocalCollector`, registered on the prometheus-client registry like any custom
-  collector, turns them into prometheus-client's own ``CounterMetricFamily``,
-  ``HistogramMetricFamily`` and ``GaugeMetricFamily`` only when someone scrapes, so the
-  exposition (text and OpenMetrics, exemplars included) is prometheus-client's.
+* a `buttress._prom_local.LocalMetric` holds the count and the duration histogram as
+  plain ints and floats; `HttpMetrics` caches one `LocalSeries` per (method, route,
+  status) (its count, and its (method, route) histogram: per-bucket counts, a sum, the
+  last exemplars) from the metric's shared shard, and bumps it without a lock on the
+  event-loop thread (ASGI servers run one loop per process); the in-flight count is a
+  plain int too (`InFlight`);
+* a `buttress._prom_local.LocalCollector`, registered on the prometheus-client registry
+  like any custom collector, turns them into prometheus-client's own
+  ``CounterMetricFamily``, ``HistogramMetricFamily`` and ``GaugeMetricFamily`` only when
+  someone scrapes, so the exposition (text and OpenMetrics, exemplars included) is
+  prometheus-client's.
+
+The same two classes hold `buttress.telemetry.PrometheusMeter`'s series, which any thread
+records into (per-thread shards: `buttress._prom_local` says how no count is lost).
 
 Why: prometheus-client's objects take a lock per value (``MutexValue``: five per
 request), check they are observable on every call and scan the bucket bounds in a Python
@@ -31,25 +38,24 @@ values live in its shared files, and `PromSeries` records through their labelled
 resilience `buttress.telemetry.PrometheusHook`, shared by every `HttpMetrics` on one
 registry and namespace (`acquire_families`, `release_families`).
 
-The collector reaches into no private part of prometheus-client: it uses the metric
-families, ``samples.Exemplar``, ``utils.floatToGoString`` and the custom-collector protocol
-(``describe``/``collect``, ``CollectorRegistry.register``).
+The collector (`buttress._prom_local`) reaches into no private part of prometheus-client:
+it uses the metric families, ``samples.Exemplar``, ``utils.floatToGoString`` and the
+custom-collector protocol (``describe``/``collect``, ``CollectorRegistry.register``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import weakref
-from bisect import bisect_left
-from collections.abc import Iterable
 from typing import Any, TypeAlias
 
+from buttress._prom_local import LocalCollector, LocalMetric, LocalSeries
 from buttress.errors import ConfigurationError
 
 __all__ = [
     "Families",
+    "InFlight",
     "LocalCollector",
     "LocalSeries",
     "PromSeries",
@@ -59,120 +65,13 @@ __all__ = [
 ]
 
 
-class _Hist:
-    """One histogram series: per-bucket counts (not cumulative), sum, last exemplars."""
+class InFlight:
+    """The requests in flight of one process (single-process mode), an int ``active``."""
 
-    __slots__ = ("bounds", "counts", "exemplars", "sum")
+    __slots__ = ("active",)
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.exemplars: list[tuple[str, float, float] | None] = [None] * (len(bounds) + 1)
-
-
-class LocalSeries:
-    """One (method, route, status) count and its (method, route) histogram, in-process."""
-
-    __slots__ = ("count", "exemplar", "hist")
-
-    def __init__(self, hist: _Hist) -> None:
-        self.count = 0
-        self.hist = hist
-        self.exemplar: tuple[str, float, float] | None = None
-
-    def record(self, elapsed: float) -> None:
-        self.count += 1
-        hist = self.hist
-        hist.counts[bisect_left(hist.bounds, elapsed)] += 1  # le: value <= bound
-        hist.sum += elapsed
-
-    def record_exemplar(self, elapsed: float, trace: str) -> None:
-        now = time.time()  # exemplar timestamps are wall-clock by definition
-        self.count += 1
-        self.exemplar = (trace, 1.0, now)
-        hist = self.hist
-        index = bisect_left(hist.bounds, elapsed)
-        hist.counts[index] += 1
-        hist.sum += elapsed
-        hist.exemplars[index] = (trace, elapsed, now)
-
-
-class LocalCollector:
-    """A prometheus-client collector over `LocalSeries` values (single-process mode)."""
-
-    def __init__(self, names: dict[str, str], bounds: tuple[float, ...]) -> None:
-        from prometheus_client.core import (  # noqa: PLC0415 - optional dependency
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-        from prometheus_client.samples import Exemplar  # noqa: PLC0415
-        from prometheus_client.utils import floatToGoString  # noqa: PLC0415
-
-        self._counter_family = CounterMetricFamily
-        self._gauge_family = GaugeMetricFamily
-        self._histogram_family = HistogramMetricFamily
-        self._exemplar = Exemplar
-        self._names = names
-        self._bounds = bounds
-        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._series: dict[tuple[str, str, str], LocalSeries] = {}
-        self._hists: dict[tuple[str, str], _Hist] = {}
-        self._lock = threading.Lock()  # creation only; bumps run on the event-loop thread
-        self.active = 0  # requests in flight
-
-    def series(self, method: str, route: str, status: int) -> LocalSeries:
-        with self._lock:
-            key = (method, route, str(status))
-            series = self._series.get(key)
-            if series is None:
-                hist = self._hists.get((method, route))
-                if hist is None:
-                    hist = self._hists[method, route] = _Hist(self._bounds)
-                series = self._series[key] = LocalSeries(hist)
-            return series
-
-    def _families(self) -> tuple[Any, Any, Any]:
-        names = self._names
-        return (
-            self._counter_family(
-                names["requests"], _HELP["requests"], labels=("method", "route", "status")
-            ),
-            self._histogram_family(
-                names["duration"], _HELP["duration"], labels=("method", "route")
-            ),
-            self._gauge_family(names["in_flight"], _HELP["in_flight"]),
-        )
-
-    def describe(self) -> Iterable[Any]:
-        return self._families()
-
-    def collect(self) -> Iterable[Any]:
-        counter, histogram, gauge = self._families()
-        exemplar = self._exemplar
-        with self._lock:
-            series_items = list(self._series.items())
-            hist_items = list(self._hists.items())
-        for labels, series in series_items:
-            ex = series.exemplar
-            counter.add_metric(
-                labels,
-                series.count,
-                exemplar=None if ex is None else exemplar({"trace_id": ex[0]}, ex[1], ex[2]),
-            )
-        for hist_labels, hist in hist_items:
-            cumulative = 0
-            buckets: list[Any] = []
-            for le, count, ex in zip(self._les, list(hist.counts), hist.exemplars, strict=True):
-                cumulative += count
-                if ex is None:
-                    buckets.append((le, cumulative))
-                else:
-                    buckets.append((le, cumulative, exemplar({"trace_id": ex[0]}, ex[1], ex[2])))
-            histogram.add_metric(hist_labels, buckets, hist.sum)
-        gauge.add_metric((), self.active)
-        return (counter, histogram, gauge)
+    def __init__(self) -> None:
+        self.active = 0
 
 
 class PromSeries:
@@ -254,6 +153,7 @@ class Families:
         self.collectors: list[Any] = []
         self.hook: Any = None
         self.local: LocalCollector | None = None
+        self.requests_local: LocalMetric | None = None
         self.active: Any
         try:
             if multiprocess:
@@ -284,10 +184,23 @@ class Families:
                 )
                 self.active = _SharedActive(gauge)
             else:
-                self.local = LocalCollector(names, buckets)
+                self.requests_local = LocalMetric(
+                    names["requests"],
+                    _HELP["requests"],
+                    ("method", "route", "status"),
+                    histogram=names["duration"],
+                    histogram_help=_HELP["duration"],
+                    histogram_labels=2,
+                    bounds=buckets,
+                )
+                in_flight = InFlight()
+                self.local = LocalCollector(
+                    [self.requests_local],
+                    gauges=[(names["in_flight"], _HELP["in_flight"], lambda: in_flight.active)],
+                )
                 registry.register(self.local)
                 self.collectors.append(self.local)
-                self.active = self.local
+                self.active = in_flight
             self.shed = self._add(
                 prom.Counter(names["shed"], _HELP["shed"], ["reason"], registry=registry)
             )
@@ -336,8 +249,8 @@ class Families:
 
     def series(self, method: str, route: str, status: int) -> LocalSeries | PromSeries:
         """The recorder of one label set (slow path: once per route, method and status)."""
-        if self.local is not None:
-            return self.local.series(method, route, status)
+        if self.requests_local is not None:  # HttpMetrics records on the event-loop thread
+            return self.requests_local.series((method, route, str(status)))
         return PromSeries(
             self.requests.labels(method, route, str(status)),
             self.duration.labels(method, route),

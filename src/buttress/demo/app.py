@@ -51,6 +51,7 @@ from buttress.asgi.quotas import Plans, plan_from_header
 from buttress.demo.flaky import FlakyServer
 from buttress.demo.jobs import broker_url, confirmations, enqueue_confirmation, ensure_table
 from buttress.http import async_client
+from buttress.stores._sqlite import retry_while_locked
 
 __all__ = ["OrderIn", "create_app"]
 
@@ -81,7 +82,11 @@ class _Store:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=5.0)
-        db.execute("PRAGMA journal_mode=WAL")
+        # workers starting together race to switch a new file to WAL, which SQLite's busy
+        # handler does not wait for
+        retry_while_locked(
+            lambda: db.execute("PRAGMA journal_mode=WAL"), timeout=5.0, label="demo orders"
+        )
         return db
 
     def _insert(self, sku: str, quantity: int) -> dict[str, Any]:
