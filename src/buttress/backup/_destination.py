@@ -210,14 +210,22 @@ class LocalDestination(Destination):
 
     @contextlib.contextmanager
     def staging(self, backup_id: str) -> Iterator[Path]:
-        """``<root>/.partial-<id>``: the same file system, so `commit` is a rename."""
+        """``<root>/.partial-<id>``: the same file system, so `commit` is a rename.
+
+        The run holds a lock on ``.partial-<id>.lock`` while the folder exists; a partial
+        folder whose lock nobody holds was left by a killed run (``SIGKILL``, a machine
+        that died) and is removed here, before the new one is made. A folder being
+        written by a run that is alive is never touched.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        folder = self.root / f".partial-{backup_id}"
-        folder.mkdir()
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        folder = self.root / f"{_PARTIAL}{backup_id}"
+        with _held_lock(self.root / f"{_PARTIAL}{backup_id}{_LOCK}"):
+            remove_abandoned(self.root)
+            folder.mkdir()
+            try:
+                yield folder
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def commit(self, staged: Path, manifest: Manifest) -> BackupEntry:
         """Write the manifest beside the staged dump, fsync, rename the folder into place."""
@@ -243,6 +251,70 @@ class LocalDestination(Destination):
         folder = self.root / entry.id
         (folder / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_PARTIAL = ".partial-"
+_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``path`` (created; removed on exit)."""
+    try:
+        import fcntl  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover - no flock: no clean-up of abandoned folders
+        yield
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # still the file at that path (not removed by a clean-up meanwhile)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def remove_abandoned(root: Path) -> list[str]:
+    """Remove the ``.partial-*`` folders of ``root`` that no running backup holds.
+
+    Returns their names. A folder without its lock file (written by an older buttress) is
+    left alone: nothing says whether its run is alive.
+    """
+    try:
+        import fcntl  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover
+        return []
+    removed = []
+    for lock in sorted(root.glob(f"{_PARTIAL}*{_LOCK}")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:  # removed meanwhile by its run
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: a run is writing it
+                continue
+            folder = lock.with_name(lock.name.removesuffix(_LOCK))
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            removed.append(folder.name)
+        finally:
+            os.close(fd)
+    if removed:
+        _log.warning("removed %d abandoned partial backup(s) in %s: %s", len(removed), root,
+                     ", ".join(removed))  # fmt: skip
+    return removed
 
 
 def _write_synced(path: Path, data: bytes) -> None:

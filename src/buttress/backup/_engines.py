@@ -103,6 +103,7 @@ def dump_postgres(
         stack.callback(_reap, proc)
         pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, "buttress-describe"))
         described = pool.submit(_describe_in_savepoint, conn)
+        stack.push(_cancel_on_error(conn))  # first on the way out: the pool waits for it
         assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
         copied = copy_stream(proc.stdout, target, recipients)
         try:
@@ -150,6 +151,22 @@ def _describe_in_savepoint(conn: Any) -> Description:
         raise
     conn.execute("RELEASE SAVEPOINT buttress_describe")
     return description
+
+
+def _cancel_on_error(conn: Any) -> Callable[..., bool]:
+    """An exit callback cancelling the snapshot's count on an error or a signal.
+
+    Counting a big database takes as long as reading it; without the cancel, a ``SIGTERM``
+    would wait for it (the thread pool joins its thread) before ``pg_dump`` is stopped.
+    """
+
+    def on_exit(exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is not None:
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=5.0)
+        return False
+
+    return on_exit
 
 
 def _end(conn: Any) -> None:

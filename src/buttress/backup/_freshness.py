@@ -7,7 +7,9 @@ costs nothing most of the time.
 Metrics (the names the RPO alert rule of ``buttress slo`` uses; keep them):
 
 * ``buttress_backup_age_seconds{destination}``: seconds since the newest backup's snapshot
-  (``+Inf`` when there is none, so ``> RPO`` alerts fire);
+  (``+Inf`` when there is none, so ``> RPO`` alerts fire); a backup dated more than
+  5 minutes in the future is not counted (its age would read 0 until the wrong clock's
+  time arrives, hiding that backups stopped);
 * ``buttress_backup_last_verified_timestamp{destination}``: Unix time of the last
   verification that passed, of any backup there (0 when none has).
 
@@ -30,7 +32,7 @@ from typing import Any
 from buttress.asgi._health_checks import BaseCheck, CheckResult
 from buttress.backup._destination import Destination
 from buttress.backup._errors import BackupError
-from buttress.backup._time import SYSTEM_WALL_CLOCK, WallClock, format_duration
+from buttress.backup._time import SYSTEM_WALL_CLOCK, WallClock, format_duration, in_the_future
 from buttress.errors import ConfigurationError
 
 __all__ = ["AGE_METRIC", "VERIFIED_METRIC", "BackupCheck", "BackupCollector", "Freshness"]
@@ -73,9 +75,10 @@ class _Reader:
                 return cached
             entries = self.destination.list()
             verified = [e.verified_at.timestamp() for e in entries if e.verified_at is not None]
-            fresh = Freshness(
-                newest=entries[0].created_at.timestamp() if entries else None,
-                newest_id=entries[0].id if entries else None,
+            dated = [e for e in entries if not in_the_future(e.created_at.timestamp(), now)]
+            fresh = Freshness(  # a backup dated in the future would hide that backups stopped
+                newest=dated[0].created_at.timestamp() if dated else None,
+                newest_id=dated[0].id if dated else None,
                 last_verified=max(verified) if verified else None,
                 read_at=now,
             )

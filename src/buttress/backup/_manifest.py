@@ -126,10 +126,11 @@ class Manifest:
                 raise ValueError(f"format_version {version!r}, expected {FORMAT_VERSION}")
             known = {f.name for f in fields(cls)}
             values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
-            values["created_at"] = parse_time(str(values["created_at"]))
+            _check_types(values)
+            values["created_at"] = parse_time(values["created_at"])
             values["recipients"] = tuple(values.get("recipients") or ())
-            values["tables"] = {str(k): int(v) for k, v in (values.get("tables") or {}).items()}
-            values["size"] = int(values["size"])
+            values["tables"] = dict(values.get("tables") or {})
+            values["table_schemas"] = dict(values.get("table_schemas") or {})
             values["duration_seconds"] = float(values["duration_seconds"])
             manifest = cls(**values)
         except (ValueError, TypeError, KeyError) as exc:
@@ -139,6 +140,43 @@ class Manifest:
         if not valid_id(manifest.id) or "/" in manifest.file or manifest.file.startswith("."):
             raise BackupError(f"{where}: invalid id or file name", step="manifest")
         return manifest
+
+
+_STRINGS = ("id", "engine", "source", "database", "created_at", "server_version", "tool",
+            "file", "sha256", "dump_format", "compression")  # fmt: skip
+_OPTIONAL_STRINGS = ("encryption", "plain_sha256", "schema_hash", "buttress_version")
+
+
+def _check_types(values: dict[str, Any]) -> None:
+    """`TypeError` naming the first field of a (hand-edited) manifest with the wrong type.
+
+    A manifest is read by every listing of its destination (``backup list``, retention,
+    `BackupCheck`): one with a number where a name belongs must be skipped, not crash them.
+    """
+
+    def bad(name: str, what: str) -> TypeError:
+        return TypeError(f"{name} must be {what}, not {type(values.get(name)).__name__}")
+
+    for name in _STRINGS:
+        if not isinstance(values[name], str):
+            raise bad(name, "a string")
+    for name in _OPTIONAL_STRINGS:
+        if values.get(name) is not None and not isinstance(values[name], str):
+            raise bad(name, "a string")
+    for name in ("size", "duration_seconds"):
+        if isinstance(values[name], bool) or not isinstance(values[name], int | float):
+            raise bad(name, "a number")
+    if not isinstance(values["size"], int) or values["size"] < 0:
+        raise TypeError(f"size must be a whole number of bytes, not {values['size']!r}")
+    recipients = values.get("recipients") or []
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise bad("recipients", "a list of strings")
+    for name, kind in (("tables", int), ("table_schemas", str)):
+        mapping = values.get(name) or {}
+        if not isinstance(mapping, dict) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in mapping.values()
+        ):
+            raise bad(name, f"an object of {kind.__name__}s")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

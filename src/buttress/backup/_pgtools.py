@@ -28,8 +28,25 @@ def _params(dsn: str) -> dict[str, Any]:
         return dict(conninfo_to_dict(dsn))
     except Exception as exc:  # psycopg.ProgrammingError: an unparsable string
         raise BackupError(
-            f"not a PostgreSQL connection string: {redact(str(exc), [dsn])}", step="connect"
+            f"not a PostgreSQL connection string: {_parse_error(str(exc), dsn)} (in a URL, "
+            "percent-encode @ : / % and spaces in the password, e.g. %40 for @; in key=value "
+            "form, quote it: password='...')",
+            step="connect",
         ) from None
+
+
+def _parse_error(message: str, dsn: str) -> str:
+    """The parse error of libpq, with what it quotes of ``dsn`` masked.
+
+    libpq quotes the piece it could not parse (``invalid percent-encoded token: "50%off"``),
+    and that piece is often the password, which may hold quotes itself: everything from
+    the first to the last double quote goes.
+    """
+    text = message.strip().splitlines()[0] if message.strip() else "unparsable"
+    first, last = text.find('"'), text.rfind('"')
+    if first != last:
+        text = f"{text[: first + 1]}***{text[last:]}"
+    return redact(text, [dsn])
 
 
 def password_of(dsn: str) -> str:

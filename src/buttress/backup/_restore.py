@@ -161,8 +161,10 @@ def restore_checked(
     except OSError as exc:
         raise BackupError(f"cannot run {args[0]}: {exc.strerror or exc}", step="restore") from None
     hasher = _Hasher(dump, sha256, lambda: _kill(proc))
-    hasher.start()
     try:
+        # started inside the try: a SIGTERM (SystemExit) while the thread starts must
+        # still stop pg_restore
+        hasher.start()
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
@@ -193,7 +195,8 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 def _stop(hasher: _Hasher) -> None:
     hasher.stop.set()
-    hasher.join()
+    if hasher.ident is not None:  # it started
+        hasher.join()
 
 
 def _check_hash(hasher: _Hasher, expected: str) -> None:

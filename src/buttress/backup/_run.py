@@ -21,8 +21,9 @@ from typing import Any
 from buttress import __version__
 from buttress.backup._destination import BackupEntry, Destination
 from buttress.backup._engines import dump_postgres, dump_sqlite, sqlite_path
-from buttress.backup._errors import display_dsn
+from buttress.backup._errors import BackupError, display_dsn
 from buttress.backup._manifest import Manifest, new_backup_id
+from buttress.backup._scratch import signal_guard
 from buttress.backup._time import SYSTEM_WALL_CLOCK, WallClock
 
 __all__ = ["run_backup"]
@@ -50,8 +51,40 @@ def run_backup(
         clock: the wall clock that dates the backup.
 
     Raises:
-        BackupError: a step failed; nothing is left in the destination.
+        BackupError: a step failed (``store``: the destination could not be written, a
+            full disk or a read-only directory); nothing is left in the destination.
+
+    ``SIGTERM`` (in the main thread) stops it in order: ``pg_dump`` is killed and the
+    partial backup removed before ``SystemExit(143)`` leaves; a second signal does not cut
+    that short.
     """
+    with signal_guard() as guard, guard.raising():  # SIGTERM: clean up, then exit 143
+        try:
+            entry = _take(source, destination, recipients, compress, timeout, clock)
+        except OSError as exc:  # a full disk, a destination that became read-only
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise BackupError(
+                f"cannot write the backup to {destination.url}: {exc.strerror or exc}{where}",
+                step="store",
+            ) from None
+    manifest = entry.manifest
+    _log.info(
+        "backup stored: %s in %s (%d bytes, %d tables, %.1f s)",
+        entry.id, destination.url, manifest.size, len(manifest.tables),
+        manifest.duration_seconds,
+    )  # fmt: skip
+    return entry
+
+
+def _take(
+    source: str,
+    destination: Destination,
+    recipients: Sequence[Any],
+    compress: int | None,
+    timeout: float | None,
+    clock: WallClock,
+) -> BackupEntry:
+    """Dump ``source`` into a staging folder of ``destination`` and commit it."""
     started = time.perf_counter()
     suffix = secrets.token_hex(2)
     sqlite_file = sqlite_path(source)
@@ -97,13 +130,7 @@ def run_backup(
             table_schemas=dumped.description.table_schemas,
             buttress_version=__version__,
         )
-        entry = destination.commit(staged, manifest)
-    _log.info(
-        "backup stored: %s in %s (%d bytes, %d tables, %.1f s)",
-        entry.id, destination.url, manifest.size, len(manifest.tables),
-        manifest.duration_seconds,
-    )  # fmt: skip
-    return entry
+        return destination.commit(staged, manifest)
 
 
 def _with_age(name: str, recipients: Sequence[Any]) -> str:

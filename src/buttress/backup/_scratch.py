@@ -4,7 +4,9 @@
 DSN (``CREATE DATABASE`` fails when the name exists, so it can never adopt a database it
 did not create), yields its DSN and drops it ``WITH (FORCE)`` on the way out, whatever
 happened: an exception, Ctrl-C (``KeyboardInterrupt``) or ``SIGTERM`` (turned into
-``SystemExit`` while the database exists, when called from the main thread). Only a
+``SystemExit`` while the database exists, when called from the main thread; a signal that
+arrives while the database is being created or dropped waits until that is done, and a
+second one does not cut the clean-up short: `signal_guard`). Only a
 ``SIGKILL`` can leave one behind; every name starts with ``buttress_scratch_`` so such a
 leftover is easy to find (``SELECT datname FROM pg_database WHERE datname LIKE
 'buttress_scratch_%'``).
@@ -32,7 +34,7 @@ from buttress.backup._errors import BackupError, redact
 from buttress.backup._pgtools import password_of, with_dbname
 from buttress.backup._time import SYSTEM_WALL_CLOCK, WallClock
 
-__all__ = ["SCRATCH_PREFIX", "scratch_database", "scratch_name"]
+__all__ = ["SCRATCH_PREFIX", "SignalGuard", "scratch_database", "scratch_name", "signal_guard"]
 
 SCRATCH_PREFIX = "buttress_scratch_"
 _LABEL = re.compile(r"[a-z0-9_]{1,20}")
@@ -87,25 +89,26 @@ def scratch_database(
     from psycopg import sql  # noqa: PLC0415
 
     secret = [password_of(admin_dsn)]
-    with _connect(admin_dsn, step="scratch") as conn:
-        taken = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if taken:  # 48 random bits: only a deliberate collision gets here
-            raise BackupError(f"database {name} exists already: refusing it", step="scratch")
+    with signal_guard() as guard:  # held while creating and dropping: neither half-done
+        with _connect(admin_dsn, step="scratch") as conn:
+            taken = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if taken:  # 48 random bits: only a deliberate collision gets here
+                raise BackupError(f"database {name} exists already: refusing it", step="scratch")
+            try:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+                )
+            except psycopg.Error as exc:
+                raise BackupError(
+                    f"cannot create the scratch database {name}: {redact(str(exc), secret)} "
+                    "(the user needs CREATEDB)",
+                    step="scratch",
+                ) from None
         try:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-            )
-        except psycopg.Error as exc:
-            raise BackupError(
-                f"cannot create the scratch database {name}: {redact(str(exc), secret)} "
-                "(the user needs CREATEDB)",
-                step="scratch",
-            ) from None
-    try:
-        with _terminate_as_exit():
-            yield with_dbname(admin_dsn, name)
-    finally:
-        _drop(admin_dsn, name)
+            with guard.raising():
+                yield with_dbname(admin_dsn, name)
+        finally:
+            _drop(admin_dsn, name)
 
 
 def _drop(admin_dsn: str, name: str) -> None:
@@ -133,18 +136,71 @@ def _drop(admin_dsn: str, name: str) -> None:
     )
 
 
-@contextlib.contextmanager
-def _terminate_as_exit() -> Iterator[None]:
-    """While inside, SIGTERM raises ``SystemExit(143)`` (so ``finally`` blocks run)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class SignalGuard:
+    """What SIGTERM and SIGINT do inside `signal_guard`: held, or raised once.
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
+    Held (the default): a signal is recorded and acted on when the guard ends, so the
+    step it arrived in (creating or dropping a scratch database) completes. Raising
+    (`raising`): the first SIGTERM raises ``SystemExit(143)`` and the first SIGINT
+    ``KeyboardInterrupt``; any later one is ignored, so the clean-up they start (killing
+    ``pg_dump``, removing a partial backup, dropping the database) is not cut short by a
+    second Ctrl-C or a supervisor that signals twice.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+        self.fired = False
+        self._raising = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler."""
+        if self.fired:
+            return
+        if not self._raising:
+            self.held.append(signum)
+            return
+        self.fire(signum)
+
+    def fire(self, signum: int) -> None:
+        """Raise what ``signum`` means, once."""
+        self.fired = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    @contextlib.contextmanager
+    def raising(self) -> Iterator[None]:
+        """While inside, a signal raises at once (one held before is raised on entry)."""
+        if self.held and not self.fired:
+            self.fire(self.held[0])
+        self._raising = True
+        try:
+            yield
+        finally:
+            self._raising = False
+
+
+@contextlib.contextmanager
+def signal_guard() -> Iterator[SignalGuard]:
+    """SIGTERM and SIGINT routed to a `SignalGuard` while inside (main thread only).
+
+    Only a default disposition is replaced (SIGTERM's ``SIG_DFL``, Python's SIGINT
+    handler): an application that handles them itself keeps its handlers. A signal held
+    when the guard ends is raised then.
+    """
+    names = (signal.SIGTERM, signal.SIGINT)
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    main = threading.current_thread() is threading.main_thread()
+    guard = SignalGuard()
+    previous = {}
+    if main:
+        for signum in names:
+            if signal.getsignal(signum) == defaults[signum]:
+                previous[signum] = signal.signal(signum, guard.handle)
     try:
-        yield
+        yield guard
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if guard.held and not guard.fired:
+        guard.fire(guard.held[0])

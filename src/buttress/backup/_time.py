@@ -19,7 +19,18 @@ from typing import Protocol, runtime_checkable
 
 from buttress.errors import ConfigurationError
 
-__all__ = ["SYSTEM_WALL_CLOCK", "WallClock", "format_duration", "parse_duration"]
+__all__ = [
+    "CLOCK_SKEW",
+    "SYSTEM_WALL_CLOCK",
+    "WallClock",
+    "format_duration",
+    "in_the_future",
+    "parse_duration",
+]
+
+#: seconds a snapshot time may be ahead of this machine's clock before it is "in the
+#: future": two machines' clocks agree to a few seconds with NTP, not to hours.
+CLOCK_SKEW = 300.0
 
 
 @runtime_checkable
@@ -39,6 +50,16 @@ class _SystemWallClock:
 
 
 SYSTEM_WALL_CLOCK: WallClock = _SystemWallClock()
+
+
+def in_the_future(created_at: float, now: float) -> bool:
+    """True when ``created_at`` is more than `CLOCK_SKEW` after ``now``: a clock is wrong.
+
+    Such a backup cannot prove freshness (its age would read 0 for as long as the error
+    lasts, hiding backups that stopped), so it never counts as the newest for the RPO.
+    """
+    return created_at - now > CLOCK_SKEW
+
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")

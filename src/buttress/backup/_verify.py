@@ -47,7 +47,12 @@ from buttress.backup._restore import checksum_problem, restore_backup
 from buttress.backup._rules import RULES
 from buttress.backup._scratch import scratch_database
 from buttress.backup._stream import decrypt_file, load_identities
-from buttress.backup._time import SYSTEM_WALL_CLOCK, WallClock, format_duration
+from buttress.backup._time import (
+    SYSTEM_WALL_CLOCK,
+    WallClock,
+    format_duration,
+    in_the_future,
+)
 from buttress.errors import ConfigurationError
 from buttress.report import Check, CheckStatus, Finding, Location, Report
 
@@ -194,13 +199,7 @@ def verify_backup(
     else:
         _restore_postgres(destination, entry, opts, run)
     _judge_rto(opts, run)
-    age = clock.now() - manifest.created_at.timestamp()
-    run.set(
-        "BKP007",
-        PASS if age <= opts.rpo else FAIL,
-        f"taken {format_duration(max(age, 0.0))} ago, at {manifest.created_at:%Y-%m-%d %H:%M} "
-        f"UTC; RPO {format_duration(opts.rpo)}",
-    )
+    _judge_rpo(manifest, opts, run, clock.now())
     report = _report(run, destination, entry, time.perf_counter() - started)
     verification = _record(destination, entry, run, opts, clock)
     return VerifyResult(report=report, entry=entry, verification=verification)
@@ -430,6 +429,25 @@ def _sanity(
             PASS,
             f"{len(opts.checks)} sanity quer{'y' if len(opts.checks) == 1 else 'ies'} as expected",
         )
+
+
+def _judge_rpo(manifest: Manifest, opts: VerifyOptions, run: _Run, now: float) -> None:
+    taken = manifest.created_at.timestamp()
+    when = f"{manifest.created_at:%Y-%m-%d %H:%M} UTC"
+    if in_the_future(taken, now):
+        run.set(
+            "BKP007", FAIL,
+            f"dated {format_duration(taken - now)} in the future ({when}): the clock of the "
+            "machine that took it, or of this one, is wrong, so its age proves nothing; "
+            f"RPO {format_duration(opts.rpo)}",
+        )  # fmt: skip
+        return
+    age = now - taken
+    run.set(
+        "BKP007",
+        PASS if age <= opts.rpo else FAIL,
+        f"taken {format_duration(max(age, 0.0))} ago, at {when}; RPO {format_duration(opts.rpo)}",
+    )
 
 
 def _judge_rto(opts: VerifyOptions, run: _Run) -> None:
