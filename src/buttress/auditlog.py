@@ -9,13 +9,19 @@ logger ``buttress.audit``, ``audit=true``) and, when a
 durable store is configured, appended to it by a background writer:
 
 * ``redis://host:port/db``: a Redis stream (``XADD``, trimmed by ``MINID`` to the
-  retention);
+  retention), one script per batch that skips the event ids it added in the last hour
+  (a sorted set beside the stream), so a batch retried after an ambiguous failure (a
+  reply lost) is not stored twice;
 * ``postgresql://...``: a table (``INSERT`` only; rows older than the retention are
   deleted by the writer, at most once a minute).
 
 While the store is down the records wait in a bounded buffer (default 10,000) and are
 written when it answers again, oldest first; when the buffer is full, new records are
-dropped and counted (`AuditLog.dropped`, logged). A durable store needs a key
+dropped and counted (`AuditLog.dropped`, logged), and so are records that come after
+`AuditLog.close`. One record the store refuses never holds back the others: PostgreSQL
+gets NUL characters and lone surrogates replaced by U+FFFD (its text and jsonb cannot
+hold them), and a record it still rejects (a NaN, say) is set aside, counted in
+``dropped`` and logged by event id (its log line has it whole). A durable store needs a key
 (``BUTTRESS_AUDIT_KEY``, 16+ bytes): hashes that change at each restart would make the
 stored log useless, so `AuditLog` refuses to start without one. Without a store, a
 missing key is replaced by a random one per process (log lines still never carry a
@@ -41,6 +47,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -64,7 +71,11 @@ __all__ = [
 _log = logging.getLogger("buttress")
 _DEFAULT_RETENTION: Final = 90 * 86400.0
 _PRUNE_EVERY: Final = 60.0  # seconds between retention deletes (PostgreSQL)
-_RESERVED: Final = frozenset({"code", "subject", "request_id", "trace_id", "at", "event_id"})
+# set by the log itself; "event" and "audit" are also the log line's own keys (structlog)
+_RESERVED: Final = frozenset(
+    {"code", "subject", "request_id", "trace_id", "at", "event_id", "event", "audit"}
+)
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +104,37 @@ class AuditRecord:
 
 
 class _Sink(Protocol):
-    def write(self, records: list[AuditRecord]) -> None: ...
+    def write(self, records: list[AuditRecord]) -> list[tuple[AuditRecord, str]]:
+        """Store ``records``; raise when the store is down.
+
+        Returns the records it rejected for what they hold (never retried), each with why.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
 # ----------------------------------------------------------------------------- sinks
+# KEYS: the stream, its set of recent event ids; ARGV: the stream's MINID, now (ms), the
+# oldest id time kept (ms), then (event id, code, record) per record. Atomic: a batch whose
+# reply was lost ran whole, and its retry finds every id already there.
+_XADD_ONCE: Final = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+local added = 0
+for i = 4, #ARGV, 3 do
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*',
+               'code', ARGV[i + 1], 'record', ARGV[i + 2])
+    added = added + 1
+  end
+end
+return added
+"""
+_SEEN_FOR: Final = 3600.0  # seconds an event id is remembered against a retried batch
+
+
 class _RedisStreamSink:
-    """Appends to a Redis stream; ``MINID`` trims entries older than the retention."""
+    """Appends to a Redis stream, each event id once; ``MINID`` trims past the retention."""
 
     def __init__(self, url: str, retention: float, stream: str) -> None:
         import redis  # noqa: PLC0415 - an optional driver
@@ -107,19 +142,20 @@ class _RedisStreamSink:
         self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.retention = retention
         self.stream = stream
+        self._add = self.client.register_script(_XADD_ONCE)
 
-    def write(self, records: list[AuditRecord]) -> None:
-        floor = int((time.time() - self.retention) * 1000)
-        pipe = self.client.pipeline(transaction=False)
+    def write(self, records: list[AuditRecord]) -> list[tuple[AuditRecord, str]]:
+        now = time.time()
+        args: list[str | int] = [
+            int((now - self.retention) * 1000),
+            int(now * 1000),
+            int((now - _SEEN_FOR) * 1000),
+        ]
         for record in records:
             payload = json.dumps(record.as_dict(), default=str, separators=(",", ":"))
-            pipe.xadd(
-                self.stream,
-                {"code": record.code, "record": payload},
-                minid=floor,
-                approximate=True,
-            )
-        pipe.execute()
+            args += [record.event_id, record.code, payload]
+        self._add(keys=[self.stream, f"{self.stream}:ids"], args=args)
+        return []
 
     def close(self) -> None:
         self.client.close()
@@ -143,6 +179,42 @@ _PG_INSERT: Final = (
     "VALUES (%s, to_timestamp(%s), %s, %s, %s, %s, %s::jsonb) ON CONFLICT (event_id) DO NOTHING"
 )
 _PG_PRUNE: Final = "DELETE FROM {table} WHERE at < now() - make_interval(secs => %s)"
+
+
+def _text(value: str) -> str:
+    """``value`` as PostgreSQL can hold it: NUL and lone surrogates become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def _clean(value: Any) -> Any:
+    """A JSON-ready value whose strings PostgreSQL's jsonb can hold (see `_text`)."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, Mapping):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _pg_row(r: AuditRecord) -> tuple[Any, ...]:
+    fields = json.dumps(_clean(dict(r.fields)), default=lambda o: _text(str(o)))
+    return (
+        r.event_id,
+        r.at,
+        _text(r.code),
+        r.subject,
+        None if r.request_id is None else _text(r.request_id),
+        None if r.trace_id is None else _text(r.trace_id),
+        fields,
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """What a store said about a record, first line only (later ones quote the data)."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 class _PostgresSink:
@@ -171,32 +243,38 @@ class _PostgresSink:
             self._conn = conn
         return conn
 
-    def write(self, records: list[AuditRecord]) -> None:
+    def write(self, records: list[AuditRecord]) -> list[tuple[AuditRecord, str]]:
+        rejected: list[tuple[AuditRecord, str]] = []
         try:
             conn = self._connection()
-            with conn.cursor() as cur:
-                cur.executemany(
-                    self._insert,
-                    [
-                        (
-                            r.event_id,
-                            r.at,
-                            r.code,
-                            r.subject,
-                            r.request_id,
-                            r.trace_id,
-                            json.dumps(dict(r.fields), default=str),
-                        )
-                        for r in records
-                    ],
-                )
+            rows = [_pg_row(r) for r in records]
+            try:
+                with conn.cursor() as cur:
+                    cur.executemany(self._insert, rows)
+            except self._psycopg.DataError:
+                # one record the table refuses (what it holds, not the store being down)
+                # must not hold back the others: one at a time, and set those aside
+                if len(records) == 1:
+                    raise
+                for record, row in zip(records, rows, strict=True):
+                    try:
+                        with conn.cursor() as cur:
+                            cur.execute(self._insert, row)
+                    except self._psycopg.DataError as exc:
+                        rejected.append((record, _why(exc)))
             now = time.monotonic()
             if now - self._pruned >= _PRUNE_EVERY:
                 conn.execute(self._prune, (self.retention,))
                 self._pruned = now
+        except self._psycopg.DataError as exc:
+            if len(records) == 1:
+                return [(records[0], _why(exc))]
+            self.close()
+            raise
         except Exception:
             self.close()  # a broken connection: the next attempt opens a new one
             raise
+        return rejected
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -212,8 +290,8 @@ def _sink(url: str, retention: float, name: str) -> _Sink:
     if scheme in {"postgresql", "postgres"}:
         return _PostgresSink(url, retention, name)
     raise ConfigurationError(
-        f"AuditLog(url={url!r}): a durable audit store is redis://... (a stream) or "
-        "postgresql://... (a table)"
+        f"AuditLog(url={_redacted(url)!r}): a durable audit store is redis://... (a stream) "
+        "or postgresql://... (a table)"
     )
 
 
@@ -283,6 +361,7 @@ class AuditLog:
         self.dropped = 0
         self.written = 0
         self.failures = 0
+        self._late = 0  # records that came after close (counted in dropped too)
         self._pending: deque[AuditRecord] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -347,11 +426,16 @@ class AuditLog:
 
     def _enqueue(self, record: AuditRecord) -> None:
         with self._cond:
-            if len(self._pending) >= self.buffer:
+            if self._closed:  # nothing will write it: counted, and said once
+                self.dropped += 1
+                late = True
+            elif len(self._pending) >= self.buffer:
                 self.dropped += 1
                 dropped = self.dropped
+                late = False
             else:
                 dropped = 0
+                late = False
                 self._pending.append(record)
                 self._cond.notify()
             if self._thread is None and not self._closed:
@@ -359,6 +443,15 @@ class AuditLog:
                     target=self._run, name="buttress-audit-writer", daemon=True
                 )
                 self._thread.start()
+        if late:
+            self._late += 1
+            if self._late == 1 or self._late % 1000 == 0:
+                _log.error(
+                    "audit log: %d records came after it was closed and were dropped (only "
+                    "their log lines remain); close the audit log after the last event",
+                    self._late,
+                )
+            return
         if dropped == 1 or (dropped and dropped % 1000 == 0):
             _log.error(
                 "audit log: the store has not answered and %d records wait; %d dropped so "
@@ -382,7 +475,7 @@ class AuditLog:
                 chunk = [self._pending[i] for i in range(min(self.batch, len(self._pending)))]
                 self._busy = True
             try:
-                sink.write(chunk)
+                rejected = sink.write(chunk)
             except Exception as exc:
                 with self._cond:
                     self._busy = False
@@ -402,11 +495,22 @@ class AuditLog:
                 continue
             delay = min(0.1, self.retry_max)
             with self._cond:
-                for _ in chunk:
-                    self._pending.popleft()
-                self.written += len(chunk)
+                pending = self._pending
+                for record in chunk:  # close() may have counted and cleared them meanwhile
+                    if pending and pending[0] is record:
+                        pending.popleft()
+                self.written += len(chunk) - len(rejected)
+                self.dropped += len(rejected)
                 self._busy = False
                 self._cond.notify_all()
+            for record, why in rejected:
+                _log.error(
+                    "audit log: the store rejected record %s (%r): %s; dropped (its log line "
+                    "has it)",
+                    record.event_id,
+                    record.code,
+                    why,
+                )
 
     @property
     def pending(self) -> int:
@@ -476,10 +580,19 @@ def _structlog_configured() -> bool:
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+    """``url`` for messages: no password, no query string (libpq takes one there too)."""
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "<a malformed URL>"
+    if not parts.scheme or "://" not in url:
+        return "<not a URL>"  # a libpq "key=value" DSN, say: it may hold a password
+    netloc = parts.netloc
+    if has_password:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 def _current_ids() -> tuple[str | None, str | None]:

@@ -6,7 +6,10 @@ applies, under the policy name ``"<limit>.<plan>"`` in ``RateLimit-Policy``. Eac
 counts on its own keys: GCRA stores time owed, not units, so a count cannot carry over
 from one rate to another (a tenant that upgrades starts the new plan's quota). Resolving
 a plan may be slow (a database lookup): answers are cached per key, bounded in entries and
-expiring after ``ttl`` seconds.
+expiring after ``ttl`` seconds. A resolver that raises, or does not answer within
+``timeout`` seconds, never fails nor holds the request: the last plan it gave for that key
+while it is still in the cache (an expired answer is better than a downgrade during a
+database blip), else the default plan, applies; the failure is logged, never cached.
 
 A `Cost` says what one request spends when it is not a fixed number: ``before`` reads it
 from the request (``Content-Length`` for uploads), ``after`` from the response (rows
@@ -14,7 +17,11 @@ exported, tokens generated, bytes freed: a negative cost is a refund). An after-
 charged when the response ends, through `buttress._gcra.charge_request`: a request is
 admitted only while its key is not overdrawn, so a key served one request at a time is
 never more than one request's cost beyond its limit (``k`` requests in flight at once: at
-most their ``k`` costs), and it is refused until it is back under it.
+most their ``k`` costs), and it is refused until it is back under it. A charge the shared
+store fails to take is counted by the local fallback store and *owed* to the shared one
+(`buttress.asgi.RateLimitMiddleware`): paid before its next decision for that key, and
+all at once when it answers again, so an outage between the decision and the charge does
+not leave the key fresh (an ambiguous failure may count a charge twice, never zero times).
 
 Example::
 
@@ -24,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -72,6 +80,10 @@ class Plans:
         default: the plan of a request whose plan is None or unknown (default: the first).
         ttl: seconds an answer of ``resolve`` is kept per key (0: not cached).
         max_entries: keys cached at most (the oldest are forgotten first).
+        timeout: seconds an async ``resolve`` may take (default 1; None: unbounded). The
+            rate limits run before the request deadline, so a lookup that hangs would
+            hold the request: past this, or when ``resolve`` raises, the key's last known
+            plan (an expired cache entry), else the default plan, applies.
         clock: time source of the cache (tests pass a FakeClock).
 
     Example::
@@ -82,7 +94,17 @@ class Plans:
         Plans({"free": "10/day", "pro": "1000/day"}, resolve=plan_of, ttl=60)
     """
 
-    __slots__ = ("_cache", "clock", "default", "max_entries", "rates", "resolve", "ttl")
+    __slots__ = (
+        "_cache",
+        "clock",
+        "default",
+        "failures",
+        "max_entries",
+        "rates",
+        "resolve",
+        "timeout",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -92,6 +114,7 @@ class Plans:
         default: str | None = None,
         ttl: float = 60.0,
         max_entries: int = 10_000,
+        timeout: float | None = 1.0,
         clock: Clock | None = None,
     ) -> None:
         import re  # noqa: PLC0415 - configuration time only
@@ -127,6 +150,16 @@ class Plans:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigurationError(f"{owner}(max_entries={max_entries!r}): an integer >= 1")
         self.max_entries = max_entries
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise ConfigurationError(
+                f"{owner}(timeout={timeout!r}): seconds > 0 a resolver may take, or None"
+            )
+        self.timeout = None if timeout is None else float(timeout)
+        self.failures = 0  # resolver calls that raised or timed out
         self.clock = clock or SYSTEM_CLOCK
         self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
@@ -135,19 +168,54 @@ class Plans:
         return f"Plans({rates}, default={self.default!r}, ttl={self.ttl:g})"
 
     def plan(self, scope: Scope, key: str) -> str | Awaitable[str]:
-        """The plan of this request: a name when known now, else an awaitable of it."""
+        """The plan of this request: a name when known now, else an awaitable of it.
+
+        Never raises: a resolver that fails gives the key's last known plan, else the
+        default (see the class doc).
+        """
         cache = self._cache
         if self.ttl > 0:
             entry = cache.get(key)
             if entry is not None and entry[1] > self.clock.now():
                 return entry[0]
-        answer = self.resolve(scope, key)
+        try:
+            answer = self.resolve(scope, key)
+        except Exception as exc:  # a plan lookup that fails must not fail the request
+            return self._failed(key, exc)
         if inspect.isawaitable(answer):
             return self._await(answer, key)
         return self._known(answer, key)
 
     async def _await(self, answer: Awaitable[str | None], key: str) -> str:
-        return self._known(await answer, key)
+        try:
+            if self.timeout is None:
+                got = await answer
+            else:
+                async with asyncio.timeout(self.timeout):
+                    got = await answer
+        except Exception as exc:  # raised, or TimeoutError: the request goes on
+            return self._failed(key, exc)
+        return self._known(got, key)
+
+    def _failed(self, key: str, exc: Exception) -> str:
+        """The plan of a key whose resolver failed: its last known one, else the default."""
+        self.failures += 1
+        entry = self._cache.get(key)
+        plan = entry[0] if entry is not None else self.default
+        if self.failures == 1 or self.failures % 1000 == 0:
+            why = (
+                f"did not answer within {self.timeout:g} s"
+                if isinstance(exc, TimeoutError) and self.timeout is not None
+                else f"failed ({type(exc).__name__}: {exc})"
+            )
+            _log.warning(
+                "rate-limit plan resolver %s; using the key's last known plan, else %r "
+                "(%d failures so far)",
+                why,
+                self.default,
+                self.failures,
+            )
+        return plan
 
     def _known(self, answer: object, key: str) -> str:
         plan = answer if isinstance(answer, str) and answer in self.rates else self.default

@@ -79,6 +79,7 @@ def _ceil(seconds: float) -> int:
 # is built per request and limit on the hot path)
 _Applied = tuple[Limit, str, "str | None"]
 _REQUESTS_KEPT = 4096  # per limit: the store requests of the keys seen last
+_OWED_MAX = 10_000  # keys whose after-charges wait for the shared store to answer again
 
 
 class _Spec:
@@ -304,6 +305,11 @@ class RateLimitMiddleware(Stage):
         # limits charged when the response ends; their in-flight charges (async stores)
         self._charged = any(spec.after is not None for spec in self._specs.values())
         self._charging: set[asyncio.Task[None]] = set()
+        # stored key -> (rate, units) of after-charges the shared store missed (it failed):
+        # counted by the local store meanwhile, paid to the shared one before it decides
+        # for that key again (and all of them once it answers again)
+        self._owed: dict[str, tuple[Rate, int]] = {}
+        self.owed_lost = 0  # after-charges forgotten because _OWED_MAX keys already owed
         # rules per method; methods no rule names fall back to the rules for every method
         every = tuple(r for r in built if r.methods is None)
         listed = {m for r in built if r.methods is not None for m in r.methods}
@@ -557,6 +563,48 @@ class RateLimitMiddleware(Stage):
         except Exception as exc:  # the store is down: count it here, as decisions are
             self._engage("store error", exc)
             charge(self.local, key, rate, cost)
+            # and owe it to the shared store, or the key would be fresh there once it
+            # answers again (an ambiguous failure may then count it twice: never zero)
+            self._owe(key, rate, cost)
+
+    def _owe(self, key: str, rate: Rate, cost: int) -> None:
+        """Remember an after-charge the shared store missed (bounded: ``_OWED_MAX`` keys)."""
+        owed = self._owed
+        debt = owed.get(key)
+        if debt is not None:
+            owed[key] = (rate, debt[1] + cost)
+        elif len(owed) < _OWED_MAX:
+            owed[key] = (rate, cost)
+        else:
+            self.owed_lost += 1
+            if self.owed_lost == 1 or self.owed_lost % 1000 == 0:
+                _log.warning(
+                    "rate limit: %d keys already owe charges to the store that failed; "
+                    "%d charges only counted locally",
+                    _OWED_MAX,
+                    self.owed_lost,
+                )
+
+    async def _pay(self, keys: Iterable[str]) -> None:
+        """Send the owed after-charges of ``keys`` to the shared store (kept if it fails)."""
+        owed = self._owed
+        for key in keys:
+            debt = owed.pop(key, None)
+            if debt is None:
+                continue
+            try:
+                await acharge(self.store, key, debt[0], debt[1])
+            except BaseException:
+                self._owe(key, *debt)
+                raise
+
+    async def _pay_all(self) -> None:
+        """The store answers again: pay every owed after-charge, off the request path."""
+        try:
+            async with asyncio.timeout(self.store_timeout or 60.0):
+                await self._pay(tuple(self._owed))
+        except Exception as exc:  # down again: what is left waits for the next recovery
+            self._engage("store error", exc)
 
     async def settle(self) -> None:
         """Wait for the charges still on their way to the store (tests, shutdown).
@@ -654,10 +702,16 @@ class RateLimitMiddleware(Stage):
         clock = self.clock
         start = clock.now()
         try:
+            # the owed after-charges of these keys are paid first (no extra coroutine
+            # on the common path, where nothing is owed)
             if self.store_timeout is None:
+                if self._owed:
+                    await self._pay([request.key for request in requests])
                 decisions = await self.store.aacquire(requests)
             else:
                 async with asyncio.timeout(self.store_timeout):
+                    if self._owed:
+                        await self._pay([request.key for request in requests])
                     decisions = await self.store.aacquire(requests)
             if not isinstance(decisions, list) or len(decisions) != len(requests):
                 raise BackendError(
@@ -675,6 +729,10 @@ class RateLimitMiddleware(Stage):
         breaker.on_success(permit, clock.now() - start)
         if self.engaged:
             self.engaged = False
+            if self._owed:
+                task = asyncio.get_running_loop().create_task(self._pay_all())
+                self._charging.add(task)
+                task.add_done_callback(self._charging.discard)
             emit(
                 RateLimitFallbackEvent(
                     policy=self.name, engaged=False, mode=self.fail_mode, reason="store recovered"
