@@ -11,8 +11,11 @@ objects configured from the production checklist:
   (see `default_pipeline`);
 * retries only for idempotent methods or requests that carry an ``Idempotency-Key``
   (optionally generated for POST and PATCH, once per logical request);
-* the `buttress.deadline` in force bounds every request's timeouts, and a request whose
-  deadline has passed is refused without being sent.
+* the `buttress.deadline` in force bounds every request: each timeout shrinks to the
+  time left, a request whose deadline has passed is refused without being sent, and a
+  server that trickles its answer (each byte in time, the whole too late) is cut off at
+  the deadline with ``httpx.ReadTimeout`` (in asyncio exactly, headers and body; in
+  threads the body at its first chunk past the deadline).
 
 Every default can be overridden by keyword; other httpx options (``base_url``,
 ``headers``, ``auth``...) pass through. httpx exceptions keep their type
@@ -33,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
@@ -41,7 +45,7 @@ import sys
 import threading
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
@@ -356,6 +360,98 @@ def _name_attempt(request: httpx.Request) -> None:
             request.headers["traceparent"] = header
 
 
+def _in_asyncio() -> bool:
+    """Whether an asyncio task runs this (httpx may also run under trio, through anyio)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:
+        return False
+
+
+def _late(request: httpx.Request, when: str) -> httpx.ReadTimeout:
+    """The error of a response that did not arrive in full by the deadline in force."""
+    return httpx.ReadTimeout(
+        f"the deadline passed {when} from {request.method} {_origin(request.url)}",
+        request=request,
+    )
+
+
+class _DeadlineBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that is read by the deadline, or not at all.
+
+    Each read of the body already has a timeout that fits the deadline, but a server
+    that trickles a byte at a time answers every read in time: this stops the body at the
+    deadline (in asyncio, exactly; in threads, at the first chunk after it).
+    """
+
+    __slots__ = ("_at", "_clock", "_inner", "_request")
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream | httpx.AsyncByteStream,
+        request: httpx.Request,
+        at: float,
+        clock: Clock,
+    ) -> None:
+        self._inner = inner
+        self._request = request
+        self._at = at
+        self._clock = clock
+
+    def __iter__(self) -> Iterator[bytes]:
+        inner = self._inner
+        if not isinstance(inner, httpx.SyncByteStream):  # pragma: no cover - httpx checks
+            raise TypeError("an async response body read with a sync client")
+        for chunk in inner:
+            if self._clock.now() >= self._at:
+                raise _late(self._request, "while the response body came")
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        inner = self._inner
+        if not isinstance(inner, httpx.AsyncByteStream):  # pragma: no cover - httpx checks
+            raise TypeError("a sync response body read with an async client")
+        chunks = aiter(inner)
+        bounded = _in_asyncio()
+        while True:
+            left = self._at - self._clock.now()
+            if left <= 0:
+                raise _late(self._request, "while the response body came")
+            if not bounded:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                yield chunk
+                continue
+            bound = asyncio.timeout(left)
+            try:
+                async with bound:
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                if not bound.expired():
+                    raise
+                raise _late(self._request, "while the response body came") from exc
+            yield chunk
+
+    def close(self) -> None:
+        if isinstance(self._inner, httpx.SyncByteStream):
+            self._inner.close()
+
+    async def aclose(self) -> None:
+        if isinstance(self._inner, httpx.AsyncByteStream):
+            await self._inner.aclose()
+
+
+def _bound_body(request: httpx.Request, response: httpx.Response, clock: Clock) -> None:
+    """Make ``response``'s body end by the deadline in force, if there is one."""
+    at = current_deadline()
+    if at is not None and not isinstance(response.stream, httpx.ByteStream):
+        response.stream = _DeadlineBody(response.stream, request, at, clock)
+
+
 def _origin(url: httpx.URL) -> str:
     """``scheme://host[:port]``: the unit of breakers, and safe to log (no path, no query)."""
     return f"{url.scheme}://{url.netloc.decode('ascii')}"
@@ -383,7 +479,11 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
        still sees it);
     5. on every attempt, shrinks the request's timeouts to the time left before the
        deadline, and closes the previous attempt's response first so that its
-       connection goes back to the pool.
+       connection goes back to the pool;
+    6. ends at the deadline a response that has not come in full by then: in asyncio
+       the wait for the headers and every read of the body; in threads (where a read
+       cannot be interrupted) the body at its first chunk past the deadline. It raises
+       ``httpx.ReadTimeout``, like a read timeout shrunk to the deadline.
 
     When retries run out the last response is returned unchanged, or the last exception
     re-raised with its own type (and a note from `Retry`).
@@ -458,6 +558,7 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         _fit_deadline(request, exchange.timeouts, self.clock)
         _name_attempt(request)
         response = inner.handle_request(request)
+        _bound_body(request, response, self.clock)
         exchange.responses.append(response)
         return response
 
@@ -484,7 +585,19 @@ class ResilientTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         await exchange.arelease()
         _fit_deadline(request, exchange.timeouts, self.clock)
         _name_attempt(request)
-        response = await inner.handle_async_request(request)
+        at = current_deadline()
+        if at is None or not _in_asyncio():
+            response = await inner.handle_async_request(request)
+        else:  # each phase's timeout fits the deadline; this bounds their sum and trickles
+            bound = asyncio.timeout(max(0.0, at - self.clock.now()))
+            try:
+                async with bound:
+                    response = await inner.handle_async_request(request)
+            except TimeoutError as exc:
+                if not bound.expired():
+                    raise
+                raise _late(request, "before the response headers came") from exc
+        _bound_body(request, response, self.clock)
         exchange.responses.append(response)
         return response
 

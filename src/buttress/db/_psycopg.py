@@ -3,12 +3,16 @@
 `bounded(conn)` opens a transaction (``conn.transaction()``, a savepoint inside an open
 one) whose first statement sets ``statement_timeout`` and ``lock_timeout`` to the time
 left (``set_config(..., true)``: local to the transaction, so nothing stays on the
-connection when it goes back to a pool). A statement still running when the time is up
-is cancelled by PostgreSQL; the block raises `DeadlineExceeded` (from ``QueryCanceled``)
-and the transaction is rolled back, leaving the connection idle and healthy. Without a
-deadline in force the block is a plain transaction. The time left is taken when the block
-starts: each statement inside is capped by it, so for long blocks of several slow
-statements, open one block per statement.
+connection when it goes back to a pool). Inside an open transaction the values in force
+before are put back when the savepoint is released (a released savepoint would keep
+them until the outer transaction ends), and a rolled-back one drops them anyway: the
+statements after the block run with the timeouts they had before it. A statement still
+running when the time is up is cancelled by PostgreSQL; the block raises
+`DeadlineExceeded` (from ``QueryCanceled``) and the transaction is rolled back, leaving
+the connection idle and healthy. Without a deadline in force the block is a plain
+transaction. The time left is taken when the block starts: each statement inside is
+capped by it, so for long blocks of several slow statements, open one block per
+statement.
 
 `connection(pool)` checks a connection out of a psycopg_pool within the time left (at
 most the pool's own ``timeout``; a checkout cut short by the deadline raises
@@ -25,6 +29,7 @@ from typing import Any
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.db._timeouts import (
+    SAVE_AND_SET_LOCAL_SQL,
     SET_LOCAL_SQL,
     deadline_error,
     expired,
@@ -37,6 +42,12 @@ from buttress.resilience import remaining
 __all__ = ["abounded", "aconnection", "bounded", "connection"]
 
 _SLACK = 0.05  # seconds: a cancellation this close to the deadline is the deadline's
+
+
+def _in_transaction(conn: Any) -> bool:
+    """Whether ``conn`` is in a transaction already (a block is then only a savepoint)."""
+    status = getattr(getattr(conn, "info", None), "transaction_status", 0)
+    return int(status) != 0  # psycopg.pq.TransactionStatus.IDLE
 
 
 def _ours(exc: BaseException, limit: int, clock: Clock) -> bool:
@@ -57,11 +68,19 @@ def bounded(conn: Any, *, clock: Clock = SYSTEM_CLOCK) -> Iterator[Any]:
             conn.execute("UPDATE stock SET n = n - 1 WHERE sku = %s", (sku,))
     """
     limit = timeout_ms(clock)
+    nested = limit is not None and _in_transaction(conn)
     try:
         with conn.transaction():
+            outer = None
             if limit is not None:
-                conn.execute(SET_LOCAL_SQL, (f"{limit}ms", f"{limit}ms"))
+                value = f"{limit}ms"
+                if nested:
+                    outer = conn.execute(SAVE_AND_SET_LOCAL_SQL, (value, value)).fetchone()
+                else:
+                    conn.execute(SET_LOCAL_SQL, (value, value))
             yield conn
+            if outer is not None:  # a released savepoint keeps SET LOCAL: put them back
+                conn.execute(SET_LOCAL_SQL, (outer[0], outer[1]))
     except DeadlineExceeded:
         raise
     except Exception as exc:
@@ -80,11 +99,20 @@ async def abounded(conn: Any, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[A
             await aconn.execute("SELECT count(*) FROM orders")
     """
     limit = timeout_ms(clock)
+    nested = limit is not None and _in_transaction(conn)
     try:
         async with conn.transaction():
+            outer = None
             if limit is not None:
-                await conn.execute(SET_LOCAL_SQL, (f"{limit}ms", f"{limit}ms"))
+                value = f"{limit}ms"
+                if nested:
+                    cursor = await conn.execute(SAVE_AND_SET_LOCAL_SQL, (value, value))
+                    outer = await cursor.fetchone()
+                else:
+                    await conn.execute(SET_LOCAL_SQL, (value, value))
             yield conn
+            if outer is not None:
+                await conn.execute(SET_LOCAL_SQL, (outer[0], outer[1]))
     except DeadlineExceeded:
         raise
     except Exception as exc:

@@ -1,14 +1,19 @@
 """SQLAlchemy: every statement run under a deadline gets the time left as its timeouts.
 
-`install_deadlines(engine)` adds two event hooks to an ``Engine`` (or an ``AsyncEngine``'s
+`install_deadlines(engine)` adds event hooks to an ``Engine`` (or an ``AsyncEngine``'s
 ``sync_engine``) on PostgreSQL:
 
 * ``before_cursor_execute``: with a deadline in force, one more round trip first sets
   ``statement_timeout`` and ``lock_timeout`` to the milliseconds left *for this
   statement* (``set_config(..., true)``: local to the transaction SQLAlchemy has begun; on
-  an ``AUTOCOMMIT`` connection, for the session, and put back to the server's defaults
-  before the next statement that runs without a deadline). A deadline already passed
-  raises `DeadlineExceeded` before anything is sent. Without a deadline it does nothing.
+  an ``AUTOCOMMIT`` connection, for the session). The first such statement also reads the
+  values in force before, and the next statement that runs without a deadline on the
+  connection first puts them back (one more round trip, once): a statement after the
+  deadline's block, in the same transaction or session, does not inherit its timeout. A
+  deadline already passed raises `DeadlineExceeded` before anything is sent. Without a
+  deadline, and nothing to put back, it does nothing.
+* ``commit`` / ``rollback`` (and the pool's ``reset``): values set local to a transaction
+  are gone with it, so there is nothing left to put back.
 * ``handle_error``: PostgreSQL cancelling the statement at that timeout is raised as
   `DeadlineExceeded` (``deadline_exceeded``, chained to the driver's ``QueryCanceled``),
   not as a server fault, and the connection is not invalidated: the rollback SQLAlchemy
@@ -26,6 +31,8 @@ from typing import Any, Final
 
 from buttress._clock import SYSTEM_CLOCK, Clock
 from buttress.db._timeouts import (
+    SAVE_AND_SET_LOCAL_SQL,
+    SAVE_AND_SET_SESSION_SQL,
     SET_LOCAL_SQL,
     SET_SESSION_SQL,
     deadline_error,
@@ -38,11 +45,9 @@ from buttress.resilience import remaining
 __all__ = ["install_deadlines"]
 
 _LIMIT: Final = "buttress_deadline_ms"  # conn.info: the timeout set for the running statement
-_SESSION: Final = "buttress_session_timeouts"  # conn.info: session-level values to undo
-_RESET_SQL: Final = (
-    "SELECT set_config(name, reset_val, false) FROM pg_settings "
-    "WHERE name IN ('statement_timeout', 'lock_timeout')"
-)
+# conn.info: [statement_timeout, lock_timeout as they were before a deadline set them,
+#             set for the session (AUTOCOMMIT), set local to the open transaction]
+_SAVED: Final = "buttress_saved_timeouts"
 _SLACK = 0.05
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -52,8 +57,17 @@ def _autocommit(conn: Any) -> bool:
     return bool(getattr(dbapi, "autocommit", False))
 
 
+def _transaction_ended(info: dict[str, Any]) -> None:
+    """A transaction ends: what it set locally is gone with it."""
+    saved = info.get(_SAVED)
+    if saved is not None:
+        saved[3] = False
+        if not saved[2]:
+            del info[_SAVED]
+
+
 class _Hooks:
-    """The two listeners, sharing the clock."""
+    """The listeners, sharing the clock."""
 
     __slots__ = ("clock",)
 
@@ -71,17 +85,28 @@ class _Hooks:
     ) -> None:
         info = conn.info
         limit = timeout_ms(self.clock)  # DeadlineExceeded when it has passed
+        saved = info.get(_SAVED)
         if limit is None:
             info.pop(_LIMIT, None)
-            if info.pop(_SESSION, False):
-                cursor.execute(_RESET_SQL)
+            if saved is not None:  # put back what the connection had before the deadline
+                del info[_SAVED]
+                values = (saved[0], saved[1])
+                if saved[2]:
+                    cursor.execute(SET_SESSION_SQL, values)
+                if saved[3] and not _autocommit(conn):
+                    cursor.execute(SET_LOCAL_SQL, values)
             return
         value = f"{limit}ms"
-        if _autocommit(conn):
-            cursor.execute(SET_SESSION_SQL, (value, value))
-            info[_SESSION] = True
+        session = _autocommit(conn)
+        if saved is None:
+            cursor.execute(
+                SAVE_AND_SET_SESSION_SQL if session else SAVE_AND_SET_LOCAL_SQL, (value, value)
+            )
+            row = cursor.fetchone()
+            info[_SAVED] = [row[0], row[1], session, not session]
         else:
-            cursor.execute(SET_LOCAL_SQL, (value, value))
+            cursor.execute(SET_SESSION_SQL if session else SET_LOCAL_SQL, (value, value))
+            saved[2 if session else 3] = True
         info[_LIMIT] = limit
 
     def error(self, ctx: Any) -> BaseException | None:
@@ -95,6 +120,14 @@ class _Hooks:
             return None  # cancelled for another reason (an operator, NOWAIT)
         ctx.is_disconnect = False  # a cancelled statement leaves a healthy connection
         return deadline_error(original, limit)
+
+    def ended(self, conn: Any) -> None:
+        """``commit`` / ``rollback`` of a Connection."""
+        _transaction_ended(conn.info)
+
+    def reset(self, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+        """The pool's reset on return (a rollback SQLAlchemy does without the events)."""
+        _transaction_ended(record.info)
 
 
 def install_deadlines(engine: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
@@ -123,4 +156,7 @@ def install_deadlines(engine: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
     hooks = _Hooks(clock)
     event.listen(target, "before_cursor_execute", hooks.before)
     event.listen(target, "handle_error", hooks.error)
+    event.listen(target, "commit", hooks.ended)
+    event.listen(target, "rollback", hooks.ended)
+    event.listen(target, "reset", hooks.reset)  # the pool's, kept across dispose()
     _installed.add(target)

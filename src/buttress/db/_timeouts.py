@@ -1,8 +1,10 @@
 """The time left as PostgreSQL timeouts, and the driver's cancellation as a deadline error.
 
 One place decides what ``statement_timeout`` a statement gets (`timeout_ms`), the SQL that
-sets it (`SET_LOCAL_SQL`: ``set_config(..., true)``, gone when the transaction ends), and
-when a driver error is the deadline's doing (`deadline_error`).
+sets it (`SET_LOCAL_SQL`: ``set_config(..., true)``, gone when the transaction ends; the
+``SAVE_AND_SET`` forms also return the values they replace, to be put back when the
+setting would outlive the deadline), and when a driver error is the deadline's doing
+(`deadline_error`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from buttress.resilience import remaining
 
 __all__ = [
     "MIN_TIMEOUT_MS",
+    "SAVE_AND_SET_LOCAL_SQL",
+    "SAVE_AND_SET_SESSION_SQL",
     "SET_LOCAL_SQL",
     "SET_SESSION_SQL",
     "deadline_error",
@@ -33,6 +37,15 @@ SET_LOCAL_SQL: Final = (
 )
 SET_SESSION_SQL: Final = (
     "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)"
+)
+# the same, returning first the values in force before (to put them back): PostgreSQL
+# evaluates a select list from left to right
+_SAVED = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), "
+SAVE_AND_SET_LOCAL_SQL: Final = (
+    _SAVED + "set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+)
+SAVE_AND_SET_SESSION_SQL: Final = (
+    _SAVED + "set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)"
 )
 # the SQLSTATEs a timeout we set raises: query_canceled, lock_not_available
 _CANCELLED: Final = frozenset({"57014", "55P03"})
