@@ -246,6 +246,21 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+@contextlib.contextmanager
+def own_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own (``<prefix>_<random>``), dropped after; its URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 # ---------------------------------------------------------------- every store
 StoreFactory = Callable[..., Store]
 

@@ -23,8 +23,8 @@ from buttress.asgi._ratelimit import Limit, RateLimitMiddleware
 from buttress.asgi.keys import header
 from buttress.auditlog import AuditLog, audit_event, configure_audit_log
 from buttress.errors import ConfigurationError
-from tests.conftest import POSTGRES_URL, captured_logs
 from tests.conftest import PrivateRedis as SharedRedis
+from tests.conftest import captured_logs, own_database
 
 KEY = "audit-key-0123456789abcdef"
 SUBJECT = "alice@example.com"
@@ -60,13 +60,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 @pytest.fixture(scope="module")
 def audit_db() -> Iterator[str]:
-    name = "test_q_audit"
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with own_database("q_audit") as url:
+        yield url
 
 
 @contextlib.contextmanager

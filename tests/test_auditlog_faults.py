@@ -36,7 +36,7 @@ import structlog
 from buttress.asgi import HardenSettings, harden
 from buttress.auditlog import AuditLog, audit_event, configure_audit_log
 from buttress.errors import ConfigurationError
-from tests.conftest import POSTGRES_URL, PrivateRedis, captured_logs
+from tests.conftest import POSTGRES_URL, PrivateRedis, captured_logs, own_database
 
 KEY = "audit-key-0123456789abcdef"
 REDIS_DB12 = "redis://127.0.0.1:6379/12"
@@ -56,14 +56,8 @@ CLEAR = ["hunter2", "alice", "eyJhbGci", "c2lnbmF0dXJl", "Zoë", "Åström", "�
 
 @pytest.fixture(scope="module")
 def audit_db() -> Iterator[str]:
-    name = f"rq_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with own_database("rq") as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from buttress.asgi._idempotency import IdempotencyMiddleware
 from buttress.stores import Store, open_store
 from buttress.testing import FakeClock
-from tests.conftest import POSTGRES_URL, PrivateRedis
+from tests.conftest import PrivateRedis, own_database
 
 LEASE = 30.0
 REDIS_DB12 = "redis://127.0.0.1:6379/12"
@@ -117,14 +116,8 @@ def _pid(server: PrivateRedis) -> int:
 
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[str]:
-    name = f"rq_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=2) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with own_database("rq") as url:
+        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
