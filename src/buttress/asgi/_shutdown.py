@@ -16,7 +16,10 @@ therefore hooks the termination signals itself, and runs this sequence:
    for the busy ones.
 4. **Grace** (``grace``, default 25 s, counted from the hand-off). In-flight requests
    finish. Those still running when it runs out are cancelled, so that the server stops
-   waiting for them; one that had not started its response gets a 503 problem+json.
+   waiting for them; one that had not started its response gets a 503 problem+json. One
+   still running a second later (it swallowed the cancellation) would keep the server
+   waiting for ever: the close sequence below then runs at once, and the process exits
+   with status 128 + the signal's number.
 5. **Close** (``close_timeout``, default 10 s, a hard limit for all of it). The wrapped
    app's own lifespan shutdown runs, then the close hooks (`GracefulShutdown.add_close_hook`)
    in reverse order of registration. Each gets at most ``hook_timeout`` (default half of
@@ -226,6 +229,8 @@ class GracefulShutdown(Stage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: dict[int, SignalHandler] = {}
         self._drain_task: asyncio.Task[None] | None = None
+        self._inner: InnerLifespan | None = None
+        self._closing: asyncio.Task[str | None] | None = None
         self._draining = False
         self._stopping = False
         self._signalled: int | None = None
@@ -359,6 +364,21 @@ class GracefulShutdown(Stage):
         )
         self._hand_off(signum)
         await self._finish_in_flight(self._grace_deadline)
+        inner = self._inner
+        if self._requests and not self._stopping and inner is not None:
+            # they ignored their cancellation: the server would wait for them for ever
+            # (uvicorn waits for every connection before the lifespan shutdown)
+            status = 128 + signum
+            _log.critical(
+                "%d request(s) still running after their cancellation: closing now, "
+                "then exiting (status %d) without waiting for them",
+                len(self._requests),
+                status,
+            )
+            await self._close(inner)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            _hard_exit(status)
 
     def _hand_off(self, signum: int) -> None:
         if signum not in self._previous:
@@ -571,6 +591,7 @@ class GracefulShutdown(Stage):
         self._grace_deadline = None
         self._previous = {}
         self._drain_task = None
+        self._closing = None
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         message = await receive()
@@ -585,7 +606,7 @@ class GracefulShutdown(Stage):
             except Exception:
                 _log.exception("on_startup callback %s failed", hook_name(callback))
         try:
-            inner = InnerLifespan(app, scope)
+            inner = self._inner = InnerLifespan(app, scope)
             answer = await inner.exchange({"type": "lifespan.startup"})
             if answer is None:
                 inner.supported = False
@@ -620,6 +641,21 @@ class GracefulShutdown(Stage):
         await self._finish_in_flight(
             self.clock.now() + self.grace if deadline is None else deadline
         )
+        failed = await self._close(inner)
+        if drain is not None and not drain.done():
+            drain.cancel()
+        return failed
+
+    def _close(self, inner: InnerLifespan) -> asyncio.Future[str | None]:
+        """The app's shutdown then the hooks, once (the drain or the server may ask first)."""
+        closing = self._closing
+        if closing is None:
+            closing = self._closing = asyncio.get_running_loop().create_task(
+                self._close_once(inner)
+            )
+        return asyncio.shield(closing)
+
+    async def _close_once(self, inner: InnerLifespan) -> str | None:
         close_deadline = self.clock.now() + self.close_timeout
         failed = await stop_app(
             self.clock, inner, min(self.hook_timeout, close_deadline - self.clock.now())
@@ -636,8 +672,6 @@ class GracefulShutdown(Stage):
             await run_close_hook(
                 self.clock, hook, min(self.hook_timeout, remaining), self._abandoned_hooks
             )
-        if drain is not None and not drain.done():
-            drain.cancel()
         return failed
 
     def __repr__(self) -> str:
