@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from buttress.errors import ConfigurationError
+from buttress.probe._http import redact
 from buttress.probe._load import LoadPlan, Progress
 from buttress.probe._run import MAX_BURST, ProbeOptions, is_loopback, run
 from buttress.probe._threshold import DEFAULT_THRESHOLDS, Threshold
@@ -38,11 +39,11 @@ def _usage(message: str) -> int:
 def _problem(args: argparse.Namespace) -> str | None:
     parts = urlsplit(args.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{args.url!r} is not an http:// or https:// URL"
+        return f"{redact(args.url)!r} is not an http:// or https:// URL"
     try:
         _ = parts.port
     except ValueError:
-        return f"{args.url!r} has an invalid port"
+        return f"{redact(args.url)!r} has an invalid port"
     if not is_loopback(args.url) and not args.allow_remote:
         return (
             f"{parts.hostname} is not a loopback address: pass --allow-remote to probe it "
@@ -114,9 +115,9 @@ def _modes_problem(args: argparse.Namespace) -> str | None:
     for name in ("compare", "prometheus"):
         url = getattr(args, name)
         if url and urlsplit(url).scheme not in ("http", "https"):
-            return f"--{name} {url!r} is not an http:// or https:// URL"
+            return f"--{name} {redact(url)!r} is not an http:// or https:// URL"
         if url and not is_loopback(url) and not args.allow_remote:
-            return f"--{name} {url!r} is not a loopback address: pass --allow-remote"
+            return f"--{name} {redact(url)!r} is not a loopback address: pass --allow-remote"
     return None
 
 

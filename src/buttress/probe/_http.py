@@ -7,20 +7,26 @@ answer, and never raises: a transport failure (refused, reset, timed out, not HT
 an `Exchange` with ``error`` set. After `GIVE_UP` transport failures in a row, or once the
 run's deadline has passed, the client stops sending and answers every further request
 with an error at once, so a target that hangs costs a few timeouts, not one per check.
+
+Credentials in the base URL (``http://user:password@host``, sent as Basic auth) and its
+query (``?token=...``, added to every request) are used on the wire only: `Client.base`,
+`Client.url` and every `Exchange`'s ``url`` (the evidence) are without them (`redact`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import httpx
 
-__all__ = ["GIVE_UP", "MAX_BODY", "MAX_LOG", "Client", "Exchange"]
+__all__ = ["GIVE_UP", "MAX_BODY", "MAX_LOG", "Client", "Exchange", "redact"]
 
 MAX_BODY = 256 * 1024
 GIVE_UP = 3
@@ -74,6 +80,16 @@ class Exchange:
         return f"{self.method} {path} -> {self.status}{kind} ({self.elapsed * 1000:.0f} ms)"
 
 
+def redact(url: str) -> str:
+    """``url`` fit for a report: no user or password, each query value replaced by ``***``."""
+    try:
+        parts = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "(an invalid URL)"
+    query = "&".join(f"{name}=***" for name, _ in parts.params.multi_items())
+    return str(parts.copy_with(userinfo=b"", query=query.encode("ascii") or None, fragment=None))
+
+
 def _describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return f"no answer within {timeout:g} s"
@@ -105,7 +121,10 @@ class Client:
         connections: int = 16,
         record: bool = False,
     ) -> None:
-        self.base = base.rstrip("/")
+        given = httpx.URL(base)
+        self._userinfo = given.userinfo  # sent (Basic auth), never shown
+        self._params = given.params  # added to every request, never shown
+        self.base = str(given.copy_with(userinfo=b"", query=None, fragment=None)).rstrip("/")
         self.timeout = timeout
         self.deadline = time.monotonic() + budget
         self.sent = 0
@@ -132,8 +151,15 @@ class Client:
         return stopped or time.monotonic() >= self.deadline
 
     def url(self, path: str) -> str:
-        """The absolute URL of ``path`` on the target."""
+        """The absolute URL of ``path`` on the target, as shown (no credentials, no token)."""
         return self.base + (path if path.startswith("/") else "/" + path)
+
+    def _wire(self, url: str) -> httpx.URL:
+        """The URL sent: ``url`` with the base URL's credentials and query put back."""
+        target = httpx.URL(url)
+        if self._userinfo:
+            target = target.copy_with(userinfo=self._userinfo)
+        return target.copy_merge_params(self._params) if self._params else target
 
     async def send(
         self,
@@ -200,12 +226,15 @@ class Client:
         seen.elapsed = time.monotonic() - started
         return seen
 
-    @staticmethod
     async def _raw(
-        seen: Exchange, headers: dict[str, str], length: int, *extra: str
+        self, seen: Exchange, headers: dict[str, str], length: int, *extra: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection of its own to ``seen.url``, the request's head written on it."""
-        target = httpx.URL(seen.url)
+        target = self._wire(seen.url)
+        if self._userinfo:
+            user, _, password = self._userinfo.partition(b":")
+            pair = unquote_to_bytes(user) + b":" + unquote_to_bytes(password)
+            extra = (*extra, f"authorization: Basic {base64.b64encode(pair).decode('ascii')}")
         context = None
         if target.scheme == "https":
             import ssl  # noqa: PLC0415
@@ -307,7 +336,9 @@ class Client:
     async def _exchange(
         self, seen: Exchange, headers: dict[str, str] | None, content: bytes | None
     ) -> None:
-        request = self._http.build_request(seen.method, seen.url, headers=headers, content=content)
+        request = self._http.build_request(
+            seen.method, self._wire(seen.url), headers=headers, content=content
+        )
         response = await self._http.send(request, stream=True)
         try:
             seen.status = response.status_code

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from buttress import __version__
 from buttress.probe._compare import compare_runs, merge_status
-from buttress.probe._http import Client, Exchange
+from buttress.probe._http import Client, Exchange, redact
 from buttress.probe._idem import example_body, idempotency
 from buttress.probe._lifecycle import Service, fault, shutdown
 from buttress.probe._load import LoadPlan, Progress, run_load
@@ -103,9 +103,13 @@ class ProbeOptions:
 
 
 def is_loopback(url: str) -> bool:
-    """True when ``url``'s host is localhost or a loopback address (no DNS asked)."""
+    """True when ``url``'s host is ``localhost`` or a loopback address (no DNS asked).
+
+    Only the name ``localhost`` itself: ``anything.localhost`` is a lookup the resolver may
+    send to DNS, which may answer with any address.
+    """
     host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -811,15 +815,15 @@ async def _watched(
     await st.client.aclose()
     outcomes = await watch(watching, on_phase=tell, on_tick=tick)
     for rid, (status, evidence) in outcomes.items():
-        st.set(rid, status, evidence, watching.prometheus or "")
+        st.set(rid, status, evidence, redact(watching.prometheus) if watching.prometheus else "")
     return _report(st, opts, time.monotonic() - started)
 
 
 async def _compared(opts: ProbeOptions, other: str, tell: Callable[[str], None]) -> Report:
     started = time.monotonic()
-    tell(f"checks: A {opts.url}")
+    tell(f"checks: A {redact(opts.url)}")
     a = await checks(opts, record=True)
-    tell(f"checks: B {other}")
+    tell(f"checks: B {redact(other)}")
     b = await checks(dataclasses.replace(opts, url=other), record=True)
     merged = _State(client=a.client, opts=opts)
     none = _Outcome(NA, "not run (the run's time was up)")
@@ -838,10 +842,10 @@ async def _compared(opts: ProbeOptions, other: str, tell: Callable[[str], None])
         ([a.live, a.ready], [b.live, b.ready]),
     )
     for rid, (status, evidence) in parity.items():
-        merged.set(rid, status, evidence, other if status is FAIL else "")
+        merged.set(rid, status, evidence, redact(other) if status is FAIL else "")
     report = _report(merged, opts, time.monotonic() - started)
     extra = {**report.extra, "requests": str(a.client.sent + b.client.sent)}
-    return dataclasses.replace(report, target=f"{opts.url} vs {other}", extra=extra)
+    return dataclasses.replace(report, target=f"{redact(opts.url)} vs {redact(other)}", extra=extra)
 
 
 async def _start(service: Service, opts: ProbeOptions) -> str:
@@ -851,7 +855,7 @@ async def _start(service: Service, opts: ProbeOptions) -> str:
         before = await client.send("GET", path)
         if before.ok or "refused" not in before.error:  # another process would be judged
             return (
-                f"something already answers at {opts.url} ({before.short()}): stop it, or "
+                f"something already answers at {redact(opts.url)} ({before.short()}): stop it, or "
                 "give --start a command that serves on a free port"
             )
         problem = service.start()
@@ -930,7 +934,7 @@ def _report(st: _State, opts: ProbeOptions, duration: float) -> Report:
     return Report(
         tool="buttress probe",
         version=__version__,
-        target=opts.url,
+        target=redact(opts.url),
         rules=rules,
         checks=tuple(checks),
         findings=tuple(findings),

@@ -25,7 +25,7 @@ import httpx
 
 from buttress.clock import SYSTEM_CLOCK, Clock
 from buttress.errors import ConfigurationError
-from buttress.probe._http import Client
+from buttress.probe._http import Client, redact
 from buttress.probe._lifecycle import CommandResult, run_command
 from buttress.probe._load import LoadPlan, run_load
 from buttress.probe._threshold import Sample, Stats, Threshold
@@ -238,7 +238,7 @@ async def watch(
     """
     tell = on_phase or (lambda _: None)
     tick = on_tick or (lambda _: None)
-    source = f"Prometheus {opts.prometheus}" if opts.prometheus else f"GET {opts.path}"
+    source = f"Prometheus {redact(opts.prometheus)}" if opts.prometheus else f"GET {opts.path}"
     every = ", ".join(t.text for t in opts.thresholds)
     if opts.prometheus:
         broken, when, judged, notes = await _watch_prometheus(opts, clock, tick)

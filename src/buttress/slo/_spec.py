@@ -47,6 +47,9 @@ _NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MATCHER = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
 _SELECTOR = re.compile(rf"(?:{_MATCHER}(?:,{_MATCHER})*,?)?\s*")
+_REGEX_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~)\s*"((?:[^"\\]|\\.)*)"')
+# Perl syntax Python's re knows and Prometheus' RE2 refuses (promtool: "unsupported Perl syntax")
+_NOT_RE2 = re.compile(r"\(\?(?:=|!|<=|<!|>|P=|#)|[*+?}]\+")
 _DEFAULT_WINDOW = Duration("30d", 30 * 86400.0)
 _MAX_BYTES = 1_000_000
 _MIN_WINDOW = 3 * 86400.0
@@ -177,6 +180,18 @@ def _flag_or_mapping(node: Node, allowed: list[str]) -> dict[str, Node] | None:
     return None
 
 
+def _regex_problem(pattern: str) -> str | None:
+    """Why Prometheus would refuse ``pattern`` as a regular expression (None: it is fine)."""
+    bad = _NOT_RE2.search(pattern)
+    if bad is not None:
+        return f"{bad.group()!r} is not RE2 syntax (Prometheus has no lookaround or backreferences)"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"not a regular expression: {exc}"
+    return None
+
+
 def _selector(node: Node) -> str | None:
     text = node.value()
     if text is None or text == "":
@@ -184,6 +199,11 @@ def _selector(node: Node) -> str | None:
     if not isinstance(text, str) or not _SELECTOR.fullmatch(text):
         node.error(f'{text!r}: label matchers without braces, such as job="orders", env!="dev"')
         return None
+    for match in _REGEX_MATCHER.finditer(text):
+        problem = _regex_problem(re.sub(r"\\(.)", r"\1", match.group(2)))
+        if problem is not None:
+            node.error(f"{match.group(1)}: {problem}")
+            return None
     return text.strip().rstrip(",")
 
 
@@ -319,6 +339,8 @@ def _read_sli(node: Node, selector: str) -> Sli | None:
             routes = entries["routes"].text() or ""
             if '"' in routes or "\\" in routes:
                 entries["routes"].error('a regular expression without " or \\')
+            elif (problem := _regex_problem(routes)) is not None:
+                entries["routes"].error(problem)
         matchers = ",".join(m for m in (selector, f'route=~"{routes}"' if routes else "") if m)
         if kind == "availability":
             if "threshold" in entries:
