@@ -105,3 +105,22 @@ def test_the_problem_types_table_is_the_error_codes() -> None:
         for code in ErrorCode
     )
     assert got == expected
+
+
+def test_store_options_table_states_the_constructors_defaults() -> None:
+    """docs/shared-state.md's `open_store` options table: each store's ``timeout``
+    default (the first number of its cell) is its constructor's."""
+    import inspect
+
+    from buttress.stores._postgres import PostgresStore
+    from buttress.stores._redis import RedisStore
+    from buttress.stores._sqlite import SQLiteStore
+
+    [row] = [
+        r
+        for r in tables(ROOT / "docs" / "shared-state.md", "| option of `open_store`")
+        if r[0].startswith("`timeout`")
+    ]
+    for cell, store in zip(row[2:], (SQLiteStore, RedisStore, PostgresStore), strict=True):
+        default = inspect.signature(store).parameters["timeout"].default
+        assert float(cell.split()[0]) == default, (store.__name__, cell, default)

@@ -720,8 +720,7 @@ class RateLimitMiddleware(Stage):
                 )
         except Exception as exc:  # BackendError, TimeoutError, a store bug: never a 500
             breaker.on_failure(permit, clock.now() - start)
-            reason = "timeout" if isinstance(exc, TimeoutError) else "store error"
-            self._engage(reason, exc)
+            self._engage("timeout" if _timed_out(exc) else "store error", exc)
             return self._fallback(requests)
         except BaseException:
             breaker.release(permit)
@@ -913,6 +912,23 @@ class _Special:
         self.pending: list[tuple[str, Awaitable[str]]] = []
         self.charges: list[tuple[AfterCost, str, Rate]] = []
         self.too_costly: tuple[Limit, int] | None = None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a store failure was a timeout: ours, or the driver's (``__cause__``)."""
+    cause: BaseException | None = exc
+    for _ in range(3):  # the BackendError, the driver's error, what it wrapped
+        if cause is None:
+            return False
+        if isinstance(cause, TimeoutError) or type(cause).__name__ in _TIMEOUTS:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+# drivers' timeouts that are not builtin TimeoutErrors (redis-py; psycopg's
+# statement_timeout and pool checkout)
+_TIMEOUTS = frozenset({"TimeoutError", "QueryCanceled", "PoolTimeout"})
 
 
 def _stored(key: str) -> str:

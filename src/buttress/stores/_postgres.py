@@ -86,7 +86,7 @@ from buttress.stores._base import (
     store_key,
 )
 from buttress.stores._denials import LocalDenials
-from buttress.stores._postgres_pool import AConn, LoopPool
+from buttress.stores._postgres_pool import AConn, LoopPool, stale
 from buttress.stores._postgres_sql import Statements, ddl
 from buttress.stores._sql import (
     TABLES,
@@ -292,17 +292,30 @@ class PostgresStore:
         with backend_errors(self._label, op):
             try:
                 pool = self._pool or self._connect()
-                with pool.connection() as conn:
+                conn = self._checkout(pool)
+                try:
                     if setup and not self._ready:
                         with conn.transaction():
                             drive(self._setup(), lambda q: _execute(conn, q))
                         self._ready = True
                     result = drive(script, lambda q: _execute(conn, q))
+                finally:
+                    pool.putconn(conn)
             except PoolTimeout as exc:
                 raise self._unreachable(exc) from exc
         if count and self._sweeper.due():
             self._sweep_quietly()
         return result
+
+    def _checkout(self, pool: ConnectionPool[Conn]) -> Conn:
+        """A pooled connection that is not `stale` (a restart leaves the pool full of them)."""
+        for _ in range(self.max_connections):
+            conn = pool.getconn()
+            if not stale(conn):
+                return conn
+            conn.close()  # the pool drops a closed connection and opens another
+            pool.putconn(conn)
+        return pool.getconn()
 
     async def _arun(
         self, op: str, script: Script[T], *, setup: bool = True, count: bool = True

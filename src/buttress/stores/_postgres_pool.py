@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import select
 
 import psycopg
 from psycopg.rows import TupleRow
 
-__all__ = ["AConn", "LoopPool", "finish"]
+__all__ = ["AConn", "LoopPool", "finish", "stale"]
 
 AConn = psycopg.AsyncConnection[TupleRow]
 
@@ -15,6 +16,25 @@ AConn = psycopg.AsyncConnection[TupleRow]
 def finish(conn: AConn) -> None:
     """Close ``conn`` now, from any thread, without its event loop (closing is sync)."""
     conn.pgconn.finish()
+
+
+def stale(conn: psycopg.Connection[TupleRow] | AConn) -> bool:
+    """Whether an *idle* connection is unusable: broken, closed, or spoken to while idle.
+
+    A server ending a backend (``pg_terminate_backend``, a restart, an idle timeout) sends
+    a FATAL message and closes the socket; psycopg notices only when it next uses the
+    connection, and that statement fails. An idle autocommit connection expects nothing
+    from the server, so a readable socket means it is gone (or, rarely, a parameter
+    report after a reload: reconnecting then costs one connect). One ``select`` with no
+    wait, no round trip.
+    """
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 class LoopPool:
@@ -40,11 +60,11 @@ class LoopPool:
         self.closed = False
 
     async def get(self) -> AConn:
-        """An idle connection, or a new one; `TimeoutError` after ``timeout`` s."""
+        """An idle connection (not `stale`), or a new one; `TimeoutError` after ``timeout`` s."""
         if self.idle and not self.slots.locked():  # the common case: no wait, no timer
             await self.slots.acquire()
             conn = self.idle.pop()
-            if not conn.broken:
+            if not stale(conn):
                 return conn
             finish(conn)
             self.slots.release()
@@ -53,7 +73,7 @@ class LoopPool:
             try:
                 while self.idle:
                     conn = self.idle.pop()
-                    if not conn.broken:
+                    if not stale(conn):
                         return conn
                     finish(conn)
                 return await AConn.connect(self.conninfo, autocommit=True)
