@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -146,11 +147,17 @@ class PrivateRedis:
         self.stop()
         self.start()
 
+    def pid(self) -> int:
+        return int(self.pidfile.read_text().strip())
+
     def close(self) -> None:
-        """Stop the server; kill it by its pid only if it still answers after that."""
+        """Stop the server (woken first if a test froze it with SIGSTOP); kill it by its
+        pid only if it still answers after that."""
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(self.pid(), signal.SIGCONT)
         if not self.stop():
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(self.pidfile.read_text().strip()), 9)
+                os.kill(self.pid(), 9)
 
     def _wait(self, *, answering: bool) -> bool:
         deadline = time.monotonic() + 10
@@ -169,6 +176,17 @@ class PrivateRedis:
                 return True
             time.sleep(0.05)
         return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A started `PrivateRedis` of this test's own (DB 3), closed after."""
+    server = PrivateRedis(tmp_path, db=3)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @contextlib.contextmanager

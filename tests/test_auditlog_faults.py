@@ -34,11 +34,11 @@ import redis
 import structlog
 
 from buttress.asgi import HardenSettings, harden
-from buttress.auditlog import AuditLog, audit_event, configure_audit_log
+from buttress.auditlog import AuditLog, audit_event
 from buttress.errors import ConfigurationError
 from tests.conftest import POSTGRES_URL, PrivateRedis, captured_logs, own_database
+from tests.test_auditlog import KEY, audit_log  # one set-up for both files
 
-KEY = "audit-key-0123456789abcdef"
 REDIS_DB12 = "redis://127.0.0.1:6379/12"
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsInJvbGUiOiJhZG1pbiJ9."
@@ -58,17 +58,6 @@ CLEAR = ["hunter2", "alice", "eyJhbGci", "c2lnbmF0dXJl", "Zoë", "Åström", "�
 def audit_db() -> Iterator[str]:
     with own_database("rq") as url:
         yield url
-
-
-@contextlib.contextmanager
-def audit_log(**options: Any) -> Iterator[AuditLog]:
-    log = AuditLog(key=KEY, retry_max=0.2, **options)
-    previous = configure_audit_log(log)
-    try:
-        yield log
-    finally:
-        configure_audit_log(previous)
-        log.close(2.0)
 
 
 def _rows(url: str, table: str) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def _pid(server: PrivateRedis) -> int:
-    return int(server.pidfile.read_text().strip())
+    return server.pid()
 
 
 @pytest.fixture(scope="module")

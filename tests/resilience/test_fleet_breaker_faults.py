@@ -8,12 +8,9 @@ the breakers; the tests call ``refresh_once`` themselves, so nothing sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -26,15 +23,8 @@ from tests.conftest import PrivateRedis, own_database
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path, db=3)
-    server.start()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(server.pidfile.read_text().strip()), signal.SIGCONT)
-        server.close()
+def redis_server(private_redis: PrivateRedis) -> PrivateRedis:
+    return private_redis
 
 
 Fleet = list[tuple[CircuitBreaker, SharedBreakerState]]
@@ -102,7 +92,7 @@ def test_redis_frozen_refresh_times_out_instead_of_hanging(
     [(breaker, shared)] = fleet
     try:
         shared.refresh_once()
-        pid = int(redis_server.pidfile.read_text().strip())
+        pid = redis_server.pid()
         os.kill(pid, signal.SIGSTOP)
         try:
             shared.refresh_once()  # bounded by the store timeout

@@ -11,12 +11,10 @@ instead of stalling it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,15 +39,8 @@ async def ok(scope: Any, receive: Any, send: Any) -> None:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path, db=3)
-    server.start()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(server.pidfile.read_text().strip()), signal.SIGCONT)
-        server.close()
+def redis_server(private_redis: PrivateRedis) -> PrivateRedis:
+    return private_redis
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +81,7 @@ def remaining(response: httpx.Response) -> int:
 
 
 def redis_pid(server: PrivateRedis) -> int:
-    return int(server.pidfile.read_text().strip())
+    return server.pid()
 
 
 # ---------------------------------------------------------------- Redis
