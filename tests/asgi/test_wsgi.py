@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from flask import Flask, abort, request
+from flask import Flask, abort, make_response, request
 from prometheus_client import CollectorRegistry, generate_latest
 
 from buttress import RateLimited
@@ -57,10 +57,15 @@ def flask_app() -> Flask:
     app.extensions["gates"] = (release, finished)
 
     @app.get("/slow")
-    def slow() -> str:
+    def slow() -> Any:
         release.wait(5.0)  # past the deadline: the thread is not cancelled, it runs on
-        finished.set()
-        return "late"
+        response = make_response("late")
+        # set when a2wsgi closes the body, after its last send to the loop: a test that
+        # waits for it ends with no WSGI thread still handing messages to its loop (one
+        # scheduled on a loop being closed never runs, and that thread then blocks the
+        # interpreter's exit, joining the executor)
+        response.call_on_close(finished.set)
+        return response
 
     @app.get("/limited")
     def limited() -> str:
