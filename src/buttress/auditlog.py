@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
+from buttress._urls import masked
 from buttress.errors import ConfigurationError
 
 __all__ = [
@@ -290,7 +291,7 @@ def _sink(url: str, retention: float, name: str) -> _Sink:
     if scheme in {"postgresql", "postgres"}:
         return _PostgresSink(url, retention, name)
     raise ConfigurationError(
-        f"AuditLog(url={_redacted(url)!r}): a durable audit store is redis://... (a stream) "
+        f"AuditLog(url={masked(url)!r}): a durable audit store is redis://... (a stream) "
         "or postgresql://... (a table)"
     )
 
@@ -334,7 +335,7 @@ class AuditLog:
         if key is None or key in ("", b""):
             if url is not None:
                 raise ConfigurationError(
-                    f"{owner}(url={_redacted(url)!r}): a durable audit log needs a key "
+                    f"{owner}(url={masked(url)!r}): a durable audit log needs a key "
                     "(key=... or BUTTRESS_AUDIT_KEY, 16+ bytes), or the subject ids it "
                     "stores change at every restart"
                 )
@@ -370,7 +371,7 @@ class AuditLog:
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        where = "log lines only" if self.url is None else _redacted(self.url)
+        where = "log lines only" if self.url is None else masked(self.url)
         return f"AuditLog({where}, pending={len(self._pending)}, dropped={self.dropped})"
 
     # ------------------------------------------------------------ events
@@ -458,7 +459,7 @@ class AuditLog:
                 "far (raise buffer=, or restore %s)",
                 self.buffer,
                 dropped,
-                _redacted(self.url or ""),
+                masked(self.url or ""),
             )
 
     # ------------------------------------------------------------ the writer
@@ -577,22 +578,6 @@ def _structlog_configured() -> bool:
     except ImportError:
         return False
     return bool(structlog.is_configured())
-
-
-def _redacted(url: str) -> str:
-    """``url`` for messages: no password, no query string (libpq takes one there too)."""
-    try:
-        parts = urlsplit(url)
-        has_password = parts.password is not None
-    except ValueError:
-        return "<a malformed URL>"
-    if not parts.scheme or "://" not in url:
-        return "<not a URL>"  # a libpq "key=value" DSN, say: it may hold a password
-    netloc = parts.netloc
-    if has_password:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 def _current_ids() -> tuple[str | None, str | None]:

@@ -30,9 +30,9 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from buttress import __version__
+from buttress._urls import masked
 
 __all__ = ["demo_server_options", "main"]
 
@@ -124,7 +124,7 @@ def _print_banner(console: Any, host: str, port: int, workers: int) -> None:
     of the terminal, or when the output is not a terminal at all.
     """
     base = f"http://{host}:{port}"
-    store = _display_url(os.environ.get("BUTTRESS_STORE_URL") or "memory://")
+    store = masked(os.environ.get("BUTTRESS_STORE_URL") or "memory://")
     console.print(
         f"[bold]buttress {__version__}[/bold] demo: the orders API on {base} "
         f"({workers} worker{'s' if workers > 1 else ''}, store {store})\n",
@@ -187,7 +187,7 @@ def _store_problem(url: str | None, source: str) -> str | None:
             finally:
                 store.close()
         except ButtressError as exc:
-            return f"{source} {_display_url(url)}: {exc}".replace("\n", " ")
+            return f"{source} {masked(url)}: {exc}".replace("\n", " ")
     return None
 
 
@@ -202,19 +202,6 @@ def _quiet(*names: str) -> Iterator[None]:
     finally:
         for logger, was in zip(loggers, before, strict=True):
             logger.disabled = was
-
-
-def _display_url(url: str) -> str:
-    """``url`` with its password masked (the banner and error lines are often pasted)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return url.partition("://")[0] + "://..."
 
 
 def _shared_state_env(workers: int, store_url: str | None) -> dict[str, str]:

@@ -24,11 +24,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from buttress.audit._check_files import TextFile
+from buttress.audit._check_files import TextFile, line_finding
 from buttress.audit._config import DEFAULT_SKIP_DIRS, AuditConfig
 from buttress.audit._index import Program
-from buttress.audit._rules import RULES
-from buttress.report import Finding, Location
+from buttress.report import Finding
 
 __all__ = ["check_data", "find_migrations"]
 
@@ -151,18 +150,7 @@ def check_data(
 
     def emit(rule_id: str, rel: str, line: int, message: str) -> None:
         if config.enabled(rule_id):
-            rule = RULES[rule_id]
-            out.append(
-                Finding(
-                    rule_id=rule_id,
-                    category=rule.category,
-                    priority=config.severity.get(rule_id, rule.priority),
-                    message=message,
-                    location=Location(path=rel, line=line, column=1, end_line=line, end_column=1),
-                    fix=rule.fix,
-                    docs=rule.docs,
-                )
-            )
+            out.append(line_finding(config, rule_id, rel, line, message))
 
     migrations = [t for t in texts if t.kind == "migration"]
     tokens: set[str] = {"file:migration"} if migrations else set()

@@ -78,7 +78,8 @@ def kind_of(rel: str) -> str | None:
     return None
 
 
-def _finding(config: AuditConfig, rule_id: str, rel: str, line: int, message: str) -> Finding:
+def line_finding(config: AuditConfig, rule_id: str, rel: str, line: int, message: str) -> Finding:
+    """A finding of ``rule_id`` on a whole line of a file (its priority as configured)."""
     rule = RULES[rule_id]
     return Finding(
         rule_id=rule_id,
@@ -105,7 +106,7 @@ def check_files(files: list[TextFile], config: AuditConfig) -> tuple[list[Findin
 
     def emit(rule_id: str, rel: str, line: int, message: str) -> None:
         if config.enabled(rule_id):
-            out.append(_finding(config, rule_id, rel, line, message))
+            out.append(line_finding(config, rule_id, rel, line, message))
 
     pinned = True
     for f in files:

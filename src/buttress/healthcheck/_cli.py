@@ -31,7 +31,9 @@ import ssl
 import sys
 import threading
 from typing import Any, Final
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from buttress._urls import redacted as redact
 
 __all__ = ["EXIT_HEALTHY", "EXIT_UNHEALTHY", "EXIT_USAGE", "add_command", "check", "redact"]
 
@@ -77,20 +79,6 @@ def _usage_problem(url: str, timeout: float, allow_remote: bool) -> str | None:
     if not 0 < timeout <= _MAX_TIMEOUT:
         return f"--timeout must be in (0, {_MAX_TIMEOUT:g}] seconds, not {timeout:g}"
     return None
-
-
-def redact(url: str) -> str:
-    """``url`` fit to print: no user or password, every query value replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "(an invalid URL)"
-    netloc = f"[{host}]" if ":" in host else host
-    netloc += f":{port}" if port is not None else ""
-    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
 
 
 def _get(parts: SplitResult, timeout: float, out: dict[str, Any]) -> None:

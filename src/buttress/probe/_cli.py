@@ -21,8 +21,8 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+from buttress._urls import redacted as redact
 from buttress.errors import ConfigurationError
-from buttress.probe._http import redact
 from buttress.probe._load import LoadPlan, Progress
 from buttress.probe._run import MAX_BURST, ProbeOptions, is_loopback, run
 from buttress.probe._threshold import DEFAULT_THRESHOLDS, Threshold

@@ -26,7 +26,7 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
-__all__ = ["GIVE_UP", "MAX_BODY", "MAX_LOG", "Client", "Exchange", "redact"]
+__all__ = ["GIVE_UP", "MAX_BODY", "MAX_LOG", "Client", "Exchange"]
 
 MAX_BODY = 256 * 1024
 GIVE_UP = 3
@@ -78,16 +78,6 @@ class Exchange:
             return f"{self.method} {path} -> {self.error}"
         kind = f" {self.content_type}" if self.content_type else ""
         return f"{self.method} {path} -> {self.status}{kind} ({self.elapsed * 1000:.0f} ms)"
-
-
-def redact(url: str) -> str:
-    """``url`` fit for a report: no user or password, each query value replaced by ``***``."""
-    try:
-        parts = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return "(an invalid URL)"
-    query = "&".join(f"{name}=***" for name, _ in parts.params.multi_items())
-    return str(parts.copy_with(userinfo=b"", query=query.encode("ascii") or None, fragment=None))
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

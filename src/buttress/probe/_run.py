@@ -25,8 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from buttress import __version__
+from buttress._urls import redacted as redact
 from buttress.probe._compare import compare_runs, merge_status
-from buttress.probe._http import Client, Exchange, redact
+from buttress.probe._http import Client, Exchange
 from buttress.probe._idem import example_body, idempotency
 from buttress.probe._lifecycle import Service, fault, shutdown
 from buttress.probe._load import LoadPlan, Progress, run_load

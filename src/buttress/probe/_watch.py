@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from buttress._urls import redacted as redact
 from buttress.clock import SYSTEM_CLOCK, Clock
 from buttress.errors import ConfigurationError
-from buttress.probe._http import Client, redact
+from buttress.probe._http import Client
 from buttress.probe._lifecycle import CommandResult, run_command
 from buttress.probe._load import LoadPlan, run_load
 from buttress.probe._threshold import Sample, Stats, Threshold

@@ -53,7 +53,6 @@ import time
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -62,6 +61,7 @@ from redis.retry import Retry
 
 from buttress._clock import Clock
 from buttress._gcra import EPSILON, Rate, RateDecision, RateRequest, gcra
+from buttress._urls import masked
 from buttress.errors import BackendError, ConfigurationError
 from buttress.stores._base import (
     Begin,
@@ -115,15 +115,6 @@ _GCRA_ONE_SHA = _GCRA_ONE.sha.encode()
 def _ms(seconds: float) -> int:
     """A key lifetime in whole milliseconds (at least 1: PEXPIRE 0 deletes the key)."""
     return max(1, math.ceil(seconds * 1000))
-
-
-def _redacted(url: str) -> str:
-    """``url`` for messages: no password, no query string (it may hold one too)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 # ---------------------------------------------------------------- pure reply parsers
@@ -198,7 +189,7 @@ class RedisStore:
         self.clock = clock
         self.namespace = namespace
         self.timeout = float(timeout)
-        self._label = f"RedisStore({_redacted(url)})"
+        self._label = f"RedisStore({masked(url)})"
         self.max_connections = max_connections
         self._options: dict[str, Any] = {
             "socket_timeout": self.timeout,
